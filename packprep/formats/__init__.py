@@ -1,0 +1,1 @@
+"""Output formats: each module holds a writer and its reader side by side."""

@@ -1,0 +1,1 @@
+"""Pure stage functions: arrays in, arrays out. No paths, prints or globals."""
