@@ -1,0 +1,32 @@
+# Everything the project needs, installed into .venv from the project's own files.
+# torch is installed first and pinned: 2.13.0 is the CPU wheel; an unpinned torch
+# (asked for by sentence-transformers) would pull several GB of CUDA packages.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= out/demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[semantic,trainers,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/packprep pack --strategy eos examples/corpus $(DEMO_OUT) --overwrite
+	$(VENV)/bin/packprep inspect $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,117 @@
+"""Small file helpers shared by the store, the writers and the reader (numpy + stdlib only).
+
+Every file packprep writes goes through :func:`atomic_path`: it is written under a
+temporary name and renamed into place, so a reader (or a resumed run) never sees a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_HASH_CHUNK = 1 << 22
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success rename it onto ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` atomically (the ``.npy`` suffix is kept as given)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class StringTable:
+    """Read-only table of UTF-8 strings stored as one blob plus int64 offsets.
+
+    On disk: ``<stem>.bin`` (the strings concatenated) and ``<stem>.idx.npy``
+    (int64 [N+1], ``idx[0] == 0``). Both are memory-mapped, so a table of millions
+    of ids opens instantly and costs nothing until an entry is read.
+    """
+
+    def __init__(self, stem: Path):
+        stem = Path(stem)
+        self._offsets = np.load(stem.with_name(stem.name + ".idx.npy"), mmap_mode="r")
+        blob_path = stem.with_name(stem.name + ".bin")
+        # np.memmap refuses empty files; an empty table has an empty blob.
+        self._blob = (
+            np.memmap(blob_path, dtype=np.uint8, mode="r") if blob_path.stat().st_size else np.zeros(0, np.uint8)
+        )
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"string table index {index} out of range for {n} entries")
+        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
+        return bytes(self._blob[start:end]).decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+
+class StringTableWriter:
+    """Append strings one batch at a time; :meth:`close` finishes both files atomically."""
+
+    def __init__(self, stem: Path):
+        self._stem = Path(stem)
+        self._blob_final = self._stem.with_name(self._stem.name + ".bin")
+        self._blob_tmp = self._blob_final.with_name(self._blob_final.name + ".tmp")
+        self._fh = open(self._blob_tmp, "wb")
+        self._offsets: list[int] = [0]
+        self._size = 0
+
+    def extend(self, strings: Sequence[str]) -> None:
+        encoded = [s.encode("utf-8") for s in strings]
+        for item in encoded:
+            self._size += len(item)
+            self._offsets.append(self._size)
+        self._fh.write(b"".join(encoded))
+
+    def close(self) -> None:
+        self._fh.close()
+        os.replace(self._blob_tmp, self._blob_final)
+        save_npy(self._stem.with_name(self._stem.name + ".idx.npy"), np.asarray(self._offsets, dtype=np.int64))
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._blob_tmp.unlink(missing_ok=True)

@@ -1,0 +1,140 @@
+"""The command line: each command turns options into a config and calls the pipeline."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from packprep import options as o
+from packprep.errors import EXIT_INTERRUPTED, PackprepError
+
+app = typer.Typer(
+    help="Offline data preparation for LLM pretraining: tokenize, dedup, embed, pack, shard, inspect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(command: F) -> F:
+    """User errors become one line on stderr and exit 2; Ctrl-C exits 130, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PackprepError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            print("interrupted; finished files were kept and a rerun of the same command resumes", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _reporter(quiet: bool):
+    from packprep.progress import RichReporter, SilentReporter
+
+    return SilentReporter() if quiet else RichReporter()
+
+
+def _tokenize_config(tokenizer: str, text_field: str, id_field: str, eos_id: Optional[int], bos_id: Optional[int], on_error: o.OnError):
+    from packprep.config import TokenizeConfig
+
+    return TokenizeConfig(
+        tokenizer=tokenizer, text_field=text_field, id_field=id_field, eos_id=eos_id, bos_id=bos_id, on_error=on_error.value
+    )
+
+
+@app.command()
+@handle_errors
+def tokenize(
+    corpus: o.CorpusArg,
+    work: o.WorkArg,
+    tokenizer: o.TokenizerOpt = "cl100k",
+    text_field: o.TextField = "text",
+    id_field: o.IdField = "id",
+    eos_id: o.EosId = None,
+    bos_id: o.BosId = None,
+    on_error: o.OnErrorOpt = o.OnError.raise_,
+    overwrite: o.Overwrite = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Tokenize a corpus into a document store (flat tokens + offsets + ids)."""
+    from packprep.pipeline import tokenize as run
+
+    config = _tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error)
+    store = run(corpus, work, config=config, overwrite=overwrite, reporter=_reporter(quiet))
+    if not quiet:
+        print(f"{store.num_documents:,} documents, {store.num_tokens:,} tokens -> {work}", file=sys.stderr)
+
+
+@app.command()
+@handle_errors
+def pack(
+    source: Annotated[Path, typer.Argument(help="A raw corpus (tokenized first, cached in OUT/work) or a document store.", show_default=False)],
+    out: o.OutArg,
+    strategy: o.StrategyOpt = o.Strategy.eos,
+    seq_len: o.SeqLen = 2048,
+    packing: o.PackingOpt = o.Packing.split,
+    seed: o.Seed = 0,
+    shard_size: o.ShardSize = None,
+    tokenizer: o.TokenizerOpt = "cl100k",
+    text_field: o.TextField = "text",
+    id_field: o.IdField = "id",
+    eos_id: o.EosId = None,
+    bos_id: o.BosId = None,
+    on_error: o.OnErrorOpt = o.OnError.raise_,
+    overwrite: o.Overwrite = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Pack documents into fixed-length sequences and write npy shards."""
+    from packprep.config import PackConfig
+    from packprep.pipeline import pack as run
+
+    config = PackConfig(strategy=strategy.value, seq_len=seq_len, packing=packing.value, seed=seed, rows_per_shard=shard_size)
+    tok_config = _tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error)
+    run(source, out, config=config, tokenize_config=tok_config, overwrite=overwrite, reporter=_reporter(quiet))
+    if not quiet:
+        print(f"wrote {out}; see `packprep inspect {out}`", file=sys.stderr)
+
+
+@app.command()
+@handle_errors
+def inspect(
+    out: Annotated[Path, typer.Argument(help="A packprep output folder.", show_default=False)],
+    json_: Annotated[bool, typer.Option("--json", help="Print the statistics as one JSON object.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw histograms into this PNG file.", show_default=False)] = None,
+    row: Annotated[Optional[int], typer.Option("--row", help="Show row i decoded, documents coloured.", show_default=False)] = None,
+) -> None:
+    """Statistics of a packed output: fill, padding, documents, segments, histograms."""
+    from packprep import inspect as report
+
+    dataset = report.open_output(out)
+    if row is not None:
+        report.print_row(dataset, row)
+        return
+    stats = report.compute_stats(dataset)
+    if json_:
+        print(report.stats_json(stats))
+    else:
+        report.print_stats(stats)
+    if plot is not None:
+        report.plot_histograms(stats, plot)
+        if not json_:
+            print(f"plot written to {plot}", file=sys.stderr)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

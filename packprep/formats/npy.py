@@ -1,0 +1,143 @@
+"""The ``npy`` output format: writer and reader side by side (numpy + stdlib only).
+
+Layout of an output folder (format ``packprep-npy``, version 1; docs/format.md)::
+
+    OUT/
+      manifest.json                    written last; lists shards with sha256 of every file
+      doc_ids.bin, doc_ids.idx.npy     StringTable: source id of document j (j = doc index)
+      doc_lengths.npy                  int64 [N]: length of document j's sequence (tokens + separator)
+      shard-00000.input_ids.npy        [rows, seq_len] uint16|uint32 token matrix
+      shard-00000.row_ptr.npy          int64 [rows+1]: segments of row r are seg_*[row_ptr[r]:row_ptr[r+1]]
+      shard-00000.seg_start.npy        int32 [segments]: where the piece starts inside its row
+      shard-00000.seg_length.npy       int32 [segments]: its length
+      shard-00000.seg_doc.npy          int64 [segments]: its document index (into doc_ids)
+      shard-00000.seg_doc_offset.npy   int64 [segments]: offset inside that document's sequence
+      shard-00001.*                    ...
+
+Positions of a row after its last segment are padding. Every array is a plain
+``.npy`` so any language with a .npy reader can memory-map it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packprep._files import load_json, save_json, save_npy, sha256_file
+from packprep.stages.pack import PackPlan, fill_rows
+
+FORMAT_NAME = "packprep-npy"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SEGMENT_ARRAYS = ("row_ptr", "seg_start", "seg_length", "seg_doc", "seg_doc_offset")
+SHARD_ARRAYS = ("input_ids", *SEGMENT_ARRAYS)
+_SEGMENT_DTYPES = {
+    "seg_start": np.int32,
+    "seg_length": np.int32,
+    "seg_doc": np.int64,
+    "seg_doc_offset": np.int64,
+}
+_FILL_CHUNK_TOKENS = 1 << 22  # rows are filled in chunks of ~4M tokens to bound index-array memory
+
+
+def default_rows_per_shard(seq_len: int, dtype: np.dtype, target_bytes: int = 256 << 20) -> int:
+    return max(1, target_bytes // (seq_len * np.dtype(dtype).itemsize))
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def shard_file(out: Path, shard: str, array: str) -> Path:
+    return Path(out) / f"{shard}.{array}.npy"
+
+
+def write_shard(
+    out: Path,
+    index: int,
+    plan: PackPlan,
+    rows: slice,
+    *,
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    dtype: np.dtype,
+    sep_id: int | None,
+    pad_id: int,
+    on_rows: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write rows ``rows`` of ``plan`` as shard ``index``; return its manifest entry.
+
+    The token matrix is filled in place in a ``.npy`` memmap (never whole in RAM),
+    each file written under a temporary name first.
+    """
+    name = shard_name(index)
+    num_rows = rows.stop - rows.start
+    path = shard_file(out, name, "input_ids")
+    tmp = path.with_name(path.name + ".tmp")
+    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(num_rows, plan.seq_len))
+    chunk = max(1, _FILL_CHUNK_TOKENS // plan.seq_len)
+    for r in range(rows.start, rows.stop, chunk):
+        r_end = min(r + chunk, rows.stop)
+        fill_rows(
+            plan,
+            slice(r, r_end),
+            tokens=tokens,
+            offsets=offsets,
+            sep_id=sep_id,
+            pad_id=pad_id,
+            out=matrix[r - rows.start : r_end - rows.start],
+        )
+        if on_rows:
+            on_rows(r_end - r)
+    matrix.flush()
+    del matrix
+    tmp.replace(path)
+
+    s0, s1 = int(plan.row_ptr[rows.start]), int(plan.row_ptr[rows.stop])
+    arrays = {"row_ptr": plan.row_ptr[rows.start : rows.stop + 1] - s0}
+    for key, dt in _SEGMENT_DTYPES.items():
+        arrays[key] = getattr(plan, key)[s0:s1].astype(dt)
+    for key, array in arrays.items():
+        save_npy(shard_file(out, name, key), array)
+    files = {key: {"path": shard_file(out, name, key).name, "sha256": sha256_file(shard_file(out, name, key))} for key in SHARD_ARRAYS}
+    return {"name": name, "rows": num_rows, "segments": s1 - s0, "files": files}
+
+
+def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    save_json(Path(out) / MANIFEST_NAME, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **manifest})
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    """Load and check the manifest; ``ValueError`` for anything this version cannot read."""
+    path = Path(out) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: no {MANIFEST_NAME}; not a finished packprep output")
+    manifest = load_json(path)
+    if manifest.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format version {manifest.get('format_version')!r} is not supported "
+            f"(this packprep reads version {FORMAT_VERSION}); upgrade packprep"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard's arrays, memory-mapped."""
+
+    input_ids: np.ndarray
+    row_ptr: np.ndarray
+    seg_start: np.ndarray
+    seg_length: np.ndarray
+    seg_doc: np.ndarray
+    seg_doc_offset: np.ndarray
+
+    @classmethod
+    def open(cls, out: Path, name: str) -> Shard:
+        return cls(**{key: np.load(shard_file(out, name, key), mmap_mode="r") for key in SHARD_ARRAYS})

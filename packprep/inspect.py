@@ -1,0 +1,213 @@
+"""Statistics, tables and plots over a packed output (``packprep inspect``).
+
+All numbers come from the boundary arrays (no token matrix is read), so inspecting
+a large output takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packprep.errors import PackprepError
+from packprep.reader import PackedDataset
+
+_HIST_BINS = 20
+_SEGMENT_COLOURS = ("cyan", "yellow", "green", "magenta", "blue", "red")
+
+
+def open_output(path: Path) -> PackedDataset:
+    try:
+        return PackedDataset(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise PackprepError(str(err)) from None
+
+
+def compute_stats(ds: PackedDataset) -> dict[str, Any]:
+    """Every figure ``inspect`` shows, as plain Python values (JSON-ready)."""
+    manifest = ds.manifest
+    seg_length, seg_doc, seg_per_row, row_fill, shard_rows = _concat_segments(ds)
+    num_rows, seq_len = len(ds), ds.seq_len
+    num_tokens = int(seg_length.sum())
+    capacity = num_rows * seq_len
+    pieces = np.bincount(seg_doc) if len(seg_doc) else np.zeros(0, np.int64)
+    packed_docs = np.flatnonzero(pieces)
+    doc_lengths = np.load(ds.path / "doc_lengths.npy", mmap_mode="r")[packed_docs]
+    store_counts = manifest.get("store_counts", {})
+    return {
+        "num_sequences": num_rows,
+        "seq_len": seq_len,
+        "num_tokens": num_tokens,
+        "pad_tokens": capacity - num_tokens,
+        "fill_ratio": num_tokens / capacity if capacity else 0.0,
+        "padded_sequences": int((row_fill < seq_len).sum()),
+        "num_documents": int(len(packed_docs)),
+        "num_segments": int(len(seg_length)),
+        "split_documents": int((pieces > 1).sum()),
+        "segments_per_sequence": _summary(seg_per_row),
+        "strategy": manifest["strategy"],
+        "packing": manifest["packing"],
+        "seed": manifest["seed"],
+        "tokenizer": manifest["tokenizer"]["name"],
+        "dtype": manifest["dtype"],
+        "dropped_empty_documents": int(store_counts.get("dropped_empty", 0)),
+        "skipped_records": int(store_counts.get("skipped_records", 0)),
+        "document_length": _summary(doc_lengths),
+        "segment_length": _summary(seg_length),
+        "document_length_histogram": _histogram(doc_lengths),
+        "segment_length_histogram": _histogram(seg_length),
+        "shards": [
+            {"name": s["name"], "rows": rows, "bytes": _shard_bytes(ds.path, s)}
+            for s, rows in zip(manifest["shards"], shard_rows)
+        ],
+    }
+
+
+def _concat_segments(ds: PackedDataset) -> tuple[np.ndarray, ...]:
+    lengths, docs, per_row, fills, shard_rows = [], [], [], [], []
+    for k in range(len(ds.manifest["shards"])):
+        shard = ds.shard(k)
+        counts = np.diff(shard.row_ptr)
+        seg_length = np.asarray(shard.seg_length, dtype=np.int64)
+        fill = np.add.reduceat(seg_length, shard.row_ptr[:-1]) if len(seg_length) else np.zeros(len(counts), np.int64)
+        fill[counts == 0] = 0  # reduceat repeats the next value for empty ranges
+        lengths.append(seg_length)
+        docs.append(np.asarray(shard.seg_doc))
+        per_row.append(counts)
+        fills.append(fill)
+        shard_rows.append(len(counts))
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(lengths), cat(docs), cat(per_row), cat(fills), shard_rows
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {"min": 0, "mean": 0.0, "median": 0.0, "max": 0}
+    values = np.asarray(values)
+    return {"min": int(values.min()), "mean": float(values.mean()), "median": float(np.median(values)), "max": int(values.max())}
+
+
+def _histogram(values: np.ndarray) -> dict[str, list]:
+    """Log-spaced bins: lengths span orders of magnitude."""
+    values = np.asarray(values)
+    if len(values) == 0:
+        return {"edges": [], "counts": []}
+    high = max(2.0, float(values.max()) + 1)
+    edges = np.unique(np.geomspace(1, high, _HIST_BINS + 1).round().astype(np.int64))
+    counts, _ = np.histogram(values, bins=edges)
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
+
+
+def _shard_bytes(path: Path, shard: dict[str, Any]) -> int:
+    return sum((path / f["path"]).stat().st_size for f in shard["files"].values())
+
+
+def stats_json(stats: dict[str, Any]) -> str:
+    return json.dumps(stats, indent=2)
+
+
+def print_stats(stats: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    overview = Table(title="packed output", show_header=False)
+    overview.add_column("what", style="bold")
+    overview.add_column("value", justify="right")
+    rows = [
+        ("strategy / packing", f"{stats['strategy']} / {stats['packing']} (seed {stats['seed']})"),
+        ("tokenizer", f"{stats['tokenizer']} ({stats['dtype']})"),
+        ("sequences x seq_len", f"{stats['num_sequences']:,} x {stats['seq_len']:,}"),
+        ("tokens (non-pad)", f"{stats['num_tokens']:,}"),
+        ("padding tokens", f"{stats['pad_tokens']:,} in {stats['padded_sequences']:,} sequences"),
+        ("fill ratio", f"{stats['fill_ratio']:.4f}"),
+        ("documents", f"{stats['num_documents']:,}"),
+        ("segments", f"{stats['num_segments']:,}"),
+        ("split documents", f"{stats['split_documents']:,}"),
+        ("segments per sequence", _fmt_summary(stats["segments_per_sequence"])),
+        ("document length", _fmt_summary(stats["document_length"])),
+        ("segment length", _fmt_summary(stats["segment_length"])),
+        ("empty documents dropped", f"{stats['dropped_empty_documents']:,}"),
+        ("bad records skipped", f"{stats['skipped_records']:,}"),
+    ]
+    for what, value in rows:
+        overview.add_row(what, value)
+    console.print(overview)
+    for key, title in (("document_length_histogram", "document length"), ("segment_length_histogram", "segment length")):
+        console.print(_histogram_table(stats[key], title))
+    shards = Table(title="shards")
+    for col in ("shard", "rows", "MB"):
+        shards.add_column(col, justify="right")
+    for shard in stats["shards"]:
+        shards.add_row(shard["name"], f"{shard['rows']:,}", f"{shard['bytes'] / 1e6:,.1f}")
+    console.print(shards)
+
+
+def _fmt_summary(summary: dict[str, float]) -> str:
+    return f"min {summary['min']:,}  mean {summary['mean']:,.1f}  median {summary['median']:,.0f}  max {summary['max']:,}"
+
+
+def _histogram_table(hist: dict[str, list], title: str):
+    from rich.table import Table
+
+    table = Table(title=f"{title} histogram (tokens)")
+    table.add_column("range", justify="right")
+    table.add_column("count", justify="right")
+    table.add_column("")
+    peak = max(hist["counts"], default=0) or 1
+    for lo, hi, count in zip(hist["edges"][:-1], hist["edges"][1:], hist["counts"]):
+        table.add_row(f"{lo:,}–{hi - 1:,}", f"{count:,}", "█" * round(30 * count / peak))
+    return table
+
+
+def plot_histograms(stats: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in zip(
+        axes, ("document_length_histogram", "segment_length_histogram"), ("document length", "segment length")
+    ):
+        hist = stats[key]
+        if hist["edges"]:
+            ax.stairs(hist["counts"], hist["edges"], fill=True)
+            ax.set_xscale("log")
+        ax.set_title(f"{title} (tokens)")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("count")
+    fig.suptitle(
+        f"{stats['strategy']}/{stats['packing']}: {stats['num_sequences']:,} x {stats['seq_len']} "
+        f"fill {stats['fill_ratio']:.3f}, {stats['split_documents']:,} split documents"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_row(ds: PackedDataset, index: int) -> None:
+    """A row decoded, each document piece in its own colour with its id and offset."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from packprep.tokenizers import load_tokenizer
+
+    if not -len(ds) <= index < len(ds):
+        raise PackprepError(f"--row {index} is out of range: the output has {len(ds)} rows")
+    tokenizer = load_tokenizer(ds.manifest["tokenizer"]["spec"])
+    item = ds[index]
+    console = Console()
+    text = Text()
+    for k, (start, end) in enumerate(zip(item["cu_seqlens"][:-1], item["cu_seqlens"][1:])):
+        doc = int(item["doc_index"][k])
+        colour = _SEGMENT_COLOURS[k % len(_SEGMENT_COLOURS)]
+        label = "padding" if doc < 0 else f"{ds.doc_ids[doc]} @ {int(item['doc_offset'][k])}"
+        text.append(f"[{k}: {label}, {end - start} tokens]", style=f"bold reverse {colour}")
+        if doc >= 0:
+            text.append(tokenizer.decode(item["input_ids"][start:end]), style=colour)
+    console.print(f"row {index} of {len(ds)}", style="bold")
+    console.print(text)

@@ -1,0 +1,43 @@
+"""Shared Typer options and the choice enums, so every command spells them the same."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Strategy(str, Enum):
+    random = "random"
+    eos = "eos"
+
+
+class Packing(str, Enum):
+    split = "split"
+    bestfit = "bestfit"
+
+
+class OnError(str, Enum):
+    raise_ = "raise"
+    skip = "skip"
+
+
+CorpusArg = Annotated[Path, typer.Argument(help="A file or folder of .jsonl(.gz/.zst), .json, .parquet, .txt/.md, or a Hugging Face save_to_disk folder.", show_default=False)]
+WorkArg = Annotated[Path, typer.Argument(help="Folder for the document store.", show_default=False)]
+OutArg = Annotated[Path, typer.Argument(help="Output folder for the shards.", show_default=False)]
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the contents of a non-empty output folder.")]
+TokenizerOpt = Annotated[str, typer.Option("--tokenizer", help="'cl100k' (offline), a tokenizer.json, or a .tiktoken file.")]
+TextField = Annotated[str, typer.Option("--text-field", help="Record field holding the text.")]
+IdField = Annotated[str, typer.Option("--id-field", help="Record field holding the id (default when absent: path:line).")]
+EosId = Annotated[Optional[int], typer.Option("--eos-id", help="Override the tokenizer's EOS id.", show_default=False)]
+BosId = Annotated[Optional[int], typer.Option("--bos-id", help="Override the tokenizer's BOS id.", show_default=False)]
+OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="'raise': stop at the first bad record; 'skip': skip and count them.")]
+StrategyOpt = Annotated[Strategy, typer.Option("--strategy", help="Document order and separators.")]
+PackingOpt = Annotated[Packing, typer.Option("--packing", help="'split': cut the stream at the window; 'bestfit': whole documents, best-fit decreasing, padded.")]
+SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
+ShardSize = Annotated[Optional[int], typer.Option("--shard-size", help="Rows per shard (default: about 256 MB per shard).", show_default=False)]

@@ -1,0 +1,80 @@
+"""Progress reporting for the I/O edges (pipeline functions), never for pure stages.
+
+Pipeline functions take a :class:`Reporter`; the CLI passes a rich one, tests and
+notebooks get the silent default. Stage functions only see an ``advance(n)`` callable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+Advance = Callable[..., None]
+
+
+class Reporter(Protocol):
+    def track(self, description: str, *, total: int | None = None, unit: str = "docs") -> contextlib.AbstractContextManager[Advance]:
+        """A context manager yielding ``advance(n, **extra)``; ``extra`` may carry ``tokens=``."""
+
+    def info(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    @contextlib.contextmanager
+    def track(self, description: str, *, total: int | None = None, unit: str = "docs") -> Iterator[Advance]:
+        yield lambda n=1, **extra: None
+
+    def info(self, message: str) -> None:
+        pass
+
+
+class RichReporter:
+    """Rich progress bars on stderr with items/s and, where given, tokens/s."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def track(self, description: str, *, total: int | None = None, unit: str = "docs") -> Iterator[Advance]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(f"{unit}"),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+        ]
+        with Progress(*columns, console=self.console, transient=False, disable=not self.console.is_terminal) as bar:
+            task = bar.add_task(description, total=total, rate="")
+            counted = {"items": 0, "tokens": 0}
+
+            def advance(n: int = 1, **extra: int) -> None:
+                counted["items"] += n
+                counted["tokens"] += extra.get("tokens", 0)
+                elapsed = bar.tasks[0].elapsed or 1e-9
+                rate = f"{counted['items'] / elapsed:,.0f} {unit}/s"
+                if counted["tokens"]:
+                    rate += f"  {counted['tokens'] / elapsed / 1e6:,.2f}M tok/s"
+                bar.update(task, advance=n, rate=rate)
+
+            yield advance
+        if not self.console.is_terminal:
+            # Bars are hidden when stderr is not a terminal (logs, CI): print one summary line instead.
+            elapsed = max(1e-9, _elapsed(bar))
+            line = f"{description}: {counted['items']:,} {unit} in {elapsed:.1f}s"
+            if counted["tokens"]:
+                line += f", {counted['tokens']:,} tokens ({counted['tokens'] / elapsed / 1e6:.2f}M tok/s)"
+            self.console.print(line)
+
+    def info(self, message: str) -> None:
+        self.console.print(message)
+
+
+def _elapsed(bar: object) -> float:
+    tasks = getattr(bar, "tasks", [])
+    return float(tasks[0].finished_time or tasks[0].elapsed or 0.0) if tasks else 0.0

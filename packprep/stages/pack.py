@@ -1,0 +1,257 @@
+"""Packing: document lengths + an order + seq_len -> rows made of document pieces.
+
+Pure numpy. A document's *sequence* is its tokens followed by ``sep_len`` separator
+tokens (the EOS for the ``eos`` strategy, nothing for ``random``); offsets inside a
+document always count in that sequence, so a piece that covers the separator says so
+by ``doc_offset + length > num_tokens``.
+
+The result is a :class:`PackPlan`: segment arrays in CSR layout by row. Token
+matrices are filled from it later (:func:`fill_rows`), one shard at a time, so the
+plan is the only thing held for the whole corpus (a few int64 per piece).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+PACKING_MODES = ("split", "bestfit")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackPlan:
+    """Where each piece of each document goes.
+
+    Segments of row ``r`` are ``seg_*[row_ptr[r]:row_ptr[r + 1]]``, in row order.
+
+    - ``row_ptr``: int64 [R+1]
+    - ``seg_start``: int64 [S], position of the piece inside its row
+    - ``seg_length``: int64 [S]
+    - ``seg_doc``: int64 [S], document index (into the document store)
+    - ``seg_doc_offset``: int64 [S], offset of the piece inside the document's sequence
+    """
+
+    seq_len: int
+    row_ptr: np.ndarray
+    seg_start: np.ndarray
+    seg_length: np.ndarray
+    seg_doc: np.ndarray
+    seg_doc_offset: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.row_ptr) - 1
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.seg_start)
+
+    def row_fill(self) -> np.ndarray:
+        """int64 [R]: tokens used in each row (the rest is padding)."""
+        used = np.zeros(self.num_rows, dtype=np.int64)
+        rows = np.repeat(np.arange(self.num_rows), np.diff(self.row_ptr))
+        np.add.at(used, rows, self.seg_length)
+        return used
+
+
+def split_pack(sequence_lengths: np.ndarray, order: np.ndarray, *, seq_len: int) -> PackPlan:
+    """Concatenate documents in ``order`` and cut the stream every ``seq_len`` tokens.
+
+    A document crossing a row boundary continues at the start of the next row; only
+    the last row can be short (it is padded when written). Fully vectorised.
+
+    ``sequence_lengths``: int64 [N], tokens per document including separators.
+    ``order``: int64 [M], the documents to pack, in packing order.
+    """
+    _check_seq_len(seq_len)
+    lengths = np.asarray(sequence_lengths, dtype=np.int64)[order]
+    if len(lengths) and lengths.min() <= 0:
+        raise ValueError("split_pack needs documents of positive length")
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    first_row = starts // seq_len
+    last_row = (ends - 1) // seq_len
+    pieces = last_row - first_row + 1
+
+    seg_doc_pos = np.repeat(np.arange(len(lengths)), pieces)
+    piece_rank = np.arange(len(seg_doc_pos)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    seg_row = first_row[seg_doc_pos] + piece_rank
+    row_begin = seg_row * seq_len
+    piece_begin = np.maximum(starts[seg_doc_pos], row_begin)
+    piece_end = np.minimum(ends[seg_doc_pos], row_begin + seq_len)
+
+    num_rows = int(-(-int(ends[-1]) // seq_len)) if len(ends) else 0
+    return PackPlan(
+        seq_len=seq_len,
+        row_ptr=_row_ptr(seg_row, num_rows),
+        seg_start=piece_begin - row_begin,
+        seg_length=piece_end - piece_begin,
+        seg_doc=np.asarray(order, dtype=np.int64)[seg_doc_pos],
+        seg_doc_offset=piece_begin - starts[seg_doc_pos],
+    )
+
+
+def bestfit_pack(sequence_lengths: np.ndarray, order: np.ndarray, *, seq_len: int) -> PackPlan:
+    """Best-fit decreasing: whole documents into rows, padding what is left.
+
+    Documents longer than ``seq_len`` are first cut into ``seq_len``-sized pieces
+    (the only pieces that are not whole documents). Pieces are placed longest first,
+    each into the open row with the least room that still fits it (ties: the row
+    opened first), otherwise into a new row. Rows keep the order they were opened in;
+    callers that want them mixed shuffle rows afterwards.
+
+    Why not first-fit or next-fit: best-fit decreasing is what OLMo-core and the
+    "fewer truncations" packing use; it leaves the least padding of the simple rules.
+    """
+    _check_seq_len(seq_len)
+    order = np.asarray(order, dtype=np.int64)
+    lengths = np.asarray(sequence_lengths, dtype=np.int64)[order]
+    pieces = -(-lengths // seq_len)
+    piece_doc_pos = np.repeat(np.arange(len(order)), pieces)
+    piece_rank = np.arange(len(piece_doc_pos)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    piece_offset = piece_rank * seq_len
+    piece_length = np.minimum(lengths[piece_doc_pos] - piece_offset, seq_len)
+
+    # Longest first; the stable sort keeps the given order among equal lengths.
+    by_length = np.argsort(-piece_length, kind="stable")
+    piece_row = _best_fit_rows(piece_length[by_length], seq_len)
+
+    # Segments ordered by row, then by placement inside the row.
+    seg_order = np.argsort(piece_row, kind="stable")
+    placed = by_length[seg_order]
+    seg_row = piece_row[seg_order]
+    seg_length = piece_length[placed]
+    num_rows = int(piece_row.max()) + 1 if len(piece_row) else 0
+    row_ptr = _row_ptr(seg_row, num_rows)
+    seg_start = _starts_within_rows(seg_length, row_ptr)
+    return PackPlan(
+        seq_len=seq_len,
+        row_ptr=row_ptr,
+        seg_start=seg_start,
+        seg_length=seg_length,
+        seg_doc=order[piece_doc_pos[placed]],
+        seg_doc_offset=piece_offset[placed],
+    )
+
+
+def _best_fit_rows(piece_lengths: np.ndarray, seq_len: int) -> np.ndarray:
+    """Row number for each piece (given longest first), by best fit.
+
+    Open rows are kept in buckets (min-heaps of row numbers) by remaining room;
+    ``rooms`` is the sorted list of non-empty bucket keys, so the best row is one
+    ``bisect`` away and ties go to the row opened first.
+    """
+    rows_by_room: dict[int, list[int]] = {}
+    rooms: list[int] = []
+    piece_row = np.empty(len(piece_lengths), dtype=np.int64)
+    next_row = 0
+    for i, length in enumerate(piece_lengths.tolist()):
+        slot = bisect.bisect_left(rooms, length)
+        if slot < len(rooms):
+            room = rooms[slot]
+            bucket = rows_by_room[room]
+            row = heapq.heappop(bucket)
+            if not bucket:
+                del rows_by_room[room]
+                rooms.pop(slot)
+        else:
+            room, row = seq_len, next_row
+            next_row += 1
+        piece_row[i] = row
+        left = room - length
+        if left > 0:
+            if left not in rows_by_room:
+                rows_by_room[left] = []
+                bisect.insort(rooms, left)
+            heapq.heappush(rows_by_room[left], row)
+    return piece_row
+
+
+def _row_ptr(seg_row: np.ndarray, num_rows: int) -> np.ndarray:
+    counts = np.bincount(seg_row, minlength=num_rows) if len(seg_row) else np.zeros(num_rows, np.int64)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _starts_within_rows(seg_length: np.ndarray, row_ptr: np.ndarray) -> np.ndarray:
+    """Start of each segment inside its row, segments laid end to end from 0."""
+    ends = np.cumsum(seg_length)
+    row_base = np.concatenate([[0], ends])[row_ptr[:-1]]
+    return ends - seg_length - np.repeat(row_base, np.diff(row_ptr))
+
+
+def _check_seq_len(seq_len: int) -> None:
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+
+
+def pack(sequence_lengths: np.ndarray, order: np.ndarray, *, seq_len: int, packing: str) -> PackPlan:
+    """Dispatch on ``packing`` ("split" or "bestfit")."""
+    if packing == "split":
+        return split_pack(sequence_lengths, order, seq_len=seq_len)
+    if packing == "bestfit":
+        return bestfit_pack(sequence_lengths, order, seq_len=seq_len)
+    raise ValueError(f"unknown packing {packing!r}; expected one of {PACKING_MODES}")
+
+
+def permute_rows(plan: PackPlan, row_order: np.ndarray) -> PackPlan:
+    """The same plan with its rows in ``row_order`` (int64 [R], a permutation)."""
+    counts = np.diff(plan.row_ptr)[row_order]
+    take = _ranges(plan.row_ptr[:-1][row_order], counts)
+    return PackPlan(
+        seq_len=plan.seq_len,
+        row_ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        seg_start=plan.seg_start[take],
+        seg_length=plan.seg_length[take],
+        seg_doc=plan.seg_doc[take],
+        seg_doc_offset=plan.seg_doc_offset[take],
+    )
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + c)`` for each pair, vectorised."""
+    counts = np.asarray(counts, dtype=np.int64)
+    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(np.asarray(starts, dtype=np.int64), counts) + within
+
+
+def fill_rows(
+    plan: PackPlan,
+    rows: slice,
+    *,
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    sep_id: int | None,
+    pad_id: int,
+    out: np.ndarray,
+) -> None:
+    """Write rows ``rows`` of the plan into ``out`` ([rows, seq_len], the token dtype).
+
+    ``tokens``/``offsets`` are the document store (flat tokens, int64 [N+1]).
+    Positions of a piece past the document's tokens are its separator (``sep_id``);
+    positions after a row's last piece are ``pad_id``.
+    """
+    r0, r1 = rows.start, rows.stop
+    s0, s1 = int(plan.row_ptr[r0]), int(plan.row_ptr[r1])
+    seq_len = plan.seq_len
+    out[...] = pad_id
+    if s1 == s0:
+        return
+    seg_rows = np.repeat(np.arange(r1 - r0), np.diff(plan.row_ptr[r0 : r1 + 1]))
+    length = plan.seg_length[s0:s1]
+    doc = plan.seg_doc[s0:s1]
+    doc_offset = plan.seg_doc_offset[s0:s1]
+    num_tokens = offsets[doc + 1] - offsets[doc]
+
+    position_in_doc = _ranges(doc_offset, length)
+    dst = _ranges(seg_rows * seq_len + plan.seg_start[s0:s1], length)
+    is_token = position_in_doc < np.repeat(num_tokens, length)
+    src = np.repeat(offsets[doc], length) + position_in_doc
+    flat = out.reshape(-1)
+    flat[dst[is_token]] = tokens[src[is_token]]
+    if not is_token.all():
+        if sep_id is None:
+            raise ValueError("plan has separator positions but no sep_id was given")
+        flat[dst[~is_token]] = sep_id

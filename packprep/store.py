@@ -1,0 +1,152 @@
+"""DocStore: the on-disk document store every stage reads and the tokenizer writes.
+
+Layout of a WORK folder (format ``packprep-docstore``, version 1)::
+
+    WORK/
+      tokens.bin          all tokens of all kept documents, back to back (uint16 or uint32, raw, memmapped)
+      offsets.npy         int64 [N+1]; document i is tokens[offsets[i]:offsets[i+1]], offsets[0] == 0
+      text_hash.npy       uint64 [N]; hash of the normalised text (exact dedup reads it)
+      doc_ids.bin         UTF-8 ids, back to back      } a StringTable: id of document i
+      doc_ids.idx.npy     int64 [N+1] byte offsets     }
+      store.json          manifest, written last: a store is complete when it exists
+
+Tokens are raw rather than ``.npy`` because the count is unknown until the corpus
+has streamed through; the dtype lives in the manifest (as nanoGPT and Megatron do).
+Later stages (dedup, embed) add their own files and manifests beside these.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packprep._files import StringTable, StringTableWriter, load_json, save_json, save_npy
+from packprep.errors import PackprepError
+
+STORE_FORMAT = "packprep-docstore"
+STORE_VERSION = 1
+MANIFEST_NAME = "store.json"
+_STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
+
+
+@dataclass(frozen=True)
+class DocStore:
+    """A finished document store, memory-mapped. Open with :meth:`open`."""
+
+    path: Path
+    tokens: np.ndarray  # uint16/uint32 [T], memmap
+    offsets: np.ndarray  # int64 [N+1]
+    text_hash: np.ndarray  # uint64 [N]
+    doc_ids: StringTable
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> DocStore:
+        path = Path(path)
+        manifest_path = path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise PackprepError("not a finished document store (no store.json); run `packprep tokenize` first", path=path)
+        manifest = load_json(manifest_path)
+        if manifest.get("format") != STORE_FORMAT or manifest.get("version") != STORE_VERSION:
+            raise PackprepError(
+                f"unsupported store format {manifest.get('format')!r} version {manifest.get('version')!r}",
+                path=manifest_path,
+            )
+        dtype = np.dtype(manifest["dtype"])
+        size = (path / "tokens.bin").stat().st_size
+        tokens = np.memmap(path / "tokens.bin", dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+        return cls(
+            path=path,
+            tokens=tokens,
+            offsets=np.load(path / "offsets.npy"),
+            text_hash=np.load(path / "text_hash.npy"),
+            doc_ids=StringTable(path / "doc_ids"),
+            manifest=manifest,
+        )
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def lengths(self) -> np.ndarray:
+        """int64 [N]: tokens per document."""
+        return np.diff(self.offsets)
+
+    def document(self, index: int) -> np.ndarray:
+        return self.tokens[self.offsets[index] : self.offsets[index + 1]]
+
+
+def is_store(path: Path) -> bool:
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+class DocStoreWriter:
+    """Streams documents into a new store; :meth:`finish` writes the manifest last.
+
+    Use as a context manager: leaving it with an exception removes the partial
+    files, so a killed or failed run never leaves something that looks finished.
+    """
+
+    def __init__(self, path: Path, *, dtype: np.dtype):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / MANIFEST_NAME).unlink(missing_ok=True)
+        self.dtype = np.dtype(dtype)
+        self._tokens_tmp = self.path / "tokens.bin.tmp"
+        self._tokens = open(self._tokens_tmp, "wb")
+        self._ids = StringTableWriter(self.path / "doc_ids")
+        self._lengths: list[np.ndarray] = []
+        self._hashes: list[np.ndarray] = []
+        self.num_documents = 0
+        self.num_tokens = 0
+
+    def __enter__(self) -> DocStoreWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def append(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[str], text_hash: np.ndarray) -> None:
+        """Add a batch: flat ``tokens`` with int64 ``lengths`` [B], ``ids`` [B], uint64 ``text_hash`` [B]."""
+        if len(tokens) and int(tokens.max()) > np.iinfo(self.dtype).max:
+            raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
+        self._tokens.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        self._ids.extend(ids)
+        self._lengths.append(np.asarray(lengths, dtype=np.int64))
+        self._hashes.append(np.asarray(text_hash, dtype=np.uint64))
+        self.num_documents += len(ids)
+        self.num_tokens += int(len(tokens))
+
+    def finish(self, manifest: dict[str, Any]) -> DocStore:
+        self._tokens.close()
+        os.replace(self._tokens_tmp, self.path / "tokens.bin")
+        self._ids.close()
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        save_npy(self.path / "text_hash.npy", np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))
+        full = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "dtype": self.dtype.name,
+            "num_documents": self.num_documents,
+            "num_tokens": self.num_tokens,
+            **manifest,
+        }
+        save_json(self.path / MANIFEST_NAME, full)
+        return DocStore.open(self.path)
+
+    def abort(self) -> None:
+        self._tokens.close()
+        self._ids.abort()
+        for name in _STORE_FILES:
+            (self.path / (name + ".tmp")).unlink(missing_ok=True)
+        self._tokens_tmp.unlink(missing_ok=True)

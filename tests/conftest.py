@@ -1,0 +1,49 @@
+"""Tiny corpora made in the tests, so every test runs offline and fast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SENTENCES = [
+    "The mitochondria is the powerhouse of the cell and produces most of its ATP.",
+    "Rust's borrow checker rejects programs that would alias mutable state.",
+    "In 1969 the Apollo 11 mission landed two astronauts on the Moon.",
+    "A sourdough starter needs flour, water and patience to ferment properly.",
+    "The Treaty of Westphalia ended the Thirty Years' War in 1648.",
+    "Gradient descent follows the negative gradient of the loss function.",
+    "東京は日本の首都であり、世界最大の都市圏の一つです。",
+    "القاهرة هي عاصمة مصر وأكبر مدنها.",
+    "Emoji are text too: 🚀🔥✨ and they must survive the round trip.",
+]
+
+
+def make_documents(n: int, *, seed: int = 0) -> list[dict]:
+    """n records of varied length (one sentence to ~60 sentences), ids doc-0..doc-(n-1)."""
+    import random
+
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        k = rng.choice([1, 2, 5, 12, 30, 60])
+        text = " ".join(rng.choice(SENTENCES) for _ in range(k))
+        docs.append({"id": f"doc-{i}", "text": text})
+    return docs
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """A folder with 40 documents in two files plus one empty document."""
+    docs = make_documents(40)
+    folder = tmp_path / "corpus"
+    write_jsonl(folder / "a.jsonl", docs[:25])
+    write_jsonl(folder / "sub" / "b.jsonl", docs[25:] + [{"id": "empty", "text": ""}])
+    return folder

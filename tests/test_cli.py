@@ -1,0 +1,102 @@
+"""The command line as a user meets it: exit codes, one-line errors, inspect output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from packprep.cli import app
+from tests.conftest import write_jsonl
+
+runner = CliRunner()
+INSPECT_KEYS = {
+    "num_sequences", "seq_len", "num_tokens", "pad_tokens", "fill_ratio",
+    "num_documents", "num_segments", "split_documents", "strategy",
+}
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_pack_then_inspect_json(small_corpus, tmp_path):
+    out = tmp_path / "out"
+    result = run("pack", small_corpus, out, "--strategy", "eos", "--seq-len", "128", "--quiet")
+    assert result.exit_code == 0, result.output
+    result = run("inspect", out, "--json")
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert INSPECT_KEYS <= set(stats)
+    assert stats["strategy"] == "eos" and stats["seq_len"] == 128 and stats["num_documents"] == 40
+    assert stats["num_tokens"] + stats["pad_tokens"] == stats["num_sequences"] * 128
+    assert stats["fill_ratio"] == pytest.approx(stats["num_tokens"] / (stats["num_sequences"] * 128))
+
+
+def test_inspect_tables_plot_and_row(small_corpus, tmp_path):
+    out = tmp_path / "out"
+    assert run("pack", small_corpus, out, "--seq-len", "64", "--packing", "bestfit", "-q").exit_code == 0
+    result = run("inspect", out, "--plot", tmp_path / "hist.png")
+    assert result.exit_code == 0, result.output
+    assert "fill ratio" in result.stdout and "split documents" in result.stdout
+    assert (tmp_path / "hist.png").stat().st_size > 10_000
+    result = run("inspect", out, "--row", "0")
+    assert result.exit_code == 0, result.output
+    assert "doc-" in result.stdout
+    assert run("inspect", out, "--row", "100000").exit_code == 2
+
+
+def test_missing_path_is_one_line_exit_2(tmp_path):
+    result = run("pack", tmp_path / "nope", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "nope" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_json_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n{"text": "fine again"}\n')
+    result = run("pack", bad, tmp_path / "out", "-q")
+    assert result.exit_code == 2
+    assert "bad.jsonl:2:" in result.output and "Traceback" not in result.output
+    result = run("pack", bad, tmp_path / "out", "-q", "--on-error", "skip")
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_text_field_names_file_and_line(tmp_path):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "a b c"}, {"body": "no text here"}])
+    result = run("tokenize", corpus, tmp_path / "work", "-q")
+    assert result.exit_code == 2
+    assert "c.jsonl:2:" in result.output
+    assert run("tokenize", corpus, tmp_path / "work2", "-q", "--text-field", "body", "--on-error", "skip").exit_code == 0
+
+
+def test_non_empty_out_is_refused_without_overwrite(small_corpus, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    result = run("pack", small_corpus, out, "-q")
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (out / "precious.txt").exists()
+    assert run("pack", small_corpus, out, "-q", "--overwrite").exit_code == 0
+
+
+def test_out_that_is_a_file_is_refused(small_corpus, tmp_path):
+    out = tmp_path / "out"
+    out.write_text("x")
+    result = run("pack", small_corpus, out, "-q")
+    assert result.exit_code == 2 and "is a file" in result.output
+
+
+def test_bad_choices_and_seq_len_exit_2(small_corpus, tmp_path):
+    assert run("pack", small_corpus, tmp_path / "o1", "--strategy", "nope").exit_code == 2
+    result = run("pack", small_corpus, tmp_path / "o2", "--seq-len", "0", "-q")
+    assert result.exit_code == 2 and "seq-len" in result.output
+    result = run("pack", small_corpus, tmp_path / "o3", "--tokenizer", "no-such-tokenizer", "-q")
+    assert result.exit_code == 2 and "no-such-tokenizer" in result.output
+
+
+def test_inspect_of_a_non_output_exit_2(tmp_path):
+    result = run("inspect", tmp_path)
+    assert result.exit_code == 2 and "manifest.json" in result.output
