@@ -1,0 +1,416 @@
+"""Corpus readers: a file, a folder or a saved Hugging Face dataset -> a stream of ``(doc_id, text)``.
+
+This is the only module that parses raw input. Everything streams: JSONL (plain,
+gzip, zstd) is read in 1 MiB binary chunks split on ``\\n`` and parsed with
+``orjson.loads`` on bytes; parquet and arrow are read one record batch at a time.
+Only a ``.json`` list file is loaded whole (no streaming JSON-array parser among our
+dependencies). Order is deterministic: sources by relative posix path, records in
+file order, so the same corpus always gives the same documents, order and ids.
+
+Folders read as one source (the layout ``datasets`` ``save_to_disk`` writes)::
+
+    ds/  state.json  dataset_info.json  data-00000-of-00002.arrow  data-00001-of-00002.arrow
+    dd/  dataset_dict.json {"splits": [...]}   train/<as ds/>   test/<as ds/>
+
+The ``.arrow`` files are Arrow IPC *streams*; pyarrow reads them directly, so we
+do not import ``datasets`` (seconds of import time for nothing).
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from packprep.errors import PackprepError
+
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt", ".md")
+_CHUNK = 1 << 20  # 1 MiB: per-chunk Python overhead vanishes, memory stays flat
+_COMPRESSED_CHUNK = 1 << 18  # decompressed 4-10x (JSONL), to about _CHUNK
+_TABLE_BATCH_ROWS = 1024  # parquet rows per batch; bounded so 100 KB documents do not balloon memory
+_MAX_FIRST_ERRORS = 5
+_MISSING = object()
+_SKIP_HINT = "or pass --on-error skip"
+
+
+@dataclass
+class ReadCounters:
+    """Mutated while :func:`iter_documents` runs, so the caller can report progress and skips."""
+
+    files: int = 0  # files opened (each .arrow file of a saved dataset counts)
+    records: int = 0  # records yielded
+    skipped: int = 0  # bad records skipped with on_error="skip"
+    bytes_read: int = 0  # approximate raw (uncompressed) text bytes, for MB/s progress
+    first_errors: list[str] = field(default_factory=list)  # first few skip messages, "path:line: why"
+
+
+class _Reader:
+    """Per-call settings plus the one place a bad record is either raised or counted."""
+
+    def __init__(self, text_field: str, id_field: str, on_error: str, counters: ReadCounters):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        self.text_field, self.id_field, self.on_error, self.counters = text_field, id_field, on_error, counters
+
+    def bad(self, message: str, path: Path, line: int | None) -> None:
+        error = PackprepError(message, path=path, line=line)
+        if self.on_error == "raise":
+            raise error
+        self.counters.skipped += 1
+        if len(self.counters.first_errors) < _MAX_FIRST_ERRORS:
+            self.counters.first_errors.append(str(error))
+
+    def document(self, record: Any, rel: str, index: int, path: Path) -> tuple[str, str] | None:
+        """``(doc_id, text)`` for a parsed JSON record, or None after reporting why it is bad."""
+        if type(record) is not dict:
+            return self.bad(f"record is a JSON {_json_type(record)}, not an object like {{\"text\": ...}}", path, index)
+        text = record.get(self.text_field, _MISSING)
+        if type(text) is not str:
+            if text is _MISSING:
+                fields = ", ".join(list(record)[:8]) or "none"
+                why = f"no field '{self.text_field}'; use --text-field to name the text field (fields here: {fields})"
+            else:
+                why = f"field '{self.text_field}' is a JSON {_json_type(text)}, not a string; use --text-field"
+            return self.bad(why, path, index)
+        doc_id = record.get(self.id_field)
+        return (f"{rel}:{index}" if doc_id is None else str(doc_id)), text
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _suffix(name: str) -> str | None:
+    lower = name.lower()
+    return next((s for s in SUPPORTED_SUFFIXES if lower.endswith(s)), None)
+
+
+def _is_hf_folder(names: set[str]) -> bool:
+    """Whether a folder's file names are a ``save_to_disk`` layout (Dataset or DatasetDict)."""
+    if "dataset_dict.json" in names:
+        return True
+    return bool(names & {"state.json", "dataset_info.json"}) and any(n.endswith(".arrow") for n in names)
+
+
+def _walk(folder: Path, out: list[Path], seen: set[str]) -> None:
+    real = os.path.realpath(folder)
+    if real in seen:  # a symlink loop: we follow links so a corpus can be assembled from symlinks
+        return
+    seen.add(real)
+    with os.scandir(folder) as it:
+        entries = [e for e in it if not e.name.startswith(".")]
+    if _is_hf_folder({e.name for e in entries}):
+        out.append(folder)
+        return
+    for entry in entries:
+        if entry.is_dir():
+            _walk(Path(entry.path), out, seen)
+        elif entry.is_file() and _suffix(entry.name):
+            out.append(Path(entry.path))
+
+
+def _root(path: Path) -> Path:
+    """The folder that ids and fingerprints are relative to: the corpus folder, or a single file's parent."""
+    return path if path.is_dir() else path.parent
+
+
+def list_corpus_files(path: str | Path) -> list[Path]:
+    """Every source under ``path``, sorted by relative posix path; a saved HF dataset folder is one entry."""
+    path = Path(path)
+    if path.is_file():
+        if not _suffix(path.name):
+            raise PackprepError(f"unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}", path=path)
+        return [path]
+    if not path.is_dir():
+        raise PackprepError("no such file or folder", path=path)
+    found: list[Path] = []
+    _walk(path, found, set())
+    if not found:
+        raise PackprepError(
+            f"folder has no corpus files ({', '.join(SUPPORTED_SUFFIXES)} or a datasets save_to_disk folder)", path=path
+        )
+    return sorted(found, key=lambda p: p.relative_to(path).as_posix())
+
+
+def iter_documents(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    on_error: Literal["raise", "skip"] = "raise",
+    counters: ReadCounters | None = None,
+) -> Iterator[tuple[str, str]]:
+    """Stream ``(doc_id, text)`` from a file or folder in a deterministic order; empty texts included.
+
+    ``doc_id`` is the record's ``id_field`` as ``str`` when present, else ``"rel/path:line"``
+    (1-based line for JSONL, 1-based record/row index for .json lists, parquet and arrow);
+    a .txt/.md file is one document whose id is its relative path. Record-level problems
+    raise :class:`PackprepError` (``path:line: why``) or, with ``on_error="skip"``, are
+    counted in ``counters``; file-level problems (missing path, corrupt archive, a .json
+    that does not parse, a table without the text column) always raise.
+    """
+    path = Path(path)
+    sources = list_corpus_files(path)
+    root = _root(path)
+    reader = _Reader(text_field, id_field, on_error, counters if counters is not None else ReadCounters())
+    for source in sources:
+        for doc in _read_source(source, root, reader):
+            reader.counters.records += 1
+            yield doc
+
+
+def _read_source(source: Path, root: Path, reader: _Reader) -> Iterator[tuple[str, str]]:
+    if source.is_dir():
+        for arrow in _hf_arrow_files(source):
+            yield from _read_arrow(arrow, arrow.relative_to(root).as_posix(), reader)
+        return
+    rel, suffix = source.relative_to(root).as_posix(), _suffix(source.name)
+    reader.counters.files += 1
+    if suffix in (".jsonl", ".jsonl.gz", ".jsonl.zst"):
+        yield from _read_jsonl(source, rel, reader, suffix=suffix)
+    elif suffix == ".json":
+        yield from _read_json(source, rel, reader)
+    elif suffix == ".parquet":
+        yield from _read_parquet(source, rel, reader)
+    else:
+        yield from _read_text(source, rel, reader)
+
+
+def _chunks(path: Path, suffix: str) -> Iterator[bytes]:
+    """Decompressed bytes of ``path`` in chunks of roughly a MiB."""
+    if suffix == ".jsonl":
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
+        return
+    if suffix == ".jsonl.zst":
+        import zstandard
+
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)  # also reads `zstd --long=31` files
+        yield from _decompress(path, dctx.decompressobj)
+    else:
+        yield from _decompress(path, lambda: zlib.decompressobj(wbits=31))  # 31: gzip header and trailer
+
+
+def _decompress(path: Path, new_stream: Callable[[], Any]) -> Iterator[bytes]:
+    # Our own loop instead of gzip.open / zstd stream_reader: GzipFile.read(n) drops the lines it
+    # had decoded when it hits a truncated end, and zstandard's stream_reader ends silently at a
+    # truncated frame (and by default after the first frame). Here every frame must reach its end.
+    stream, in_frame = new_stream(), False
+    with open(path, "rb") as fh:
+        while raw := fh.read(_COMPRESSED_CHUNK):
+            while raw:
+                if out := stream.decompress(raw):
+                    yield out
+                in_frame = not stream.eof
+                raw = b"" if in_frame else stream.unused_data
+                if not in_frame:
+                    stream = new_stream()  # the next member/frame of a concatenated file
+    if in_frame:
+        raise EOFError("the compressed stream ends mid-frame")
+
+
+def _stream_errors(suffix: str) -> tuple[type[BaseException], ...]:
+    """What a broken compressed stream raises while we read it (nothing expected for plain files)."""
+    if suffix == ".jsonl.gz":
+        return (EOFError, zlib.error)
+    if suffix == ".jsonl.zst":
+        import zstandard
+
+        return (EOFError, zstandard.ZstdError)
+    return ()
+
+
+def _read_jsonl(path: Path, rel: str, reader: _Reader, *, suffix: str) -> Iterator[tuple[str, str]]:
+    loads, decode_error, document = orjson.loads, orjson.JSONDecodeError, reader.document
+    lineno = 0
+    try:
+        for lineno, line in _lines(_chunks(path, suffix), reader.counters):
+            if not line or line.isspace():
+                continue
+            try:
+                record = loads(line)
+            except decode_error as exc:
+                reader.bad(_json_problem(line, exc), path, lineno)
+                continue
+            doc = document(record, rel, lineno, path)
+            if doc is not None:
+                yield doc
+    except _stream_errors(suffix) as exc:
+        where = f"after line {lineno}, the last good line" if lineno else "before the first line"
+        raise PackprepError(
+            f"{suffix[7:]} data is truncated or corrupt {where} ({exc}); re-download or re-compress the file",
+            path=path,
+            line=lineno or None,
+        ) from None
+
+
+def _lines(chunks: Iterable[bytes], counters: ReadCounters) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, line without \\n)``; a last line without \\n is included."""
+    carry, lineno, first = b"", 0, True
+    for chunk in chunks:
+        counters.bytes_read += len(chunk)
+        if first and chunk.startswith(codecs.BOM_UTF8):  # orjson rejects a BOM; Windows editors add one
+            chunk = chunk[3:]
+        first = False
+        lines = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            lineno += 1
+            yield lineno, line
+    if carry:
+        yield lineno + 1, carry
+
+
+def _utf8_problem(data: bytes) -> tuple[int, str] | None:
+    """``(1-based line, why)`` for the first undecodable byte in ``data``, or None when it is valid UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        column = bad.start - (data.rfind(b"\n", 0, bad.start) + 1) + 1
+        why = f"bytes are not valid UTF-8 (byte 0x{data[bad.start]:02x} at column {column})"
+        return data.count(b"\n", 0, bad.start) + 1, f"{why}; re-encode the file as UTF-8"
+    return None
+
+
+def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
+    # orjson reports a UTF-8 problem as a JSON error at column 1; find the real byte instead.
+    if utf8 := _utf8_problem(line):
+        return f"{utf8[1]} {_SKIP_HINT}"
+    return f"invalid JSON ({exc.msg} at column {exc.colno}); fix the record {_SKIP_HINT}"
+
+
+def _read_json(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str]]:
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16).lstrip(codecs.BOM_UTF8 + b" \t\r\n")[:1]
+    if head != b"[":  # many ".json" downloads are really JSON lines: read those streaming
+        yield from _read_jsonl(path, rel, reader, suffix=".jsonl")
+        return
+    data = path.read_bytes()
+    reader.counters.bytes_read += len(data)
+    try:
+        records = orjson.loads(data.removeprefix(codecs.BOM_UTF8))
+    except orjson.JSONDecodeError as exc:
+        # The list as a whole does not parse, so there is no record to skip: a file-level error.
+        line, why = _utf8_problem(data) or (exc.lineno, f"invalid JSON ({exc.msg}); fix the file")
+        raise PackprepError(why, path=path, line=line) from None
+    del data
+    for index, record in enumerate(records, start=1):
+        doc = reader.document(record, rel, index, path)
+        if doc is not None:
+            yield doc
+
+
+def _read_text(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str]]:
+    data = path.read_bytes()  # one document per file, so it is held whole anyway
+    reader.counters.bytes_read += len(data)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        line, why = _utf8_problem(data)  # type: ignore[misc]  # it failed to decode, so there is a problem
+        return reader.bad(f"{why} {_SKIP_HINT}", path, line)
+    yield rel, text
+
+
+def _read_parquet(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError with a useful text
+        raise PackprepError(f"cannot read parquet file ({exc}); is it complete?", path=path) from None
+    columns = _table_columns(parquet.schema_arrow, path, reader)
+    batches = parquet.iter_batches(batch_size=_TABLE_BATCH_ROWS, columns=columns)
+    yield from _table_documents(batches, columns, path, rel, reader)
+
+
+def _read_arrow(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str]]:
+    import pyarrow as pa
+
+    reader.counters.files += 1
+    try:
+        stream = pa.ipc.open_stream(pa.memory_map(str(path)))  # memory-mapped: batches are zero-copy
+    except Exception as exc:
+        raise PackprepError(f"cannot read arrow stream ({exc}); save it again with save_to_disk", path=path) from None
+    columns = _table_columns(stream.schema, path, reader)
+    yield from _table_documents(stream, columns, path, rel, reader)
+
+
+def _table_columns(schema: Any, path: Path, reader: _Reader) -> list[str]:
+    """The columns to read: the text column (checked to hold strings) and the id column when present."""
+    import pyarrow as pa
+
+    if reader.text_field not in schema.names:
+        raise PackprepError(
+            f"no column '{reader.text_field}' (columns: {', '.join(schema.names)}); use --text-field", path=path
+        )
+    kind = schema.field(reader.text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or str(kind) == "string_view"):
+        raise PackprepError(f"column '{reader.text_field}' holds {kind}, not strings; use --text-field", path=path)
+    return [reader.text_field] + ([reader.id_field] if reader.id_field in schema.names else [])
+
+
+def _table_documents(
+    batches: Iterable[Any], columns: list[str], path: Path, rel: str, reader: _Reader
+) -> Iterator[tuple[str, str]]:
+    row = 0
+    for batch in batches:
+        texts = batch.column(columns[0])
+        reader.counters.bytes_read += texts.nbytes
+        ids = batch.column(columns[1]).to_pylist() if len(columns) > 1 else [None] * len(texts)
+        for text, doc_id in zip(texts.to_pylist(), ids):
+            row += 1
+            if text is None:
+                reader.bad(f"column '{columns[0]}' is null; fill it {_SKIP_HINT}", path, row)
+            else:
+                yield (f"{rel}:{row}" if doc_id is None else str(doc_id)), text
+
+
+def _hf_arrow_files(folder: Path) -> list[Path]:
+    """A saved Dataset's .arrow files in datasets' own order; a DatasetDict's, split by sorted split."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = sorted(json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", []))
+        for split in splits:
+            if not (folder / split).is_dir():
+                raise PackprepError(f"split '{split}' listed in dataset_dict.json has no folder", path=folder)
+        return [arrow for split in splits for arrow in _hf_arrow_files(folder / split)]
+    state = folder / "state.json"
+    if state.is_file():
+        names = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])]
+    else:
+        names = sorted(p.name for p in folder.glob("*.arrow"))
+    for name in names:
+        if not (folder / name).is_file():
+            raise PackprepError(f"state.json lists '{name}', which is missing", path=folder)
+    return [folder / name for name in names]
+
+
+def corpus_fingerprint(path: str | Path) -> str:
+    """Hex blake2b digest over the sorted relative paths and the contents of every corpus file.
+
+    Contents rather than mtimes: a copied or re-downloaded corpus keeps its cached stages, an edited one does not.
+    """
+    path = Path(path)
+    root = _root(path)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(b"packprep-corpus-v1\0")
+    for source in list_corpus_files(path):
+        # Of a saved dataset, only the shards it lists: `datasets` drops cache-*.arrow files beside them.
+        for file in [source] if source.is_file() else _hf_arrow_files(source):
+            rel = file.relative_to(root).as_posix().encode("utf-8")
+            # Length prefixes keep (name, content) boundaries unambiguous.
+            digest.update(len(rel).to_bytes(8, "little") + rel + file.stat().st_size.to_bytes(8, "little"))
+            with open(file, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
