@@ -1,0 +1,165 @@
+"""Embedding stage: the packaged MiniLM, loaded once, on a few dozen short texts (~30 docs/s on CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from packprep.errors import PackprepError
+from packprep.stages import embed
+from packprep.stages.embed import DEFAULT_MODEL, embed_documents, embed_texts, first_tokens_text, load_embedder
+
+TEXTS = [
+    "Cats sleep.",
+    "The central bank raised interest rates by half a percentage point to fight persistent inflation.",
+    "A recipe for bread: flour, water, salt and yeast, kneaded and left to rise overnight before baking.",
+    "Hello",
+    "Photosynthesis turns sunlight, water and carbon dioxide into sugar and oxygen.",
+    "The goalkeeper saved a penalty in the final minute.",
+    "",
+    "Rust's borrow checker rejects programs that would alias mutable state, which prevents data races at compile time.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> embed.Embedder:
+    return load_embedder()
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)
+
+
+def test_packaged_model_is_described_for_manifests(embedder):
+    assert (embedder.name, embedder.dim) == (DEFAULT_MODEL, 384)
+    assert len(embedder.fingerprint) == 64 and int(embedder.fingerprint, 16) >= 0
+    assert embedder.fingerprint == embed._fingerprint(embed._packaged_model_dir())  # stable across calls
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_output_shape_dtype_and_unit_norm(embedder):
+    calls: list[int] = []
+    vectors = embed_texts(embedder, TEXTS, batch_size=3, progress=calls.append)
+    assert vectors.shape == (8, 384) and vectors.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(_f32(vectors), axis=1), 1.0, atol=2e-3)
+    assert calls == [3, 3, 2]
+    wide = embed_texts(embedder, TEXTS[:2], dtype=np.float32)
+    assert wide.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(wide, axis=1), 1.0, atol=1e-5)
+    assert embed_texts(embedder, []).shape == (0, 384)
+
+
+def test_order_is_preserved_despite_length_sorting(embedder):
+    # TEXTS is deliberately not sorted by length, so batching permutes it internally.
+    batched = embed_texts(embedder, TEXTS, batch_size=3, dtype=np.float32)
+    single = np.concatenate([embed_texts(embedder, [t], dtype=np.float32) for t in TEXTS])
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+    # Deterministic: the same call gives the same vectors (no dropout).
+    assert np.array_equal(batched, embed_texts(embedder, TEXTS, batch_size=3, dtype=np.float32))
+
+
+def test_similar_sentences_are_closer_than_unrelated_ones(embedder):
+    v = _f32(
+        embed_texts(
+            embedder,
+            [
+                "A man is playing the guitar on stage.",
+                "Someone is strumming a guitar at a concert.",
+                "The quarterly earnings report disappointed investors.",
+                "How do I reset my password?",
+                "I forgot my login password and need to change it.",
+                "Volcanoes erupt when magma rises through the crust.",
+            ],
+        )
+    )
+    cos = v @ v.T
+    assert cos[0, 1] > cos[0, 2] + 0.3
+    assert cos[3, 4] > cos[3, 5] + 0.3
+
+
+def test_first_tokens_text_truncates_and_is_lazy():
+    seen: list[list[int]] = []
+
+    def decode(ids: list[int]) -> str:
+        seen.append(ids)
+        return " ".join(map(str, ids))
+
+    tokens = np.arange(20, dtype=np.uint16)
+    offsets = np.array([0, 3, 3, 15, 20], dtype=np.int64)  # doc 1 is empty
+    texts = first_tokens_text(decode, tokens, offsets, np.array([3, 0, 2, 1]), max_tokens=4)
+    assert seen == []  # nothing decoded before it is asked for
+    assert next(texts) == "15 16 17 18"
+    assert list(texts) == ["0 1 2", "3 4 5 6", ""]
+    assert all(type(t) is int for ids in seen for t in ids)  # plain ints, as tokenizer decoders want
+    with pytest.raises(PackprepError):
+        next(first_tokens_text(decode, tokens, offsets, np.array([0]), max_tokens=0))
+
+
+def test_embed_documents_fills_a_memmap(embedder, tmp_path):
+    words = "the cat sat on a mat stocks fell sharply today as investors sold shares".split()
+    decode = lambda ids: " ".join(words[i] for i in ids)  # noqa: E731
+    docs = [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13], [1, 2, 0, 5]]
+    tokens = np.array([t for d in docs for t in d], dtype=np.uint16)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])]).astype(np.int64)
+    doc_indices = np.array([2, 0, 3])
+    path = tmp_path / "embeddings.f16"
+    out = np.memmap(path, dtype=np.float16, mode="w+", shape=(3, embedder.dim))
+    calls: list[int] = []
+    embed_documents(
+        embedder, decode, tokens, offsets, doc_indices, out=out, max_tokens=3, batch_size=1, chunk=2, progress=calls.append
+    )
+    out.flush()
+    assert calls == [1, 1, 1]
+    expected = embed_texts(embedder, ["as investors sold", "the cat sat", "cat sat the"], batch_size=1)
+    back = np.memmap(path, dtype=np.float16, mode="r", shape=(3, embedder.dim))
+    np.testing.assert_allclose(_f32(back), _f32(expected), atol=2e-3)
+    with pytest.raises(ValueError, match="shape"):
+        embed_documents(embedder, decode, tokens, offsets, doc_indices, out=np.zeros((2, embedder.dim), np.float16))
+
+
+def test_local_model_folder_loads_with_the_network_off(tmp_path, monkeypatch):
+    folder = tmp_path / "my-model"
+    source = embed._packaged_model_dir()
+    for path in source.rglob("*"):  # a copy made of symlinks: same files, a different folder
+        if path.is_file():
+            link = folder / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    loaded = load_embedder(str(folder))
+    assert loaded.name == str(folder.resolve()) and loaded.dim == 384
+    assert loaded.fingerprint == embed._fingerprint(source)
+    assert embed_texts(loaded, ["Hello"]).shape == (1, 384)
+
+
+def test_bad_model_paths_are_user_errors(tmp_path):
+    with pytest.raises(PackprepError, match="not found") as missing:
+        load_embedder(str(tmp_path / "nope"))
+    assert str(tmp_path / "nope") in str(missing.value)
+    with pytest.raises(PackprepError, match="not found"):
+        load_embedder("sentence-transformers/all-mpnet-base-v2")  # hub names are not fetched
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PackprepError, match="modules.json"):
+        load_embedder(str(tmp_path / "empty"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(PackprepError, match="cannot load"):
+        load_embedder(str(tmp_path / "broken"))
+
+
+def test_fingerprint_sees_config_changes_and_skips_hidden_files(tmp_path):
+    (tmp_path / "config.json").write_text('{"hidden_size": 384}')
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 100)
+    before = embed._fingerprint(tmp_path)
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "lock").write_text("x")
+    assert embed._fingerprint(tmp_path) == before
+    (tmp_path / "config.json").write_text('{"hidden_size": 768}')
+    assert embed._fingerprint(tmp_path) != before
