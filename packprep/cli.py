@@ -78,6 +78,42 @@ def tokenize(
 
 @app.command()
 @handle_errors
+def dedup(
+    work: o.WorkArg,
+    minhash_threshold: o.MinhashThreshold = 0.8,
+    near: Annotated[bool, typer.Option("--near/--no-near", help="MinHash near-duplicate detection on top of exact.")] = True,
+    quiet: o.Quiet = False,
+) -> None:
+    """Find exact and near duplicates in a document store (a keep-mask beside it; nothing is deleted)."""
+    from packprep.config import DedupConfig
+    from packprep.semantic import dedup as run
+    from packprep.store import DocStore
+
+    result = run(DocStore.open(work), config=DedupConfig(minhash_threshold=minhash_threshold, near=near), reporter=_reporter(quiet))
+    if not quiet:
+        print(f"kept {int(result.keep.sum()):,} of {len(result.keep):,} documents: {result.manifest['counts']}", file=sys.stderr)
+
+
+@app.command()
+@handle_errors
+def embed(
+    work: o.WorkArg,
+    model: o.ModelOpt = "all-MiniLM-L6-v2",
+    embed_tokens: o.EmbedTokens = 256,
+    quiet: o.Quiet = False,
+) -> None:
+    """Embed every document of a store (first --embed-tokens tokens) into WORK/embeddings.npy."""
+    from packprep.config import EmbedConfig
+    from packprep.semantic import embed as run
+    from packprep.store import DocStore
+
+    embeddings = run(DocStore.open(work), config=EmbedConfig(model=model, embed_tokens=embed_tokens), reporter=_reporter(quiet))
+    if not quiet:
+        print(f"embeddings {embeddings.shape[0]:,} x {embeddings.shape[1]} -> {work}/embeddings.npy", file=sys.stderr)
+
+
+@app.command()
+@handle_errors
 def pack(
     source: Annotated[Path, typer.Argument(help="A raw corpus (tokenized first, cached in OUT/work) or a document store.", show_default=False)],
     out: o.OutArg,
@@ -92,16 +128,31 @@ def pack(
     eos_id: o.EosId = None,
     bos_id: o.BosId = None,
     on_error: o.OnErrorOpt = o.OnError.raise_,
+    dedup: o.DedupOpt = None,
+    minhash_threshold: o.MinhashThreshold = 0.8,
+    semantic_threshold: o.SemanticThreshold = None,
+    model: o.ModelOpt = "all-MiniLM-L6-v2",
+    embed_tokens: o.EmbedTokens = 256,
+    clusters: o.Clusters = None,
+    knn: o.Knn = 10,
     overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Pack documents into fixed-length sequences and write npy shards."""
-    from packprep.config import PackConfig
+    from packprep.config import DedupConfig, EmbedConfig, PackConfig
     from packprep.pipeline import pack as run
 
-    config = PackConfig(strategy=strategy.value, seq_len=seq_len, packing=packing.value, seed=seed, rows_per_shard=shard_size)
-    tok_config = _tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error)
-    run(source, out, config=config, tokenize_config=tok_config, overwrite=overwrite, reporter=_reporter(quiet))
+    config = PackConfig(
+        strategy=strategy.value, seq_len=seq_len, packing=packing.value, seed=seed, rows_per_shard=shard_size,
+        dedup=dedup, semantic_threshold=semantic_threshold, clusters=clusters, knn=knn,
+    )
+    run(
+        source, out, config=config,
+        tokenize_config=_tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error),
+        dedup_config=DedupConfig(minhash_threshold=minhash_threshold),
+        embed_config=EmbedConfig(model=model, embed_tokens=embed_tokens),
+        overwrite=overwrite, reporter=_reporter(quiet),
+    )
     if not quiet:
         print(f"wrote {out}; see `packprep inspect {out}`", file=sys.stderr)
 

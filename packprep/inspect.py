@@ -55,6 +55,8 @@ def compute_stats(ds: PackedDataset) -> dict[str, Any]:
         "dtype": manifest["dtype"],
         "dropped_empty_documents": int(store_counts.get("dropped_empty", 0)),
         "skipped_records": int(store_counts.get("skipped_records", 0)),
+        "dropped_documents": manifest.get("dropped", {}),
+        **_adjacency(ds, seg_doc, packed_docs),
         "document_length": _summary(doc_lengths),
         "segment_length": _summary(seg_length),
         "document_length_histogram": _histogram(doc_lengths),
@@ -64,6 +66,50 @@ def compute_stats(ds: PackedDataset) -> dict[str, Any]:
             for s, rows in zip(manifest["shards"], shard_rows)
         ],
     }
+
+
+def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) -> dict[str, Any]:
+    """Mean cosine of documents side by side in a row, and of the same documents in a random order.
+
+    Needs the embeddings stored beside the output's document store (any semantic
+    strategy leaves them there); the keys are absent otherwise.
+    """
+    from packprep.semantic import load_embeddings
+    from packprep.stages.order import adjacent_cosine
+
+    store_path = ds.manifest.get("source", {}).get("store")
+    embeddings = load_embeddings(Path(store_path)) if store_path else None
+    if embeddings is None or len(packed_docs) < 2:
+        return {}
+    same_row = np.ones(len(seg_doc), dtype=bool)
+    same_row[_row_starts(ds)] = False  # a row's first segment has no left neighbour in the row
+    left, right = seg_doc[np.flatnonzero(same_row) - 1], seg_doc[same_row]
+    within_rows = float(_pair_cosine(embeddings, left, right)) if len(left) else float("nan")
+    shuffled = np.random.default_rng(0).permutation(packed_docs)
+    return {
+        "adjacent_pairs": int(len(left)),
+        "adjacent_cosine": within_rows,
+        "adjacent_cosine_random": float(adjacent_cosine(shuffled, embeddings)),
+    }
+
+
+def _pair_cosine(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 65536) -> float:
+    total = 0.0
+    for start in range(0, len(left), chunk):
+        a = np.asarray(embeddings[left[start : start + chunk]], dtype=np.float32)
+        b = np.asarray(embeddings[right[start : start + chunk]], dtype=np.float32)
+        total += float(np.einsum("ij,ij->", a, b))
+    return total / len(left)
+
+
+def _row_starts(ds: PackedDataset) -> np.ndarray:
+    """Global index of each row's first segment, over all shards."""
+    starts, base = [], 0
+    for k in range(len(ds.manifest["shards"])):
+        row_ptr = np.asarray(ds.shard(k).row_ptr)
+        starts.append(row_ptr[:-1][np.diff(row_ptr) > 0] + base)
+        base += int(row_ptr[-1])
+    return np.concatenate(starts) if starts else np.zeros(0, np.int64)
 
 
 def _concat_segments(ds: PackedDataset) -> tuple[np.ndarray, ...]:
@@ -133,6 +179,12 @@ def print_stats(stats: dict[str, Any]) -> None:
         ("empty documents dropped", f"{stats['dropped_empty_documents']:,}"),
         ("bad records skipped", f"{stats['skipped_records']:,}"),
     ]
+    dropped = stats["dropped_documents"]
+    if dropped:
+        rows.append(("duplicates dropped", ", ".join(f"{n:,} {why}" for why, n in dropped.items())))
+    if "adjacent_cosine" in stats:
+        rows.append(("adjacent cosine (in rows)", f"{stats['adjacent_cosine']:.4f} over {stats['adjacent_pairs']:,} pairs"))
+        rows.append(("adjacent cosine (random order)", f"{stats['adjacent_cosine_random']:.4f}"))
     for what, value in rows:
         overview.add_row(what, value)
     console.print(overview)

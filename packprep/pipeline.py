@@ -16,15 +16,25 @@ from typing import Any
 import numpy as np
 
 from packprep import __version__
-from packprep._files import load_json
-from packprep.config import PACKINGS, STRATEGIES, PackConfig, TokenizeConfig, as_dict, stage_key
+from packprep._folders import (
+    WORK_DIRNAME,
+    claim_folder,
+    clear_output,
+    finished_with_key,
+    is_output_file,
+    is_store_file,
+    refuse_file,
+    removed_on_error,
+)
+from packprep.corpus import list_corpus_files
+from packprep.config import PACKINGS, STRATEGIES, DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
 from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
+from packprep.selection import Selection, select_documents
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
 from packprep.store import DocStore, DocStoreWriter, is_store
 
-WORK_DIRNAME = "work"
 _BATCH_DOCS = 2048
 _BATCH_CHARS = 8 << 20  # ~8 MB of text per tokenizer call keeps memory flat with huge documents
 
@@ -38,19 +48,24 @@ def tokenize(
     reporter: Reporter = SilentReporter(),
 ) -> DocStore:
     """Stream ``corpus`` through the tokenizer into a document store at ``work``."""
-    from packprep.corpus import ReadCounters, corpus_fingerprint, iter_documents, list_corpus_files
+    corpus, work = Path(corpus), Path(work)
+    list_corpus_files(corpus)  # fails early and clearly on a missing path or a folder with nothing to read
+    with removed_on_error(work):
+        return _tokenize(corpus, work, config, overwrite, reporter)
+
+
+def _tokenize(corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, reporter: Reporter) -> DocStore:
+    from packprep.corpus import ReadCounters, corpus_fingerprint, iter_documents
     from packprep.stages.dedup import normalized_text_hash
     from packprep.tokenizers import load_tokenizer, smallest_token_dtype
 
-    corpus, work = Path(corpus), Path(work)
-    list_corpus_files(corpus)  # fails early and clearly on a missing path or a folder with nothing to read
     tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id)
     fingerprint = corpus_fingerprint(corpus)
     key = stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint())
-    if _finished_with_key(work, key):
+    if finished_with_key(work, key):
         reporter.info(f"tokenize: reusing the document store in {work}")
         return DocStore.open(work)
-    _claim_folder(work, overwrite=overwrite, ours=_is_store_file)
+    claim_folder(work, overwrite=overwrite, ours=is_store_file)
 
     counters = ReadCounters()
     dropped_empty = 0
@@ -102,27 +117,53 @@ def pack(
     *,
     config: PackConfig = PackConfig(),
     tokenize_config: TokenizeConfig = TokenizeConfig(),
+    dedup_config: DedupConfig = DedupConfig(),
+    embed_config: EmbedConfig = EmbedConfig(),
     overwrite: bool = False,
     reporter: Reporter = SilentReporter(),
 ) -> Path:
-    """Pack a corpus (tokenized first, cached in ``out/work``) or a document store into shards at ``out``."""
+    """Pack a corpus (tokenized first, cached in ``out/work``) or a document store into shards at ``out``.
+
+    For ``cluster``/``icp`` the chain is tokenize -> dedup -> embed -> order -> pack,
+    each stage cached beside the store.
+    """
     _check_pack_config(config)
     source, out = Path(source), Path(out)
-    _refuse_file(out)
+    refuse_file(out)
+    with removed_on_error(out):
+        return _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, reporter)
+
+
+def _pack(
+    source: Path,
+    out: Path,
+    config: PackConfig,
+    tokenize_config: TokenizeConfig,
+    dedup_config: DedupConfig,
+    embed_config: EmbedConfig,
+    overwrite: bool,
+    reporter: Reporter,
+) -> Path:
     if is_store(source):
         store = DocStore.open(source)
     else:
-        _claim_folder(out, overwrite=overwrite, ours=_is_output_file, keep={WORK_DIRNAME})
+        list_corpus_files(source)  # a missing or unreadable corpus fails before OUT is touched
+        claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
         store = tokenize(source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, reporter=reporter)
 
-    key = stage_key("pack", config, store=store.manifest["key"])
-    if _finished_with_key(out, key, manifest=npy.MANIFEST_NAME):
+    inputs = {"store": store.manifest["key"]}
+    if config.run_dedup:
+        inputs["dedup"] = as_dict(dedup_config)
+    if config.semantic:
+        inputs["embed"] = as_dict(embed_config)
+    key = stage_key("pack", config, **inputs)
+    if finished_with_key(out, key, manifest=npy.MANIFEST_NAME):
         reporter.info(f"pack: {out} is already up to date")
         return out
-    _claim_folder(out, overwrite=overwrite, ours=_is_output_file, keep={WORK_DIRNAME})
+    claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
     if (out / npy.MANIFEST_NAME).is_file() and not overwrite:
         raise PackprepError("holds a packprep output made with other options; pass --overwrite to replace it", path=out)
-    _clear_output(out)
+    clear_output(out)
 
     tokenizer = store.manifest["tokenizer"]
     sep_id = _separator(config.strategy, tokenizer)
@@ -131,18 +172,16 @@ def pack(
     if config.seq_len <= sep_len:
         raise PackprepError(f"--seq-len {config.seq_len} leaves no room next to the {sep_len}-token separator")
 
-    from packprep.stages.order import random_order
-
-    doc_indices = np.arange(store.num_documents, dtype=np.int64)
-    order = random_order(doc_indices, seed=config.seed)
+    selection = select_documents(store, config=config, dedup_config=dedup_config, embed_config=embed_config, reporter=reporter)
     sequence_lengths = store.lengths() + sep_len
-    plan = pack_plan(sequence_lengths, order, seq_len=config.seq_len, packing=config.packing)
-    if config.packing == "bestfit":
-        # Best fit opens rows longest-document first; shuffle them so training does not see all long documents first.
+    plan = pack_plan(sequence_lengths, selection.order, seq_len=config.seq_len, packing=config.packing)
+    if config.packing == "bestfit" or config.semantic:
+        # Best fit opens rows longest-document first, and semantic orders put one topic in
+        # consecutive rows: shuffle rows (the documents inside a row stay together).
         plan = permute_rows(plan, np.random.default_rng([config.seed, 1]).permutation(plan.num_rows))
 
     shards = _write_shards(out, plan, store, sep_id=sep_id, pad_id=pad_id, config=config, reporter=reporter)
-    _write_doc_table(out, store, sequence_lengths)
+    _write_doc_table(out, store, sequence_lengths, selection)
     npy.write_manifest(
         out,
         {
@@ -157,9 +196,12 @@ def pack(
             "sep_id": sep_id,
             "tokenizer": tokenizer,
             "config": as_dict(config),
-            "source": {"store": str(store.path), "store_key": store.manifest["key"], **store.manifest["source"]},
-            "counts": plan_counts(plan, num_documents=len(order)),
+            "dedup_config": as_dict(dedup_config) if config.run_dedup else None,
+            "embed_config": as_dict(embed_config) if config.semantic else None,
+            "source": {"store": str(store.path.resolve()), "store_key": store.manifest["key"], **store.manifest["source"]},
+            "counts": plan_counts(plan, num_documents=len(selection.order)),
             "store_counts": store.manifest["counts"],
+            "dropped": selection.dropped_counts(),
             "shards": shards,
         },
     )
@@ -200,12 +242,14 @@ def _write_shards(
     return shards
 
 
-def _write_doc_table(out: Path, store: DocStore, sequence_lengths: np.ndarray) -> None:
+def _write_doc_table(out: Path, store: DocStore, sequence_lengths: np.ndarray, selection: Selection) -> None:
     for name in ("doc_ids.bin", "doc_ids.idx.npy"):
         tmp = out / (name + ".tmp")
         shutil.copyfile(store.path / name, tmp)
         tmp.replace(out / name)
     npy.save_npy(out / "doc_lengths.npy", sequence_lengths.astype(np.int64))
+    npy.save_npy(out / "doc_dropped.npy", selection.reason)
+    npy.save_npy(out / "doc_dup_of.npy", selection.dup_of)
 
 
 def _separator(strategy: str, tokenizer: dict[str, Any]) -> int | None:
@@ -225,6 +269,12 @@ def _check_pack_config(config: PackConfig) -> None:
         raise PackprepError(f"--seq-len must be positive, got {config.seq_len}")
     if config.rows_per_shard is not None and config.rows_per_shard <= 0:
         raise PackprepError(f"--shard-size must be positive, got {config.rows_per_shard}")
+    if config.semantic_threshold is not None and not 0.0 <= config.semantic_threshold <= 1.0:
+        raise PackprepError(f"--semantic-threshold must be in [0, 1] (0: off), got {config.semantic_threshold}")
+    if config.clusters is not None and config.clusters < 1:
+        raise PackprepError(f"--clusters must be at least 1, got {config.clusters}")
+    if config.knn < 1:
+        raise PackprepError(f"--knn must be at least 1, got {config.knn}")
 
 
 def _tokenizer_info(tokenizer: Any, tokenizer_spec: str) -> dict[str, Any]:
@@ -250,62 +300,3 @@ def _batches(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, s
             batch, chars = [], 0
     if batch:
         yield batch
-
-
-# --- output folders -------------------------------------------------------------------------------
-
-
-def _refuse_file(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        raise PackprepError("is a file; expected a folder (new or empty)", path=path)
-
-
-def _finished_with_key(folder: Path, key: str, *, manifest: str = "store.json") -> bool:
-    path = folder / manifest
-    if not path.is_file():
-        return False
-    try:
-        return load_json(path).get("key") == key
-    except ValueError:
-        return False
-
-
-def _is_store_file(path: Path) -> bool:
-    return path.name.split(".")[0] in {"tokens", "offsets", "text_hash", "doc_ids", "store"}
-
-
-def _is_output_file(path: Path) -> bool:
-    name = path.name
-    return name.startswith("shard-") or name.split(".")[0] in {"doc_ids", "doc_lengths", "manifest"}
-
-
-def _claim_folder(folder: Path, *, overwrite: bool, ours: Any, keep: set[str] = frozenset()) -> None:
-    """Make ``folder`` ready to be written: create it, or refuse one holding foreign files.
-
-    Files this stage itself writes (``ours``) are allowed: they are a previous or
-    interrupted run of packprep and are replaced. Anything else needs ``--overwrite``.
-    """
-    _refuse_file(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in keep and not ours(p))
-    if foreign and not overwrite:
-        listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise PackprepError(f"is not empty ({listed}); pass --overwrite to replace its contents", path=folder)
-    if overwrite:
-        for name in foreign:
-            _remove(folder / name)
-
-
-def _clear_output(out: Path) -> None:
-    """Remove a previous output (manifest first, so nothing half-old looks finished)."""
-    (out / npy.MANIFEST_NAME).unlink(missing_ok=True)
-    for path in out.iterdir():
-        if path.name != WORK_DIRNAME and _is_output_file(path):
-            _remove(path)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()

@@ -1,0 +1,86 @@
+"""Output and work folders: what may be written where, and what a rerun may replace."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from packprep._files import load_json
+from packprep.errors import PackprepError
+from packprep.formats import npy
+
+WORK_DIRNAME = "work"
+
+
+def refuse_file(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise PackprepError("is a file; expected a folder (new or empty)", path=path)
+
+
+def finished_with_key(folder: Path, key: str, *, manifest: str = "store.json") -> bool:
+    path = folder / manifest
+    if not path.is_file():
+        return False
+    try:
+        return load_json(path).get("key") == key
+    except ValueError:
+        return False
+
+
+def is_store_file(path: Path) -> bool:
+    return path.name.split(".")[0] in {"tokens", "offsets", "text_hash", "doc_ids", "store", "dedup", "embed", "embeddings"}
+
+
+def is_output_file(path: Path) -> bool:
+    name = path.name
+    return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest"
+
+
+def claim_folder(folder: Path, *, overwrite: bool, ours: Callable[[Path], bool], keep: set[str] = frozenset()) -> None:
+    """Make ``folder`` ready to be written: create it, or refuse one holding foreign files.
+
+    Files this stage itself writes (``ours``) are allowed: they are a previous or
+    interrupted run of packprep and are replaced. Anything else needs ``--overwrite``.
+    """
+    refuse_file(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in keep and not ours(p))
+    if foreign and not overwrite:
+        listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise PackprepError(f"is not empty ({listed}); pass --overwrite to replace its contents", path=folder)
+    if overwrite:
+        for name in foreign:
+            _remove(folder / name)
+
+
+def clear_output(out: Path) -> None:
+    """Remove a previous output (manifest first, so nothing half-old looks finished)."""
+    (out / npy.MANIFEST_NAME).unlink(missing_ok=True)
+    for path in out.iterdir():
+        if path.name != WORK_DIRNAME and is_output_file(path):
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def removed_on_error(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` if it did not exist before and the block fails on a user error.
+
+    A bad input must leave nothing behind; an interrupted run (Ctrl-C) keeps what it
+    finished so that a rerun resumes.
+    """
+    existed = folder.exists()
+    try:
+        yield
+    except PackprepError:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise

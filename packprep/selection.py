@@ -1,0 +1,66 @@
+"""Which documents are packed, and in what order: dedup, then the strategy's ordering."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from packprep.config import DedupConfig, EmbedConfig, PackConfig
+from packprep.progress import Reporter, SilentReporter
+from packprep.store import DocStore
+
+# Mirrors stages.dedup.REASON_NAMES without importing that stage (and its deps) for random/eos.
+REASON_NAMES = {0: "kept", 1: "exact", 2: "near", 3: "semantic"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """``order``: int64 [M] document indices in packing order (the kept ones).
+    ``reason``: uint8 [N] why each document was dropped (0: kept). ``dup_of``: int64 [N] (-1: kept)."""
+
+    order: np.ndarray
+    reason: np.ndarray
+    dup_of: np.ndarray
+
+    def dropped_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.reason, minlength=len(REASON_NAMES))
+        return {REASON_NAMES[code]: int(counts[code]) for code in sorted(REASON_NAMES) if code != 0}
+
+
+def select_documents(
+    store: DocStore,
+    *,
+    config: PackConfig,
+    dedup_config: DedupConfig = DedupConfig(),
+    embed_config: EmbedConfig = EmbedConfig(),
+    reporter: Reporter = SilentReporter(),
+) -> Selection:
+    from packprep import semantic
+    from packprep.stages import order as orders
+
+    n = store.num_documents
+    reason = np.zeros(n, dtype=np.uint8)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    if config.run_dedup:
+        found = semantic.dedup(store, config=dedup_config, reporter=reporter)
+        reason, dup_of = found.reason.copy(), found.dup_of.copy()
+    if not config.semantic:
+        return Selection(order=orders.random_order(np.flatnonzero(reason == 0), seed=config.seed), reason=reason, dup_of=dup_of)
+
+    embeddings = semantic.embed(store, config=embed_config, reporter=reporter)
+    threshold = config.effective_semantic_threshold
+    if threshold:
+        from packprep.stages.dedup import semantic_duplicates
+
+        close = semantic_duplicates(embeddings, threshold=threshold, keep=reason == 0, k=config.knn)
+        newly = (reason == 0) & ~close.keep
+        reason[newly], dup_of[newly] = close.reason[newly], close.dup_of[newly]
+        reporter.info(f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {threshold}")
+    kept = np.flatnonzero(reason == 0)
+    with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
+        if config.strategy == "cluster":
+            order = orders.cluster_order(kept, embeddings, n_clusters=config.clusters, seed=config.seed, progress=advance)
+        else:
+            order = orders.icp_order(kept, embeddings, k=config.knn, seed=config.seed, progress=advance)
+    return Selection(order=order, reason=reason, dup_of=dup_of)

@@ -1,0 +1,132 @@
+"""The semantic stages wired to a document store: dedup and embed, cached beside it.
+
+Files added to WORK (each stage's manifest is written last; a matching ``key``
+means the stage is reused):
+
+    dedup.json            manifest: config, counts by reason, key
+    dedup.keep.npy        bool [N]   True for documents kept by exact + near dedup
+    dedup.reason.npy      uint8 [N]  0 kept, 1 exact, 2 near (stages.dedup.REASON_*)
+    dedup.dup_of.npy      int64 [N]  the kept document a dropped one duplicates, -1 if kept
+    embeddings.npy        float16|float32 [N, D], L2-normalised, every document of the store
+    embed.json            manifest: model, dim, embed_tokens, key
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packprep._files import load_json, save_json, save_npy
+from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
+from packprep.errors import PackprepError
+from packprep.progress import Reporter, SilentReporter
+from packprep.store import DocStore
+
+DEDUP_MANIFEST = "dedup.json"
+EMBED_MANIFEST = "embed.json"
+_DEDUP_ARRAYS = ("keep", "reason", "dup_of")
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """A stored dedup result: the arrays of ``stages.dedup.DedupResult`` plus its manifest."""
+
+    keep: np.ndarray
+    reason: np.ndarray
+    dup_of: np.ndarray
+    manifest: dict[str, Any]
+
+
+def dedup(store: DocStore, *, config: DedupConfig = DedupConfig(), reporter: Reporter = SilentReporter()) -> Dedup:
+    """Exact (normalised-text hash) and near (MinHash LSH) dedup of ``store``; cached in its folder."""
+    from packprep.stages import dedup as stage
+
+    key = stage_key("dedup", config, store=store.manifest["key"])
+    cached = _cached(store.path / DEDUP_MANIFEST, key)
+    if cached is not None:
+        reporter.info("dedup: reusing the stored result")
+        return _load_dedup(store.path, cached)
+    (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
+
+    result = stage.exact_duplicates(store.text_hash) if config.exact else _all_kept(store.num_documents)
+    if config.near:
+        with reporter.track("minhash", total=store.num_documents, unit="docs") as advance:
+            signatures = stage.minhash_signatures(
+                store.tokens, store.offsets, num_perm=config.num_perm, shingle=config.shingle, seed=config.seed,
+                progress=advance,
+            )
+        near = stage.near_duplicates(signatures, threshold=config.minhash_threshold, seed=config.seed, keep=result.keep)
+        result = stage.combine(result, near)
+    for name in _DEDUP_ARRAYS:
+        save_npy(store.path / f"dedup.{name}.npy", getattr(result, name))
+    manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
+    save_json(store.path / DEDUP_MANIFEST, manifest)
+    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
+    return _load_dedup(store.path, manifest)
+
+
+def embed(store: DocStore, *, config: EmbedConfig = EmbedConfig(), reporter: Reporter = SilentReporter()) -> np.ndarray:
+    """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap."""
+    from packprep.stages.embed import embed_documents, load_embedder
+    from packprep.tokenizers import load_tokenizer
+
+    embedder = load_embedder(config.model)
+    key = stage_key("embed", config, store=store.manifest["key"], model=embedder.fingerprint)
+    path = store.path / "embeddings.npy"
+    if _cached(store.path / EMBED_MANIFEST, key) is not None:
+        reporter.info("embed: reusing the stored embeddings")
+        return np.load(path, mmap_mode="r")
+    (store.path / EMBED_MANIFEST).unlink(missing_ok=True)
+
+    tokenizer = load_tokenizer(store.manifest["tokenizer"]["spec"])
+    tmp = path.with_name(path.name + ".tmp")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(config.dtype), shape=(store.num_documents, embedder.dim))
+    with reporter.track(f"embed ({embedder.name})", total=store.num_documents, unit="docs") as advance:
+        embed_documents(
+            embedder, tokenizer.decode, store.tokens, store.offsets, np.arange(store.num_documents),
+            out=out, max_tokens=config.embed_tokens, batch_size=config.batch_size, progress=advance,
+        )
+    out.flush()
+    del out
+    tmp.replace(path)
+    save_json(
+        store.path / EMBED_MANIFEST,
+        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": embedder.fingerprint},
+    )
+    return np.load(path, mmap_mode="r")
+
+
+def load_embeddings(store_path: Path) -> np.ndarray | None:
+    """The embeddings stored beside a document store, or None when it has none."""
+    path = Path(store_path) / "embeddings.npy"
+    return np.load(path, mmap_mode="r") if (Path(store_path) / EMBED_MANIFEST).is_file() and path.is_file() else None
+
+
+def _cached(manifest_path: Path, key: str) -> dict[str, Any] | None:
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = load_json(manifest_path)
+    except json.JSONDecodeError:
+        return None
+    return manifest if manifest.get("key") == key else None
+
+
+def _load_dedup(folder: Path, manifest: dict[str, Any]) -> Dedup:
+    arrays = {name: np.load(folder / f"dedup.{name}.npy") for name in _DEDUP_ARRAYS}
+    return Dedup(manifest=manifest, **arrays)
+
+
+def _all_kept(n: int):
+    from packprep.stages.dedup import REASON_KEPT, DedupResult
+
+    return DedupResult(keep=np.ones(n, bool), reason=np.full(n, REASON_KEPT, np.uint8), dup_of=np.full(n, -1, np.int64))
+
+
+def check_threshold(name: str, value: float | None) -> None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise PackprepError(f"{name} must be in (0, 1], got {value}")

@@ -1,0 +1,265 @@
+"""Dedup: document store arrays -> a keep-mask with a reason and a duplicate-of index.
+
+Three detectors, all keeping the lowest-index document of a group:
+- exact: equal hashes of the normalised text (computed at tokenize time);
+- near: MinHash over token n-gram shingles, LSH banding, candidates verified by the
+  estimated Jaccard, groups by connected components;
+- semantic: cosine of embeddings above a threshold to an earlier kept document.
+
+Pure numpy (faiss and scipy imported inside the functions that need them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+REASON_KEPT, REASON_EXACT, REASON_NEAR, REASON_SEMANTIC = 0, 1, 2, 3
+REASON_NAMES = {REASON_KEPT: "kept", REASON_EXACT: "exact", REASON_NEAR: "near", REASON_SEMANTIC: "semantic"}
+
+_WHITESPACE = re.compile(r"\s+")
+_MERSENNE_61 = (1 << 61) - 1
+_EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)
+_SHINGLE_CHUNK = 1 << 21  # shingles hashed per chunk: bounds the uint64 temporaries to ~16 MB each
+_MAX_FULL_PAIRS_RUN = 64  # LSH buckets larger than this are linked as a star, not all pairs
+
+
+def normalized_text_hash(text: str) -> int:
+    """blake2b-64 (little-endian int) of the text after NFC, whitespace collapsing and strip."""
+    normal = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    return int.from_bytes(hashlib.blake2b(normal.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    keep: np.ndarray  # bool [N]
+    reason: np.ndarray  # uint8 [N], REASON_*
+    dup_of: np.ndarray  # int64 [N], the kept document a dropped one duplicates; -1 if kept
+
+    def counts(self) -> dict[str, int]:
+        counts = np.bincount(self.reason, minlength=len(REASON_NAMES))
+        return {name: int(counts[code]) for code, name in REASON_NAMES.items()}
+
+
+def _result(n: int, dup_of: np.ndarray, reason_code: int) -> DedupResult:
+    dropped = dup_of >= 0
+    reason = np.where(dropped, reason_code, REASON_KEPT).astype(np.uint8)
+    return DedupResult(keep=~dropped, reason=reason, dup_of=dup_of.astype(np.int64))
+
+
+def exact_duplicates(text_hash: np.ndarray) -> DedupResult:
+    """Drop every document whose hash (uint64 [N]) appeared at a lower index."""
+    hashes = np.asarray(text_hash)
+    order = np.argsort(hashes, kind="stable")  # equal hashes stay in index order
+    sorted_hashes = hashes[order]
+    group_start = np.ones(len(hashes), dtype=bool)
+    group_start[1:] = sorted_hashes[1:] != sorted_hashes[:-1]
+    first = order[np.flatnonzero(group_start)][np.cumsum(group_start) - 1]
+    dup_of = np.full(len(hashes), -1, dtype=np.int64)
+    dup_of[order] = np.where(first != order, first, -1)
+    return _result(len(hashes), dup_of, REASON_EXACT)
+
+
+def minhash_signatures(
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    num_perm: int = 128,
+    shingle: int = 5,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """uint32 [N, num_perm] MinHash signatures of token ``shingle``-grams.
+
+    A shingle is hashed to uint64 (polynomial in its token ids, then a splitmix64
+    finaliser); each permutation is a multiply-shift hash ``(a*x + b) >> 32`` with odd
+    ``a`` (Dietzfelbinger et al.), computed in wrapping uint64 arithmetic, which numpy
+    does natively: no modular reduction, no Python loop per token. Documents shorter
+    than ``shingle`` are one shingle; empty documents get an all-0xFFFFFFFF signature
+    that :func:`near_duplicates` ignores.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = len(offsets) - 1
+    rng = np.random.default_rng(seed)
+    a = rng.integers(1, 1 << 63, size=num_perm, dtype=np.uint64) | np.uint64(1)
+    b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
+    signatures = np.full((n, num_perm), _EMPTY_SIGNATURE, dtype=np.uint32)
+    doc = 0
+    while doc < n:
+        end = _chunk_end(offsets, doc, _SHINGLE_CHUNK)
+        _sign_chunk(tokens, offsets, doc, end, shingle, a, b, signatures)
+        if progress:
+            progress(end - doc)
+        doc = end
+    return signatures
+
+
+def _chunk_end(offsets: np.ndarray, doc: int, budget: int) -> int:
+    """First document after ``doc`` such that the chunk holds about ``budget`` tokens (at least one document)."""
+    end = int(np.searchsorted(offsets, offsets[doc] + budget, side="right")) - 1
+    return min(max(end, doc + 1), len(offsets) - 1)
+
+
+def _sign_chunk(tokens, offsets, d0, d1, shingle, a, b, signatures) -> None:
+    base = int(offsets[d0])
+    chunk = np.asarray(tokens[base : int(offsets[d1])], dtype=np.uint64)
+    starts, ends = offsets[d0:d1] - base, offsets[d0 + 1 : d1 + 1] - base
+    lengths = ends - starts
+    width = np.minimum(lengths, shingle)  # short documents: one shingle of the whole document
+    count = np.where(lengths > 0, lengths - width + 1, 0)
+    if not count.any():
+        return
+    owner = np.repeat(np.arange(d1 - d0), count)
+    first = np.repeat(starts, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+    owner_width = width[owner]
+    h = np.zeros(len(first), dtype=np.uint64)
+    for j in range(shingle):
+        inside = j < owner_width
+        term = chunk[np.minimum(first + j, len(chunk) - 1)] + np.uint64(j + 1)
+        h = np.where(inside, h * np.uint64(0x100000001B3) + term, h)
+    h = _splitmix64(h)
+    groups = np.flatnonzero(count)
+    group_starts = np.concatenate([[0], np.cumsum(count[groups])[:-1]])
+    for p in range(len(a)):
+        permuted = ((a[p] * h + b[p]) >> np.uint64(32)).astype(np.uint32)
+        signatures[d0 + groups, p] = np.minimum.reduceat(permuted, group_starts)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def lsh_params(num_perm: int, threshold: float) -> tuple[int, int]:
+    """Bands b and rows r (b*r <= num_perm) minimising the false positive + negative areas.
+
+    The same criterion as datasketch's ``_optimal_param`` with equal weights: the
+    probability that two documents of Jaccard s share a band is 1 - (1 - s^r)^b.
+    """
+    s = np.linspace(0.0, 1.0, 1001)
+    best, best_cost = (1, num_perm), np.inf
+    for bands in range(1, num_perm + 1):
+        rows = num_perm // bands
+        collide = 1.0 - (1.0 - s**rows) ** bands
+        below, above = s <= threshold, s >= threshold
+        cost = np.trapezoid(collide[below], s[below]) + np.trapezoid(1.0 - collide[above], s[above])
+        if cost < best_cost:
+            best, best_cost = (bands, rows), cost
+    return best
+
+
+def near_duplicates(
+    signatures: np.ndarray, *, threshold: float = 0.8, seed: int = 0, keep: np.ndarray | None = None
+) -> DedupResult:
+    """Group documents whose estimated Jaccard >= ``threshold``; keep the lowest index of each group.
+
+    ``keep`` (bool [N]): documents already dropped are left out entirely.
+    """
+    n, num_perm = signatures.shape
+    active = np.ones(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool).copy()
+    active &= ~(signatures == _EMPTY_SIGNATURE).all(axis=1)
+    ids = np.flatnonzero(active)
+    bands, rows = lsh_params(num_perm, threshold)
+    left, right = _band_candidates(signatures[ids], bands, rows, seed)
+    if len(left):
+        pairs = np.unique(np.stack([ids[left], ids[right]], axis=1), axis=0)
+        similar = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1) >= threshold
+        pairs = pairs[similar]
+    else:
+        pairs = np.zeros((0, 2), dtype=np.int64)
+    return _result(n, _lowest_in_component(n, pairs), REASON_NEAR)
+
+
+def _band_candidates(sig: np.ndarray, bands: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Position pairs sharing at least one band (all pairs in small buckets, a star in large ones)."""
+    weights = np.random.default_rng(seed + 1).integers(1, 1 << 63, size=rows, dtype=np.uint64) | np.uint64(1)
+    lefts, rights = [], []
+    for band in range(bands):
+        block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        keys = _splitmix64((block * weights).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        new = np.ones(len(keys), dtype=bool)
+        new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        run_id = np.cumsum(new) - 1
+        run_start = np.flatnonzero(new)
+        run_len = np.diff(np.append(run_start, len(keys)))
+        members = np.flatnonzero(run_len[run_id] > 1)
+        if not len(members):
+            continue
+        head = order[run_start[run_id[members]]]
+        is_head = members == run_start[run_id[members]]
+        lefts.append(head[~is_head])
+        rights.append(order[members[~is_head]])
+        for start in run_start[(run_len > 2) & (run_len <= _MAX_FULL_PAIRS_RUN)]:
+            group = order[start : start + run_len[np.searchsorted(run_start, start)]]
+            i, j = np.triu_indices(len(group), 1)
+            lefts.append(group[i])
+            rights.append(group[j])
+    if not lefts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(lefts), np.concatenate(rights)
+
+
+def _lowest_in_component(n: int, pairs: np.ndarray) -> np.ndarray:
+    """dup_of for connected components of ``pairs``: the lowest index of each, -1 for it and singletons."""
+    dup_of = np.full(n, -1, dtype=np.int64)
+    if not len(pairs):
+        return dup_of
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    lowest = np.full(label.max() + 1, n, dtype=np.int64)
+    np.minimum.at(lowest, label, np.arange(n))
+    root = lowest[label]
+    dup_of[root != np.arange(n)] = root[root != np.arange(n)]
+    return dup_of
+
+
+def semantic_duplicates(
+    embeddings: np.ndarray, *, threshold: float, keep: np.ndarray | None = None, k: int = 10
+) -> DedupResult:
+    """Drop, in index order, documents whose cosine to an earlier kept document is > ``threshold``.
+
+    ``embeddings``: L2-normalised float [N, D]. Only each document's ``k`` nearest
+    neighbours are looked at (the kNN graph of ``stages.order``, exact or approximate).
+    """
+    from packprep.stages.order import knn_graph
+
+    n = len(embeddings)
+    ids = np.flatnonzero(np.ones(n, bool) if keep is None else np.asarray(keep, dtype=bool))
+    dup_of = np.full(n, -1, dtype=np.int64)
+    if len(ids) < 2:
+        return _result(n, dup_of, REASON_SEMANTIC)
+    neighbours, sims = knn_graph(np.asarray(embeddings[ids], dtype=np.float32), k=min(k, len(ids) - 1))
+    rows = np.arange(len(ids))[:, None]
+    close = (sims > threshold) & (neighbours >= 0) & (neighbours < rows)
+    dropped = np.zeros(len(ids), dtype=bool)
+    # Only documents with a close earlier neighbour can be dropped; whether they are depends on
+    # whether that neighbour itself was kept, so they are decided in index order.
+    for i in np.flatnonzero(close.any(axis=1)):
+        candidates = neighbours[i][close[i]]
+        kept = candidates[~dropped[candidates]]
+        if len(kept):
+            dropped[i] = True
+            dup_of[ids[i]] = ids[kept[0]]  # neighbours are sorted by similarity: the closest kept one
+    return _result(n, dup_of, REASON_SEMANTIC)
+
+
+def combine(*results: DedupResult) -> DedupResult:
+    """One result from several: for each document the first non-kept reason, in the order given."""
+    reason = np.zeros_like(results[0].reason)
+    dup_of = np.full_like(results[0].dup_of, -1)
+    for result in results:
+        take = (reason == REASON_KEPT) & (result.reason != REASON_KEPT)
+        reason[take], dup_of[take] = result.reason[take], result.dup_of[take]
+    return DedupResult(keep=reason == REASON_KEPT, reason=reason, dup_of=dup_of)

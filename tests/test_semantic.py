@@ -1,0 +1,166 @@
+"""dedup -> embed -> cluster/icp -> pack on a tiny labelled corpus, with the real MiniLM."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from packprep import PackedDataset
+from packprep.cli import app
+from packprep.config import EmbedConfig, PackConfig
+from packprep.inspect import compute_stats
+from packprep.pipeline import pack, tokenize
+from tests.conftest import write_jsonl
+
+TOPICS = {
+    "astronomy": [
+        "The telescope resolved two faint galaxies behind the nebula.",
+        "Astronomers measured the redshift of a distant quasar.",
+        "The orbit of the comet brings it near the Sun every 76 years.",
+        "Saturn's rings are made of ice and rock fragments.",
+    ],
+    "cooking": [
+        "Knead the dough for ten minutes, then let it rise until doubled.",
+        "Simmer the tomato sauce with garlic, basil and olive oil.",
+        "Whisk the eggs with sugar before folding in the flour.",
+        "Roast the vegetables at high heat until they caramelise.",
+    ],
+    "football": [
+        "The striker scored twice in the second half of the match.",
+        "The goalkeeper saved a penalty in the final minute.",
+        "The coach changed the formation after the defender was sent off.",
+        "Fans filled the stadium for the derby against their rivals.",
+    ],
+    "finance": [
+        "The central bank raised interest rates to curb inflation.",
+        "Bond yields fell as investors sought safer assets.",
+        "The company's quarterly earnings beat analysts' expectations.",
+        "Stock markets slid after the weak employment report.",
+    ],
+}
+
+
+def labelled_corpus(folder: Path, per_topic: int = 10, seed: int = 0) -> tuple[Path, dict[str, str]]:
+    rng = random.Random(seed)
+    records, topic_of = [], {}
+    for topic, sentences in TOPICS.items():
+        for i in range(per_topic):
+            doc_id = f"{topic}-{i}"
+            text = " ".join(rng.sample(sentences, k=3)) + f" Note {i}: " + rng.choice(sentences)
+            records.append({"id": doc_id, "text": text})
+            topic_of[doc_id] = topic
+    rng.shuffle(records)
+    return write_jsonl(folder / "labelled.jsonl", records), topic_of
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    return labelled_corpus(tmp_path_factory.mktemp("labelled"))
+
+
+def topic_share(ds: PackedDataset, topic_of: dict[str, str]) -> float:
+    same = total = 0
+    for i in range(len(ds)):
+        docs = [d for d in ds[i]["doc_index"].tolist() if d >= 0]
+        for a, b in zip(docs, docs[1:]):
+            total += 1
+            same += topic_of[ds.doc_ids[a]] == topic_of[ds.doc_ids[b]]
+    return same / total
+
+
+def test_icp_puts_similar_documents_side_by_side(corpus, tmp_path):
+    path, topic_of = corpus
+    out = pack(path, tmp_path / "icp", config=PackConfig(strategy="icp", seq_len=256, semantic_threshold=0, dedup=False))
+    ds = PackedDataset(out)
+    stats = compute_stats(ds)
+    assert stats["num_documents"] == 40
+    assert stats["adjacent_cosine"] > stats["adjacent_cosine_random"] + 0.2
+    assert topic_share(ds, topic_of) >= 0.8
+    random_ds = PackedDataset(pack(out / "work", tmp_path / "rnd", config=PackConfig(strategy="eos", seq_len=256)))
+    assert topic_share(random_ds, topic_of) < 0.5
+
+
+def test_icp_uses_every_kept_document_exactly_once(corpus, tmp_path):
+    path, _ = corpus
+    ds = PackedDataset(pack(path, tmp_path / "icp", config=PackConfig(strategy="icp", seq_len=64, semantic_threshold=0, dedup=False)))
+    starts = [d for i in range(len(ds)) for d, off in zip(ds[i]["doc_index"].tolist(), ds[i]["doc_offset"].tolist()) if off == 0 and d >= 0]
+    assert sorted(starts) == list(range(40))
+
+
+def test_cluster_strategy_groups_topics(corpus, tmp_path):
+    path, topic_of = corpus
+    ds = PackedDataset(pack(path, tmp_path / "cl", config=PackConfig(strategy="cluster", seq_len=256, clusters=4)))
+    random_ds = PackedDataset(pack(path, tmp_path / "rnd", config=PackConfig(strategy="eos", seq_len=256, dedup=True)))
+    # four balanced topics: a random order shares a topic about a quarter of the time
+    assert topic_share(ds, topic_of) >= topic_share(random_ds, topic_of) + 0.3
+
+
+def test_semantic_threshold_drops_paraphrases(tmp_path):
+    records = [
+        {"id": "a", "text": "The cat sat on the mat and looked out of the window."},
+        {"id": "b", "text": "The cat sat on the mat and looked out the window."},
+        {"id": "c", "text": "Interest rates rose sharply after the announcement."},
+    ]
+    path = write_jsonl(tmp_path / "c.jsonl", records)
+    out = pack(path, tmp_path / "o", config=PackConfig(strategy="icp", seq_len=32, semantic_threshold=0.9, dedup=False))
+    ds = PackedDataset(out)
+    assert ds.manifest["dropped"]["semantic"] == 1
+    dropped = np.load(out / "doc_dropped.npy")
+    dup_of = np.load(out / "doc_dup_of.npy")
+    assert [ds.doc_ids[i] for i in np.flatnonzero(dropped)] == ["b"]
+    assert ds.doc_ids[int(dup_of[np.flatnonzero(dropped)[0]])] == "a"
+
+
+def test_second_run_reuses_stages_and_option_changes_redo_them(corpus, tmp_path):
+    path, _ = corpus
+    out = tmp_path / "out"
+    config = PackConfig(strategy="icp", seq_len=128)
+    pack(path, out, config=config)
+    stamps = {name: (out / "work" / name).stat().st_mtime_ns for name in ("store.json", "dedup.json", "embed.json")}
+    manifest_stamp = (out / "manifest.json").stat().st_mtime_ns
+    pack(path, out, config=config)
+    assert (out / "manifest.json").stat().st_mtime_ns == manifest_stamp
+    pack(path, out, config=config, embed_config=EmbedConfig(embed_tokens=16), overwrite=True)
+    after = {name: (out / "work" / name).stat().st_mtime_ns for name in stamps}
+    assert after["store.json"] == stamps["store.json"] and after["dedup.json"] == stamps["dedup.json"]
+    assert after["embed.json"] != stamps["embed.json"]
+    assert json.loads((out / "work" / "embed.json").read_text())["config"]["embed_tokens"] == 16
+
+
+def test_stage_commands_one_by_one_equal_the_one_shot_command(corpus, tmp_path):
+    path, _ = corpus
+    runner = CliRunner()
+    work, a, b = tmp_path / "work", tmp_path / "a", tmp_path / "b"
+    for args in (
+        ["tokenize", path, work, "-q"],
+        ["dedup", work, "-q"],
+        ["embed", work, "-q"],
+        ["pack", work, a, "--strategy", "icp", "--seq-len", "128", "-q"],
+        ["pack", path, b, "--strategy", "icp", "--seq-len", "128", "-q"],
+    ):
+        result = runner.invoke(app, [str(x) for x in args])
+        assert result.exit_code == 0, result.output
+    for name in ("input_ids", "row_ptr", "seg_doc", "seg_doc_offset"):
+        assert (a / f"shard-00000.{name}.npy").read_bytes() == (b / f"shard-00000.{name}.npy").read_bytes()
+    result = runner.invoke(app, ["inspect", str(a)])
+    assert "adjacent cosine (in rows)" in result.stdout and "adjacent cosine (random order)" in result.stdout
+
+
+def test_dedup_command_reports_planted_duplicates(tmp_path):
+    base = "A long enough sentence about rivers, mountains, forests and the creatures living there. " * 3
+    records = [
+        {"id": "orig", "text": base},
+        {"id": "exact", "text": base.replace(" ", "  ")},  # same normalised text
+        {"id": "other", "text": "Completely different text about databases and query planners."},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    store = tokenize(path, tmp_path / "work")
+    result = CliRunner().invoke(app, ["dedup", str(store.path)])
+    assert result.exit_code == 0, result.output
+    reason = np.load(store.path / "dedup.reason.npy")
+    assert reason.tolist() == [0, 1, 0]
