@@ -55,6 +55,7 @@ def compute_stats(ds: PackedDataset) -> dict[str, Any]:
         "dtype": manifest["dtype"],
         "dropped_empty_documents": int(store_counts.get("dropped_empty", 0)),
         "skipped_records": int(store_counts.get("skipped_records", 0)),
+        "dedup": bool(manifest.get("dedup_config") or manifest.get("embed_config")),
         "dropped_documents": manifest.get("dropped", {}),
         **_adjacency(ds, seg_doc, packed_docs),
         "document_length": _summary(doc_lengths),
@@ -141,8 +142,9 @@ def _histogram(values: np.ndarray) -> dict[str, list]:
     values = np.asarray(values)
     if len(values) == 0:
         return {"edges": [], "counts": []}
-    high = max(2.0, float(values.max()) + 1)
-    edges = np.unique(np.geomspace(1, high, _HIST_BINS + 1).round().astype(np.int64))
+    low = max(1.0, float(values.min()))
+    high = max(low + 1, float(values.max()) + 1)
+    edges = np.unique(np.geomspace(low, high, _HIST_BINS + 1).round().astype(np.int64))
     counts, _ = np.histogram(values, bins=edges)
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
@@ -180,8 +182,10 @@ def print_stats(stats: dict[str, Any]) -> None:
         ("bad records skipped", f"{stats['skipped_records']:,}"),
     ]
     dropped = stats["dropped_documents"]
-    if dropped:
+    if stats["dedup"]:
         rows.append(("duplicates dropped", ", ".join(f"{n:,} {why}" for why, n in dropped.items())))
+    else:
+        rows.append(("duplicates dropped", "dedup off"))
     if "adjacent_cosine" in stats:
         rows.append(("adjacent cosine (in rows)", f"{stats['adjacent_cosine']:.4f} over {stats['adjacent_pairs']:,} pairs"))
         rows.append(("adjacent cosine (random order)", f"{stats['adjacent_cosine_random']:.4f}"))
