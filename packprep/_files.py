@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a memmap's pages from this process (the OS page cache keeps them).
+
+    Gathering documents in a shuffled order touches every page of the token store;
+    without this, the mapped pages count towards our resident memory and peak RSS
+    grows with the corpus even though nothing is held on purpose.
+    """
+    backing = getattr(array, "_mmap", None)
+    if backing is not None and hasattr(backing, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        if isinstance(array, np.memmap):
+            array.flush()
+        backing.madvise(mmap.MADV_DONTNEED)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

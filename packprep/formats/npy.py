@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, save_json, save_npy, sha256_file
+from packprep._files import load_json, release_pages, save_json, save_npy, sha256_file
 from packprep.stages.pack import PackPlan, fill_rows
 
 FORMAT_NAME = "packprep-npy"
@@ -41,7 +41,7 @@ _SEGMENT_DTYPES = {
     "seg_doc": np.int64,
     "seg_doc_offset": np.int64,
 }
-_FILL_CHUNK_TOKENS = 1 << 22  # rows are filled in chunks of ~4M tokens to bound index-array memory
+_FILL_CHUNK_TOKENS = 1 << 19  # rows filled per chunk (~512K tokens): bounds the index arrays and the store pages mapped at once
 
 
 def default_rows_per_shard(seq_len: int, dtype: np.dtype, target_bytes: int = 256 << 20) -> int:
@@ -91,6 +91,8 @@ def write_shard(
             pad_id=pad_id,
             out=matrix[r - rows.start : r_end - rows.start],
         )
+        release_pages(matrix)
+        release_pages(tokens)
         if on_rows:
             on_rows(r_end - r)
     matrix.flush()
