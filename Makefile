@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/packprep pack --strategy eos examples/corpus $(DEMO_OUT) --overwrite
+	$(VENV)/bin/packprep pack --strategy icp examples/corpus $(DEMO_OUT) --overwrite
 	$(VENV)/bin/packprep inspect $(DEMO_OUT)
 
 test: $(STAMP)
