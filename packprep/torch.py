@@ -25,18 +25,26 @@ still attends to itself (a fully masked query row would make SDPA's softmax NaN 
 poison the gradients); and real tokens never attend to padding. Its labels are
 -100, so it never reaches the loss.
 
+Around them: :class:`PackedTorchDataset` (the rows as tensors, safe in DataLoader
+workers), :class:`ResumableSampler` (per-epoch shuffles split over ranks, with a
+``state_dict`` that resumes mid-epoch at the next row) and :func:`additive_mask` (the
+block mask as the float mask that eager attention adds to its scores).
+
 This module imports torch at the top; ``import packprep`` does not import it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from packprep.errors import PackprepError
+from packprep.reader import PackedDataset
 
 Row = Mapping[str, Any]
 Batch = dict[str, Any]
@@ -186,3 +194,169 @@ def get_collate_fn(mode: str) -> Callable[[Sequence[Row]], Batch]:
     except KeyError:
         valid = ", ".join(sorted(COLLATE_MODES))
         raise PackprepError(f"unknown collate mode {mode!r}; valid modes: {valid}") from None
+
+
+def additive_mask(mask: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A boolean mask (True = may attend) as the additive float mask that eager attention wants.
+
+    Returns ``dtype``, the shape of ``mask``: 0 where ``mask`` is True, the most negative
+    finite value of ``dtype`` elsewhere. Code that computes ``scores + mask`` (transformers'
+    eager attention does) would add a boolean mask as 0/1 and so silently ignore it;
+    SDPA takes the boolean mask itself. The finite minimum rather than -inf is what
+    transformers uses too: it cannot turn a softmax into NaN.
+    """
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+class PackedTorchDataset(torch.utils.data.Dataset):
+    """Map-style torch dataset over a packprep output: ``ds[i]`` is row ``i`` as torch tensors.
+
+    Keys, dtypes and shapes are those of :meth:`PackedDataset.__getitem__`; batch the rows
+    with one of the collate functions above. The shards are memory-mapped lazily and
+    re-opened in every process (pickling drops them; a forked worker notices the new pid),
+    so ``DataLoader(num_workers=...)`` never pickles or shares mapped pages, and
+    ``DistributedSampler`` or :class:`ResumableSampler` pick the rows.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self._dataset: PackedDataset | None = None
+        self._pid: int | None = None
+        self._len = len(self.dataset)  # reads the manifest now, so a bad path fails here and not in a worker
+
+    @property
+    def dataset(self) -> PackedDataset:
+        """The underlying :class:`PackedDataset`, opened in this process."""
+        if self._dataset is None or self._pid != os.getpid():
+            self._dataset, self._pid = PackedDataset(self.path), os.getpid()
+        return self._dataset
+
+    @property
+    def seq_len(self) -> int:
+        return self.dataset.seq_len
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.dataset[int(index)]
+        # Some columns are views of the read-only memmaps: copy those (torch warns on read-only arrays).
+        return {key: torch.from_numpy(_writable(value)) for key, value in row.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dataset": None, "_pid": None}
+
+    def __repr__(self) -> str:
+        return f"PackedTorchDataset({str(self.path)!r}, rows={len(self)})"
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """Row indices for one rank, shuffled per epoch, that resume mid-epoch at the exact next row.
+
+    The epoch's order is ``default_rng([seed, epoch]).permutation(dataset_len)`` (or
+    ``arange`` without shuffle), cut to a multiple of ``world_size`` with ``drop_last`` or
+    else padded by repeating its first rows, as ``DistributedSampler`` does, so all ranks
+    step in lock-step. Rank ``r`` takes ``order[position + r :: world_size]``.
+
+    ``position`` counts rows of the epoch's order consumed by all ranks together, so
+    every rank holds the same state and one saved ``state_dict()`` restores them all;
+    a different ``world_size`` may even resume it (the remaining rows are re-dealt).
+
+    Epochs: :meth:`set_epoch` switches order (keeping the position when it names the
+    epoch already under way, so a resumed loop may call it as usual); iterating again
+    after a finished pass without ``set_epoch`` moves on to the next epoch by itself.
+    """
+
+    def __init__(
+        self,
+        dataset_len: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise PackprepError(f"rank must be in 0..world_size-1, got rank={rank}, world_size={world_size}")
+        if dataset_len < 0:
+            raise ValueError(f"dataset_len must be >= 0, got {dataset_len}")
+        self.dataset_len, self.seed, self.shuffle = int(dataset_len), int(seed), bool(shuffle)
+        self.rank, self.world_size, self.drop_last = int(rank), int(world_size), bool(drop_last)
+        self.epoch = 0
+        self.position = 0
+        self._pass_start = 0  # position at which the current pass began, for state_dict(consumed=...)
+
+    def _total(self) -> int:
+        """Length of the epoch's order after cutting or padding to a multiple of world_size."""
+        n, w = self.dataset_len, self.world_size
+        return n - n % w if self.drop_last else n + (-n % w)
+
+    def epoch_order(self) -> np.ndarray:
+        """int64 [T], T a multiple of world_size: this epoch's rows for all ranks together."""
+        n = self.dataset_len
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+        else:
+            order = np.arange(n, dtype=np.int64)
+        total = self._total()
+        # np.resize repeats the order cyclically: padding longer than the dataset still works.
+        return order[:total] if total <= n else np.resize(order, total)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch or self.position >= self._total():
+            self.epoch, self.position = int(epoch), 0
+        self._pass_start = self.position
+
+    def __len__(self) -> int:
+        """Rows this rank yields in the pass that iterating starts (or continues) now."""
+        total = self._total()
+        start = self.position if self.position < total else 0
+        return len(range(start + self.rank, total, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        total = self._total()
+        if self.position >= total > 0:  # the last pass finished and nobody called set_epoch
+            self.epoch, self.position = self.epoch + 1, 0
+        self._pass_start = start = self.position
+        for index in self.epoch_order()[start + self.rank :: self.world_size].tolist():
+            self.position = min(self.position + self.world_size, total)
+            yield index
+
+    def state_dict(self, *, consumed: int | None = None) -> dict[str, Any]:
+        """The state to save in a checkpoint, a dict of ints and bools.
+
+        ``consumed``: rows this rank's training loop has received since the current pass
+        began. A ``DataLoader`` fetches ahead of the loop (``num_workers * prefetch_factor``
+        batches), so the sampler's own count runs ahead of what was trained on: pass the
+        loop's count (batches seen times batch size) whenever saving mid-epoch through one.
+        """
+        total = self._total()
+        position = self.position if consumed is None else min(self._pass_start + consumed * self.world_size, total)
+        epoch = self.epoch
+        if position >= total > 0:  # a finished epoch is saved as the start of the next one
+            epoch, position = epoch + 1, 0
+        return {
+            "epoch": epoch,
+            "position": position,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "dataset_len": self.dataset_len,
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`): the next row yielded is the next one due."""
+        for key in ("seed", "shuffle", "drop_last", "dataset_len"):
+            if state[key] != getattr(self, key):
+                raise PackprepError(
+                    f"cannot resume: the checkpoint's sampler has {key}={state[key]!r}, this one {getattr(self, key)!r}"
+                )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._pass_start = self.position
