@@ -33,8 +33,13 @@ def is_store_file(path: Path) -> bool:
     return path.name.split(".")[0] in {"tokens", "offsets", "text_hash", "doc_ids", "store", "dedup", "embed", "embeddings"}
 
 
+CONVERTED_DIRNAMES = ("arrow", "megatron")  # packprep convert writes OUT/<format>
+
+
 def is_output_file(path: Path) -> bool:
     name = path.name
+    if name in CONVERTED_DIRNAMES or name.startswith(tuple(f".{d}." for d in CONVERTED_DIRNAMES)):
+        return True  # a conversion, or one interrupted before its rename
     return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest"
 
 

@@ -135,10 +135,12 @@ def pack(
     embed_tokens: o.EmbedTokens = 256,
     clusters: o.Clusters = None,
     knn: o.Knn = 10,
+    format: o.FormatOpt = o.Format.npy,
+    labels: o.Labels = False,
     overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
-    """Pack documents into fixed-length sequences and write npy shards."""
+    """Pack documents into fixed-length sequences and write npy shards (and an arrow or megatron copy)."""
     from packprep.config import DedupConfig, EmbedConfig, PackConfig
     from packprep.pipeline import pack as run
 
@@ -151,10 +153,33 @@ def pack(
         tokenize_config=_tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error),
         dedup_config=DedupConfig(minhash_threshold=minhash_threshold),
         embed_config=EmbedConfig(model=model, embed_tokens=embed_tokens),
-        overwrite=overwrite, reporter=_reporter(quiet),
+        format=format.value, labels=labels, overwrite=overwrite, reporter=_reporter(quiet),
     )
     if not quiet:
         print(f"wrote {out}; see `packprep inspect {out}`", file=sys.stderr)
+
+
+@app.command()
+@handle_errors
+def convert(
+    out: Annotated[Path, typer.Argument(help="A finished packprep output folder (npy shards).", show_default=False)],
+    to: Annotated[o.ConvertFormat, typer.Option("--to", help="arrow: Hugging Face datasets folder; megatron: indexed .bin/.idx.", show_default=False)],
+    dest: Annotated[Optional[Path], typer.Option("--dest", help="Where to write (default: OUT/<format>).", show_default=False)] = None,
+    labels: o.Labels = False,
+    quiet: o.Quiet = False,
+) -> None:
+    """Convert an existing output to another trainer format without repacking."""
+    from packprep._files import load_json
+    from packprep.convert import convert as run
+    from packprep.formats import npy
+
+    reporter = _reporter(quiet)
+    manifest_path = out / npy.MANIFEST_NAME
+    total = load_json(manifest_path)["counts"]["num_sequences"] if manifest_path.is_file() else None
+    with reporter.track(f"convert to {to.value}", total=total, unit="rows") as advance:
+        written = run(out, to=to.value, dest=dest, labels=labels, progress=advance)
+    if not quiet:
+        print(f"wrote {written}", file=sys.stderr)
 
 
 @app.command()

@@ -21,6 +21,17 @@ class Packing(str, Enum):
     bestfit = "bestfit"
 
 
+class Format(str, Enum):
+    npy = "npy"
+    arrow = "arrow"
+    megatron = "megatron"
+
+
+class ConvertFormat(str, Enum):
+    arrow = "arrow"
+    megatron = "megatron"
+
+
 class OnError(str, Enum):
     raise_ = "raise"
     skip = "skip"
@@ -50,3 +61,5 @@ ModelOpt = Annotated[str, typer.Option("--model", help="Embedding model: all-Min
 EmbedTokens = Annotated[int, typer.Option("--embed-tokens", help="Embed each document's first N tokens.")]
 Clusters = Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters for --strategy cluster (default: about sqrt(documents)).", show_default=False)]
 Knn = Annotated[int, typer.Option("--knn", help="Neighbours per document in the icp graph.")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="npy shards (always written; what inspect/verify read), plus an arrow (Hugging Face datasets) or megatron (.bin/.idx) copy in OUT/arrow or OUT/megatron.")]
+Labels = Annotated[bool, typer.Option("--labels", help="Add a labels column to the arrow output (-100 at padding and document starts).")]

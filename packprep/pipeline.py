@@ -119,19 +119,31 @@ def pack(
     tokenize_config: TokenizeConfig = TokenizeConfig(),
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig = EmbedConfig(),
+    format: str = "npy",
+    labels: bool = False,
     overwrite: bool = False,
     reporter: Reporter = SilentReporter(),
 ) -> Path:
     """Pack a corpus (tokenized first, cached in ``out/work``) or a document store into shards at ``out``.
 
     For ``cluster``/``icp`` the chain is tokenize -> dedup -> embed -> order -> pack,
-    each stage cached beside the store.
+    each stage cached beside the store. The npy shards are always written (inspect and
+    verify read them); ``format`` ``arrow`` or ``megatron`` adds a conversion in
+    ``out/<format>`` (``labels``: an arrow labels column).
     """
+    from packprep.convert import FORMATS, convert
+
     _check_pack_config(config)
+    if format != "npy" and format not in FORMATS:
+        raise PackprepError(f"unknown format {format!r}; expected one of npy, {', '.join(FORMATS)}")
     source, out = Path(source), Path(out)
     refuse_file(out)
     with removed_on_error(out):
-        return _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, reporter)
+        _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, reporter)
+        if format != "npy":
+            with reporter.track(f"convert to {format}", total=npy.read_manifest(out)["counts"]["num_sequences"], unit="rows") as advance:
+                convert(out, to=format, labels=labels, progress=advance)
+    return out
 
 
 def _pack(

@@ -100,3 +100,28 @@ def test_bad_choices_and_seq_len_exit_2(small_corpus, tmp_path):
 def test_inspect_of_a_non_output_exit_2(tmp_path):
     result = run("inspect", tmp_path)
     assert result.exit_code == 2 and "manifest.json" in result.output
+
+
+def test_pack_format_and_convert_write_trainer_copies(small_corpus, tmp_path):
+    out = tmp_path / "out"
+    result = run("pack", small_corpus, out, "--seq-len", "64", "--format", "megatron", "-q")
+    assert result.exit_code == 0, result.output
+    assert (out / "megatron" / "text_document.idx").is_file() and (out / "manifest.json").is_file()
+    result = run("convert", out, "--to", "arrow", "--labels", "-q")
+    assert result.exit_code == 0, result.output
+    import datasets
+
+    rows = datasets.load_from_disk(str(out / "arrow" / "save_to_disk"))
+    assert len(rows) == json.loads((out / "manifest.json").read_text())["counts"]["num_sequences"]
+    assert {"input_ids", "position_ids", "seq_lengths", "labels"} <= set(rows.column_names)
+    # A repack with other options replaces the conversions too: none may describe old shards.
+    result = run("pack", small_corpus, out, "--seq-len", "32", "-q", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (out / "arrow").exists() and not (out / "megatron").exists()
+
+
+def test_convert_of_a_non_output_exit_2(tmp_path):
+    result = run("convert", tmp_path, "--to", "arrow")
+    assert result.exit_code == 2 and "no manifest.json" in result.output
+    result = run("convert", tmp_path, "--to", "parquet")
+    assert result.exit_code == 2

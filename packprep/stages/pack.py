@@ -199,7 +199,7 @@ def pack(sequence_lengths: np.ndarray, order: np.ndarray, *, seq_len: int, packi
 def permute_rows(plan: PackPlan, row_order: np.ndarray) -> PackPlan:
     """The same plan with its rows in ``row_order`` (int64 [R], a permutation)."""
     counts = np.diff(plan.row_ptr)[row_order]
-    take = _ranges(plan.row_ptr[:-1][row_order], counts)
+    take = concat_ranges(plan.row_ptr[:-1][row_order], counts)
     return PackPlan(
         seq_len=plan.seq_len,
         row_ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
@@ -210,7 +210,7 @@ def permute_rows(plan: PackPlan, row_order: np.ndarray) -> PackPlan:
     )
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + c)`` for each pair, vectorised."""
     counts = np.asarray(counts, dtype=np.int64)
     within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -245,8 +245,8 @@ def fill_rows(
     doc_offset = plan.seg_doc_offset[s0:s1]
     num_tokens = offsets[doc + 1] - offsets[doc]
 
-    position_in_doc = _ranges(doc_offset, length)
-    dst = _ranges(seg_rows * seq_len + plan.seg_start[s0:s1], length)
+    position_in_doc = concat_ranges(doc_offset, length)
+    dst = concat_ranges(seg_rows * seq_len + plan.seg_start[s0:s1], length)
     is_token = position_in_doc < np.repeat(num_tokens, length)
     src = np.repeat(offsets[doc], length) + position_in_doc
     flat = out.reshape(-1)
