@@ -60,11 +60,14 @@ def claim_folder(folder: Path, *, overwrite: bool, ours: Callable[[Path], bool],
             _remove(folder / name)
 
 
-def clear_output(out: Path) -> None:
-    """Remove a previous output (manifest first, so nothing half-old looks finished)."""
+def clear_output(out: Path, *, keep: set[str] = frozenset()) -> None:
+    """Remove a previous output (manifest first, so nothing half-old looks finished).
+
+    ``keep``: file names to leave in place (the finished shards a resumed run reuses).
+    """
     (out / npy.MANIFEST_NAME).unlink(missing_ok=True)
     for path in out.iterdir():
-        if path.name != WORK_DIRNAME and is_output_file(path):
+        if path.name != WORK_DIRNAME and path.name not in keep and is_output_file(path):
             _remove(path)
 
 

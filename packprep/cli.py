@@ -39,6 +39,21 @@ def handle_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _use_workers(workers: Optional[int]) -> Optional[int]:
+    """Size every thread pool a stage may start; call before those libraries are imported."""
+    if workers is None:
+        return None
+    if workers < 1:
+        raise PackprepError(f"--workers must be at least 1, got {workers}")
+    import os
+
+    for name in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(workers)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(workers)
+    return workers
+
+
 def _reporter(quiet: bool):
     from packprep.progress import RichReporter, SilentReporter
 
@@ -64,14 +79,16 @@ def tokenize(
     eos_id: o.EosId = None,
     bos_id: o.BosId = None,
     on_error: o.OnErrorOpt = o.OnError.raise_,
+    workers: o.Workers = None,
     overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Tokenize a corpus into a document store (flat tokens + offsets + ids)."""
+    workers = _use_workers(workers)
     from packprep.pipeline import tokenize as run
 
     config = _tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error)
-    store = run(corpus, work, config=config, overwrite=overwrite, reporter=_reporter(quiet))
+    store = run(corpus, work, config=config, overwrite=overwrite, workers=workers, reporter=_reporter(quiet))
     if not quiet:
         print(f"{store.num_documents:,} documents, {store.num_tokens:,} tokens -> {work}", file=sys.stderr)
 
@@ -100,9 +117,11 @@ def embed(
     work: o.WorkArg,
     model: o.ModelOpt = "all-MiniLM-L6-v2",
     embed_tokens: o.EmbedTokens = 256,
+    workers: o.Workers = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Embed every document of a store (first --embed-tokens tokens) into WORK/embeddings.npy."""
+    _use_workers(workers)
     from packprep.config import EmbedConfig
     from packprep.semantic import embed as run
     from packprep.store import DocStore
@@ -137,10 +156,12 @@ def pack(
     knn: o.Knn = 10,
     format: o.FormatOpt = o.Format.npy,
     labels: o.Labels = False,
+    workers: o.Workers = None,
     overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
     """Pack documents into fixed-length sequences and write npy shards (and an arrow or megatron copy)."""
+    workers = _use_workers(workers)
     from packprep.config import DedupConfig, EmbedConfig, PackConfig
     from packprep.pipeline import pack as run
 
@@ -153,7 +174,7 @@ def pack(
         tokenize_config=_tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error),
         dedup_config=DedupConfig(minhash_threshold=minhash_threshold),
         embed_config=EmbedConfig(model=model, embed_tokens=embed_tokens),
-        format=format.value, labels=labels, overwrite=overwrite, reporter=_reporter(quiet),
+        format=format.value, labels=labels, overwrite=overwrite, workers=workers, reporter=_reporter(quiet),
     )
     if not quiet:
         print(f"wrote {out}; see `packprep inspect {out}`", file=sys.stderr)

@@ -63,3 +63,4 @@ Clusters = Annotated[Optional[int], typer.Option("--clusters", help="k-means clu
 Knn = Annotated[int, typer.Option("--knn", help="Neighbours per document in the icp graph.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="npy shards (always written; what inspect/verify read), plus an arrow (Hugging Face datasets) or megatron (.bin/.idx) copy in OUT/arrow or OUT/megatron.")]
 Labels = Annotated[bool, typer.Option("--labels", help="Add a labels column to the arrow output (-100 at padding and document starts).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", help="Threads for tokenizing, embedding and the kNN index (default: all cores). Output does not depend on it.", show_default=False)]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from packprep import __version__
+from packprep._files import load_json, save_json, sha256_file
 from packprep._folders import (
     WORK_DIRNAME,
     claim_folder,
@@ -35,6 +36,7 @@ from packprep.selection import Selection, select_documents
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
 from packprep.store import DocStore, DocStoreWriter, is_store
 
+_JOURNAL_NAME = "manifest.partial.json"  # shards finished so far by a run that has not written its manifest
 _BATCH_DOCS = 2048
 _BATCH_CHARS = 8 << 20  # ~8 MB of text per tokenizer call keeps memory flat with huge documents
 
@@ -45,21 +47,27 @@ def tokenize(
     *,
     config: TokenizeConfig = TokenizeConfig(),
     overwrite: bool = False,
+    workers: int | None = None,
     reporter: Reporter = SilentReporter(),
 ) -> DocStore:
-    """Stream ``corpus`` through the tokenizer into a document store at ``work``."""
+    """Stream ``corpus`` through the tokenizer into a document store at ``work``.
+
+    ``workers``: tokenizer threads (default: all cores); the store does not depend on it.
+    """
     corpus, work = Path(corpus), Path(work)
     list_corpus_files(corpus)  # fails early and clearly on a missing path or a folder with nothing to read
     with removed_on_error(work):
-        return _tokenize(corpus, work, config, overwrite, reporter)
+        return _tokenize(corpus, work, config, overwrite, workers, reporter)
 
 
-def _tokenize(corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, reporter: Reporter) -> DocStore:
+def _tokenize(
+    corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, workers: int | None, reporter: Reporter
+) -> DocStore:
     from packprep.corpus import ReadCounters, corpus_fingerprint, iter_documents
     from packprep.stages.dedup import normalized_text_hash
     from packprep.tokenizers import load_tokenizer, smallest_token_dtype
 
-    tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id)
+    tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=workers)
     fingerprint = corpus_fingerprint(corpus)
     key = stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint())
     if finished_with_key(work, key):
@@ -122,6 +130,7 @@ def pack(
     format: str = "npy",
     labels: bool = False,
     overwrite: bool = False,
+    workers: int | None = None,
     reporter: Reporter = SilentReporter(),
 ) -> Path:
     """Pack a corpus (tokenized first, cached in ``out/work``) or a document store into shards at ``out``.
@@ -129,7 +138,8 @@ def pack(
     For ``cluster``/``icp`` the chain is tokenize -> dedup -> embed -> order -> pack,
     each stage cached beside the store. The npy shards are always written (inspect and
     verify read them); ``format`` ``arrow`` or ``megatron`` adds a conversion in
-    ``out/<format>`` (``labels``: an arrow labels column).
+    ``out/<format>`` (``labels``: an arrow labels column). ``workers``: tokenizer
+    threads; the shards do not depend on it.
     """
     from packprep.convert import FORMATS, convert
 
@@ -139,7 +149,7 @@ def pack(
     source, out = Path(source), Path(out)
     refuse_file(out)
     with removed_on_error(out):
-        _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, reporter)
+        _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, workers, reporter)
         if format != "npy":
             with reporter.track(f"convert to {format}", total=npy.read_manifest(out)["counts"]["num_sequences"], unit="rows") as advance:
                 convert(out, to=format, labels=labels, progress=advance)
@@ -154,6 +164,7 @@ def _pack(
     dedup_config: DedupConfig,
     embed_config: EmbedConfig,
     overwrite: bool,
+    workers: int | None,
     reporter: Reporter,
 ) -> Path:
     if is_store(source):
@@ -161,7 +172,9 @@ def _pack(
     else:
         list_corpus_files(source)  # a missing or unreadable corpus fails before OUT is touched
         claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
-        store = tokenize(source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, reporter=reporter)
+        store = tokenize(
+            source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, workers=workers, reporter=reporter
+        )
 
     inputs = {"store": store.manifest["key"]}
     if config.run_dedup:
@@ -175,7 +188,10 @@ def _pack(
     claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
     if (out / npy.MANIFEST_NAME).is_file() and not overwrite:
         raise PackprepError("holds a packprep output made with other options; pass --overwrite to replace it", path=out)
-    clear_output(out)
+    finished = _finished_shards(out, key)
+    clear_output(out, keep={entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS} | {_JOURNAL_NAME})
+    if finished:
+        reporter.info(f"pack: resuming; {len(finished)} finished shards of an interrupted run are reused")
 
     tokenizer = store.manifest["tokenizer"]
     sep_id = _separator(config.strategy, tokenizer)
@@ -192,13 +208,14 @@ def _pack(
         # consecutive rows: shuffle rows (the documents inside a row stay together).
         plan = permute_rows(plan, np.random.default_rng([config.seed, 1]).permutation(plan.num_rows))
 
-    shards = _write_shards(out, plan, store, sep_id=sep_id, pad_id=pad_id, config=config, reporter=reporter)
+    shards = _write_shards(out, plan, store, sep_id=sep_id, pad_id=pad_id, config=config, key=key, finished=finished, reporter=reporter)
     _write_doc_table(out, store, sequence_lengths, selection)
     npy.write_manifest(
         out,
         {
             "key": key,
             "packprep_version": __version__,
+            "tokenize_config": store.manifest.get("config"),
             "strategy": config.strategy,
             "packing": config.packing,
             "seq_len": config.seq_len,
@@ -217,6 +234,7 @@ def _pack(
             "shards": shards,
         },
     )
+    (out / _JOURNAL_NAME).unlink(missing_ok=True)
     return out
 
 
@@ -237,13 +255,30 @@ def plan_counts(plan: PackPlan, *, num_documents: int) -> dict[str, Any]:
 
 
 def _write_shards(
-    out: Path, plan: PackPlan, store: DocStore, *, sep_id: int | None, pad_id: int, config: PackConfig, reporter: Reporter
+    out: Path,
+    plan: PackPlan,
+    store: DocStore,
+    *,
+    sep_id: int | None,
+    pad_id: int,
+    config: PackConfig,
+    key: str,
+    finished: list[dict[str, Any]],
+    reporter: Reporter,
 ) -> list[dict[str, Any]]:
+    """Write every shard not already in ``finished``; after each one, record it in the journal.
+
+    The journal is what makes a killed run resumable at shard granularity: a shard is
+    listed only once all its files are renamed into place, with their checksums.
+    """
     rows_per_shard = config.rows_per_shard or npy.default_rows_per_shard(config.seq_len, store.tokens.dtype)
-    shards = []
+    shards = list(finished)
     with reporter.track("write shards", total=plan.num_rows, unit="rows") as advance:
         for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
             rows = slice(start, min(start + rows_per_shard, plan.num_rows))
+            if index < len(finished):
+                advance(rows.stop - rows.start)
+                continue
             shards.append(
                 npy.write_shard(
                     out, index, plan, rows,
@@ -251,7 +286,34 @@ def _write_shards(
                     sep_id=sep_id, pad_id=pad_id, on_rows=advance,
                 )
             )
+            save_json(out / _JOURNAL_NAME, {"key": key, "shards": shards})
     return shards
+
+
+def _finished_shards(out: Path, key: str) -> list[dict[str, Any]]:
+    """Shards that an interrupted run with the same key finished, in order, each re-checked.
+
+    Only a prefix of intact shards is reused: shard k is written after shard k-1, and a
+    shard whose files were touched since (checksum mismatch) ends the prefix.
+    """
+    path = out / _JOURNAL_NAME
+    if not path.is_file():
+        return []
+    try:
+        journal = load_json(path)
+    except ValueError:
+        return []
+    if journal.get("key") != key:
+        return []
+    intact = []
+    for index, entry in enumerate(journal.get("shards", [])):
+        files = [out / entry["files"][a]["path"] for a in npy.SHARD_ARRAYS]
+        if entry.get("name") != npy.shard_name(index) or not all(f.is_file() for f in files):
+            break
+        if any(sha256_file(f) != entry["files"][a]["sha256"] for f, a in zip(files, npy.SHARD_ARRAYS)):
+            break
+        intact.append(entry)
+    return intact
 
 
 def _write_doc_table(out: Path, store: DocStore, sequence_lengths: np.ndarray, selection: Selection) -> None:

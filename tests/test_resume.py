@@ -1,0 +1,111 @@
+"""Killed and interrupted runs: a rerun of the same command resumes and gives the same bytes.
+
+The runs are real subprocesses of the CLI, killed with SIGKILL when a given file
+appears (so the kill lands inside a known stage without any hook in the code), or
+interrupted with SIGINT as Ctrl-C would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from packprep._files import load_json, sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+PACKPREP = [sys.executable, "-m", "packprep.cli"]
+# Small shards so a kill can land between shards, and enough of them that it does.
+PACK_OPTIONS = ["--strategy", "eos", "--seq-len", "256", "--shard-size", "64", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for name in ("part-00.jsonl.gz", "part-01.jsonl.gz"):
+        shutil.copy(REPO / "examples" / "corpus" / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clean_output(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "out"
+    subprocess.run([*PACKPREP, "pack", str(corpus), str(out), *PACK_OPTIONS, "--quiet"], check=True, cwd=REPO)
+    return out
+
+
+def output_digest(out: Path) -> dict[str, str]:
+    """sha256 of every output file, plus the manifest without the fields that name folders."""
+    digest = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    manifest = load_json(out / "manifest.json")
+    manifest.pop("source")
+    digest["manifest.json"] = json.dumps(manifest, sort_keys=True)
+    return digest
+
+
+def kill_when(command: list[str], trigger: Path, *, timeout: float = 120.0) -> int:
+    """Start ``command``, SIGKILL it as soon as ``trigger`` exists, and return its exit status."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not trigger.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    process.send_signal(signal.SIGKILL)
+    return process.wait()
+
+
+# Where the kill lands: inside tokenize, between tokenize and pack, between shards,
+# while a shard's token matrix is half written, and after the last shard.
+KILL_POINTS = {
+    "tokenizing": "work/tokens.bin.tmp",
+    "after-tokenize": "work/store.json",
+    "between-shards": "shard-00004.row_ptr.npy",
+    "mid-shard": "shard-00007.input_ids.npy.tmp",
+    "after-shards": "doc_ids.bin",
+}
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_then_rerun_gives_the_clean_bytes(point, corpus, clean_output, tmp_path):
+    out = tmp_path / "out"
+    command = [*PACKPREP, "pack", str(corpus), str(out), *PACK_OPTIONS]
+    assert kill_when(command, out / KILL_POINTS[point]) == -signal.SIGKILL, "the run ended before the kill point"
+    assert not (out / "manifest.json").exists()
+
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    if point in ("between-shards", "mid-shard", "after-shards"):
+        assert "finished shards of an interrupted run are reused" in rerun.stderr
+    assert output_digest(out) == output_digest(clean_output)
+    assert not [p.name for p in out.rglob("*.tmp")]
+
+
+def test_a_touched_shard_is_rewritten_not_reused(corpus, clean_output, tmp_path):
+    out = tmp_path / "out"
+    command = [*PACKPREP, "pack", str(corpus), str(out), *PACK_OPTIONS, "--quiet"]
+    assert kill_when(command, out / "shard-00006.row_ptr.npy") == -signal.SIGKILL
+    with open(out / "shard-00002.input_ids.npy", "r+b") as fh:  # bit rot in a finished shard
+        fh.seek(200)
+        fh.write(b"\xff")
+    subprocess.run(command, cwd=REPO, check=True)
+    assert output_digest(out) == output_digest(clean_output)
+
+
+def test_ctrl_c_exits_130_with_a_message_and_the_rerun_resumes(corpus, clean_output, tmp_path):
+    out = tmp_path / "out"
+    command = [*PACKPREP, "pack", str(corpus), str(out), *PACK_OPTIONS]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trigger = out / "shard-00003.row_ptr.npy"
+    while not trigger.exists() and process.poll() is None:
+        time.sleep(0.0005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    subprocess.run([*command, "--quiet"], cwd=REPO, check=True)
+    assert output_digest(out) == output_digest(clean_output)
