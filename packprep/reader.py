@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ class PackedDataset:
         rows = np.array([s["rows"] for s in self.manifest["shards"]], dtype=np.int64)
         self._shard_end = np.cumsum(rows)
         self._shard_start = self._shard_end - rows
+        self._shard_end_list = self._shard_end.tolist()
+        self._shard_start_list = self._shard_start.tolist()
+        self._arange = np.arange(self.seq_len, dtype=np.int64)
         self._shards: list[Shard | None] = [None] * len(rows)
         self._doc_ids: StringTable | None = None
 
@@ -60,8 +64,8 @@ class PackedDataset:
             index += n
         if not 0 <= index < n:
             raise IndexError(f"row {index} out of range for {n} rows")
-        k = int(np.searchsorted(self._shard_end, index, side="right"))
-        return self.shard(k), index - int(self._shard_start[k])
+        k = bisect.bisect_right(self._shard_end_list, index)
+        return self.shard(k), index - self._shard_start_list[k]
 
     def segments(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Row ``index``'s real segments: (start, length, doc_index, doc_offset), each [S]."""
@@ -82,22 +86,28 @@ class PackedDataset:
         A row that is not full ends with padding, which forms its own final segment
         (doc_index -1) so that varlen attention keeps pad tokens apart from documents.
         """
+        # Hot path of every training step: a dozen numpy calls on plain ndarray views
+        # (not np.memmap, whose indexing is several times slower) and no searchsorted.
         shard, local = self.locate(index)
+        seq_len = self.seq_len
         p0, p1 = int(shard.row_ptr[local]), int(shard.row_ptr[local + 1])
-        starts = np.asarray(shard.seg_start[p0:p1], dtype=np.int32)
-        fill = int(starts[-1]) + int(shard.seg_length[p1 - 1]) if p1 > p0 else 0
-        doc_index = np.asarray(shard.seg_doc[p0:p1], dtype=np.int64)
-        doc_offset = np.asarray(shard.seg_doc_offset[p0:p1], dtype=np.int64)
-        if fill < self.seq_len:
-            starts = np.append(starts, np.int32(fill))
-            doc_index = np.append(doc_index, -1)
-            doc_offset = np.append(doc_offset, 0)
-        cu_seqlens = np.append(starts, np.int32(self.seq_len))
+        n = p1 - p0
+        fill = int(shard.seg_start[p1 - 1]) + int(shard.seg_length[p1 - 1]) if n else 0
+        padded = n + (fill < seq_len)
+        cu_seqlens = np.empty(padded + 1, dtype=np.int32)
+        cu_seqlens[:n] = shard.seg_start[p0:p1]
+        cu_seqlens[n] = fill  # the padding pseudo-segment's start; overwritten below when there is none
+        cu_seqlens[-1] = seq_len
+        doc_index = np.empty(padded, dtype=np.int64)
+        doc_index[:n] = shard.seg_doc[p0:p1]
+        doc_index[n:] = -1
+        doc_offset = np.zeros(padded, dtype=np.int64)
+        doc_offset[:n] = shard.seg_doc_offset[p0:p1]
         input_ids = shard.input_ids[local].astype(np.int64)
-        seg_lengths = np.diff(cu_seqlens)
-        position_ids = np.arange(self.seq_len, dtype=np.int64) - np.repeat(cu_seqlens[:-1].astype(np.int64), seg_lengths)
+        starts = cu_seqlens[:-1]
+        position_ids = self._arange - starts.astype(np.int64).repeat(cu_seqlens[1:] - starts)
         labels = input_ids.copy()
-        labels[cu_seqlens[:-1]] = IGNORE_INDEX
+        labels[starts] = IGNORE_INDEX
         labels[fill:] = IGNORE_INDEX
         return {
             "input_ids": input_ids,

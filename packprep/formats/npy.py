@@ -142,4 +142,6 @@ class Shard:
 
     @classmethod
     def open(cls, out: Path, name: str) -> Shard:
-        return cls(**{key: np.load(shard_file(out, name, key), mmap_mode="r") for key in SHARD_ARRAYS})
+        # Plain ndarray views of the maps (the mapping stays alive as their base): indexing
+        # an np.memmap pays for its subclass hooks on every access.
+        return cls(**{key: np.load(shard_file(out, name, key), mmap_mode="r").view(np.ndarray) for key in SHARD_ARRAYS})
