@@ -205,6 +205,36 @@ def convert(
 
 @app.command()
 @handle_errors
+def verify(
+    out: Annotated[Path, typer.Argument(help="A packprep output folder.", show_default=False)],
+    against: Annotated[Optional[Path], typer.Option("--against", help="The document store (e.g. OUT/work): check every kept document's tokens appear exactly once.", show_default=False)] = None,
+    quiet: o.Quiet = False,
+) -> None:
+    """Check checksums, shapes, dtypes, boundaries, token ids and coverage; exit 1 on any problem."""
+    from packprep._files import load_json
+    from packprep.formats import npy
+    from packprep.verify import verify_output
+
+    manifest_path = out / npy.MANIFEST_NAME
+    try:
+        total = load_json(manifest_path)["counts"]["num_sequences"] if manifest_path.is_file() else None
+    except (ValueError, KeyError, TypeError):
+        total = None  # verify_output reports what is wrong with the manifest
+    with _reporter(quiet).track("verify", total=total, unit="rows") as advance:
+        problems = verify_output(out, against=against, progress=advance)
+    for problem in problems[:50]:
+        print(f"error: {out}/{problem}", file=sys.stderr)
+    if len(problems) > 50:
+        print(f"error: ... and {len(problems) - 50} more problems", file=sys.stderr)
+    if problems:
+        raise typer.Exit(1)
+    if not quiet:
+        checked = "tokens, boundaries and coverage" + (f", against the store {against}" if against else "")
+        print(f"ok: {out} ({total:,} rows; checksums, {checked})", file=sys.stderr)
+
+
+@app.command()
+@handle_errors
 def inspect(
     out: Annotated[Path, typer.Argument(help="A packprep output folder.", show_default=False)],
     json_: Annotated[bool, typer.Option("--json", help="Print the statistics as one JSON object.")] = False,

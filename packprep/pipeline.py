@@ -209,7 +209,7 @@ def _pack(
         plan = permute_rows(plan, np.random.default_rng([config.seed, 1]).permutation(plan.num_rows))
 
     shards = _write_shards(out, plan, store, sep_id=sep_id, pad_id=pad_id, config=config, key=key, finished=finished, reporter=reporter)
-    _write_doc_table(out, store, sequence_lengths, selection)
+    doc_files = _write_doc_table(out, store, sequence_lengths, selection)
     npy.write_manifest(
         out,
         {
@@ -232,6 +232,7 @@ def _pack(
             "store_counts": store.manifest["counts"],
             "dropped": selection.dropped_counts(),
             "shards": shards,
+            "doc_files": doc_files,
         },
     )
     (out / _JOURNAL_NAME).unlink(missing_ok=True)
@@ -316,7 +317,8 @@ def _finished_shards(out: Path, key: str) -> list[dict[str, Any]]:
     return intact
 
 
-def _write_doc_table(out: Path, store: DocStore, sequence_lengths: np.ndarray, selection: Selection) -> None:
+def _write_doc_table(out: Path, store: DocStore, sequence_lengths: np.ndarray, selection: Selection) -> dict[str, Any]:
+    """Write the per-document files; return their manifest entries (name -> sha256)."""
     for name in ("doc_ids.bin", "doc_ids.idx.npy"):
         tmp = out / (name + ".tmp")
         shutil.copyfile(store.path / name, tmp)
@@ -324,6 +326,8 @@ def _write_doc_table(out: Path, store: DocStore, sequence_lengths: np.ndarray, s
     npy.save_npy(out / "doc_lengths.npy", sequence_lengths.astype(np.int64))
     npy.save_npy(out / "doc_dropped.npy", selection.reason)
     npy.save_npy(out / "doc_dup_of.npy", selection.dup_of)
+    names = ("doc_ids.bin", "doc_ids.idx.npy", "doc_lengths.npy", "doc_dropped.npy", "doc_dup_of.npy")
+    return {name: {"sha256": sha256_file(out / name)} for name in names}
 
 
 def _separator(strategy: str, tokenizer: dict[str, Any]) -> int | None:
