@@ -82,13 +82,13 @@ def _remove(path: Path) -> None:
 def removed_on_error(folder: Path) -> Iterator[None]:
     """Remove ``folder`` if it did not exist before and the block fails on a user error.
 
-    A bad input must leave nothing behind; an interrupted run (Ctrl-C) keeps what it
-    finished so that a rerun resumes.
+    A bad input or a failed write (a full disk) must leave nothing behind; an
+    interrupted run (Ctrl-C) keeps what it finished so that a rerun resumes.
     """
     existed = folder.exists()
     try:
         yield
-    except PackprepError:
+    except (PackprepError, OSError):
         if not existed:
             shutil.rmtree(folder, ignore_errors=True)
         raise

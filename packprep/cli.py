@@ -9,11 +9,35 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+from typer import _click as click  # Typer vendors its own click: its exception classes are these
+from typer.core import TyperGroup
 
 from packprep import options as o
 from packprep.errors import EXIT_INTERRUPTED, PackprepError
 
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a bad choice, a non-number) as one ``error:`` line like every other
+    error, instead of click's multi-line box; scripts grep stderr for it."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            context = f"{err.ctx.command_path}: " if getattr(err, "ctx", None) is not None else ""
+            print(f"error: {context}{err.format_message()} (see --help)", file=sys.stderr)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Offline data preparation for LLM pretraining: tokenize, dedup, embed, pack, shard, inspect.",
     no_args_is_help=True,
     add_completion=False,
@@ -35,6 +59,10 @@ def handle_errors(command: F) -> F:
         except KeyboardInterrupt:
             print("interrupted; finished files were kept and a rerun of the same command resumes", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as err:  # a full disk, a permission denied: what the system said, about which file
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -20,6 +20,8 @@ Positions of a row after its last segment are padding. Every array is a plain
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +81,7 @@ def write_shard(
     path = shard_file(out, name, "input_ids")
     tmp = path.with_name(path.name + ".tmp")
     matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(num_rows, plan.seq_len))
+    _reserve(tmp)
     chunk = max(1, _FILL_CHUNK_TOKENS // plan.seq_len)
     for r in range(rows.start, rows.stop, chunk):
         r_end = min(r + chunk, rows.stop)
@@ -107,6 +110,19 @@ def write_shard(
         save_npy(shard_file(out, name, key), array)
     files = {key: {"path": shard_file(out, name, key).name, "sha256": sha256_file(shard_file(out, name, key))} for key in SHARD_ARRAYS}
     return {"name": name, "rows": num_rows, "segments": s1 - s0, "files": files}
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now: on a full disk this raises ENOSPC here, where writes
+    through the memory map would instead kill the process with SIGBUS."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as fh:
+            try:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
+                # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; writes stay lazy.
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
