@@ -8,10 +8,8 @@ import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, PackConfig
 from packprep.progress import Reporter, SilentReporter
+from packprep.stages.dedup import REASON_NAMES
 from packprep.store import DocStore
-
-# Mirrors stages.dedup.REASON_NAMES without importing that stage (and its deps) for random/eos.
-REASON_NAMES = {0: "kept", 1: "exact", 2: "near", 3: "semantic"}
 
 
 @dataclass(frozen=True)
