@@ -82,6 +82,12 @@ def _use_workers(workers: Optional[int]) -> Optional[int]:
     return workers
 
 
+def _engine(engine: o.EngineName, ray_address: Optional[str]):
+    from packprep.engines import Engine
+
+    return Engine(engine.value, ray_address)
+
+
 def _reporter(quiet: bool):
     from packprep.progress import RichReporter, SilentReporter
 
@@ -108,6 +114,8 @@ def tokenize(
     bos_id: o.BosId = None,
     on_error: o.OnErrorOpt = o.OnError.raise_,
     workers: o.Workers = None,
+    engine: o.EngineOpt = o.EngineName.local,
+    ray_address: o.RayAddress = None,
     overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
@@ -116,7 +124,10 @@ def tokenize(
     from packprep.pipeline import tokenize as run
 
     config = _tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error)
-    store = run(corpus, work, config=config, overwrite=overwrite, workers=workers, reporter=_reporter(quiet))
+    store = run(
+        corpus, work, config=config, overwrite=overwrite, workers=workers, engine=_engine(engine, ray_address),
+        reporter=_reporter(quiet),
+    )
     if not quiet:
         print(f"{store.num_documents:,} documents, {store.num_tokens:,} tokens -> {work}", file=sys.stderr)
 
@@ -127,6 +138,8 @@ def dedup(
     work: o.WorkArg,
     minhash_threshold: o.MinhashThreshold = 0.8,
     near: Annotated[bool, typer.Option("--near/--no-near", help="MinHash near-duplicate detection on top of exact.")] = True,
+    engine: o.EngineOpt = o.EngineName.local,
+    ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Find exact and near duplicates in a document store (a keep-mask beside it; nothing is deleted)."""
@@ -134,7 +147,8 @@ def dedup(
     from packprep.semantic import dedup as run
     from packprep.store import DocStore
 
-    result = run(DocStore.open(work), config=DedupConfig(minhash_threshold=minhash_threshold, near=near), reporter=_reporter(quiet))
+    config = DedupConfig(minhash_threshold=minhash_threshold, near=near)
+    result = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
         print(f"kept {int(result.keep.sum()):,} of {len(result.keep):,} documents: {result.manifest['counts']}", file=sys.stderr)
 
@@ -146,6 +160,8 @@ def embed(
     model: o.ModelOpt = "all-MiniLM-L6-v2",
     embed_tokens: o.EmbedTokens = 256,
     workers: o.Workers = None,
+    engine: o.EngineOpt = o.EngineName.local,
+    ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Embed every document of a store (first --embed-tokens tokens) into WORK/embeddings.npy."""
@@ -154,7 +170,8 @@ def embed(
     from packprep.semantic import embed as run
     from packprep.store import DocStore
 
-    embeddings = run(DocStore.open(work), config=EmbedConfig(model=model, embed_tokens=embed_tokens), reporter=_reporter(quiet))
+    config = EmbedConfig(model=model, embed_tokens=embed_tokens)
+    embeddings = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
         print(f"embeddings {embeddings.shape[0]:,} x {embeddings.shape[1]} -> {work}/embeddings.npy", file=sys.stderr)
 
@@ -185,6 +202,8 @@ def pack(
     format: o.FormatOpt = o.Format.npy,
     labels: o.Labels = False,
     workers: o.Workers = None,
+    engine: o.EngineOpt = o.EngineName.local,
+    ray_address: o.RayAddress = None,
     overwrite: o.Overwrite = False,
     quiet: o.Quiet = False,
 ) -> None:
@@ -202,7 +221,8 @@ def pack(
         tokenize_config=_tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error),
         dedup_config=DedupConfig(minhash_threshold=minhash_threshold),
         embed_config=EmbedConfig(model=model, embed_tokens=embed_tokens),
-        format=format.value, labels=labels, overwrite=overwrite, workers=workers, reporter=_reporter(quiet),
+        format=format.value, labels=labels, overwrite=overwrite, workers=workers,
+        engine=_engine(engine, ray_address), reporter=_reporter(quiet),
     )
     if not quiet:
         print(f"wrote {out}; see `packprep inspect {out}`", file=sys.stderr)

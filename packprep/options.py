@@ -32,6 +32,11 @@ class ConvertFormat(str, Enum):
     megatron = "megatron"
 
 
+class EngineName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class OnError(str, Enum):
     raise_ = "raise"
     skip = "skip"
@@ -64,3 +69,5 @@ Knn = Annotated[int, typer.Option("--knn", help="Neighbours per document in the 
 FormatOpt = Annotated[Format, typer.Option("--format", help="npy shards (always written; what inspect/verify read), plus an arrow (Hugging Face datasets) or megatron (.bin/.idx) copy in OUT/arrow or OUT/megatron.")]
 Labels = Annotated[bool, typer.Option("--labels", help="Add a labels column to the arrow output (-100 at padding and document starts).")]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Threads for tokenizing, embedding and the kNN index (default: all cores). Output does not depend on it.", show_default=False)]
+EngineOpt = Annotated[EngineName, typer.Option("--engine", help="Where tokenize, dedup and embed run: here, or on Ray (pip install 'packprep[ray]'). Same output either way.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto': the running one); default: start a local Ray.", show_default=False)]

@@ -29,6 +29,7 @@ from packprep._folders import (
 )
 from packprep.corpus import list_corpus_files
 from packprep.config import PACKINGS, STRATEGIES, DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
+from packprep.engines import LOCAL, Engine
 from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
@@ -48,12 +49,18 @@ def tokenize(
     config: TokenizeConfig = TokenizeConfig(),
     overwrite: bool = False,
     workers: int | None = None,
+    engine: Engine = LOCAL,
     reporter: Reporter = SilentReporter(),
 ) -> DocStore:
     """Stream ``corpus`` through the tokenizer into a document store at ``work``.
 
-    ``workers``: tokenizer threads (default: all cores); the store does not depend on it.
+    ``workers``: tokenizer threads (default: all cores); ``engine``: here or on Ray. The
+    store depends on neither.
     """
+    if engine.ray:
+        from packprep.engines.ray_engine import tokenize_on_ray
+
+        return tokenize_on_ray(corpus, work, config=config, overwrite=overwrite, address=engine.address, reporter=reporter)
     corpus, work = Path(corpus), Path(work)
     list_corpus_files(corpus)  # fails early and clearly on a missing path or a folder with nothing to read
     with removed_on_error(work):
@@ -64,7 +71,6 @@ def _tokenize(
     corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, workers: int | None, reporter: Reporter
 ) -> DocStore:
     from packprep.corpus import ReadCounters, corpus_fingerprint, iter_documents
-    from packprep.stages.dedup import normalized_text_hash
     from packprep.tokenizers import load_tokenizer, smallest_token_dtype
 
     tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=workers)
@@ -76,47 +82,68 @@ def _tokenize(
     claim_folder(work, overwrite=overwrite, ours=is_store_file)
 
     counters = ReadCounters()
-    dropped_empty = 0
     documents = iter_documents(
         corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters
     )
     with DocStoreWriter(work, dtype=smallest_token_dtype(tokenizer.vocab_size)) as writer, reporter.track(
         "tokenize", unit="docs"
     ) as advance:
-        for batch in _batches(documents):
-            ids = [doc_id for doc_id, _ in batch]
-            texts = [text for _, text in batch]
-            flat, lengths = tokenizer.encode_batch(texts)
-            keep = lengths > 0
-            dropped_empty += int((~keep).sum())
-            hashes = np.array([normalized_text_hash(t) for t, k in zip(texts, keep) if k], dtype=np.uint64)
-            writer.append(flat, lengths[keep], list(itertools.compress(ids, keep)), hashes)
-            advance(len(batch), tokens=len(flat))
+        dropped_empty = tokenize_into(writer, documents, tokenizer, progress=advance)
+        counts = {"records": counters.records, "dropped_empty": dropped_empty, "skipped_records": counters.skipped}
         if writer.num_documents == 0:
-            raise PackprepError(
-                f"no non-empty documents ({counters.records} records read, {dropped_empty} empty, "
-                f"{counters.skipped} skipped)",
-                path=corpus,
-            )
-        store = writer.finish(
-            {
-                "key": key,
-                "packprep_version": __version__,
-                "config": as_dict(config),
-                "tokenizer": _tokenizer_info(tokenizer, config.tokenizer),
-                "source": {"path": str(corpus), "fingerprint": fingerprint},
-                "counts": {
-                    "records": counters.records,
-                    "dropped_empty": dropped_empty,
-                    "skipped_records": counters.skipped,
-                },
-            }
-        )
+            raise no_documents_error(corpus, counts)
+        store = writer.finish(store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts))
     if counters.skipped:
         reporter.info(f"tokenize: skipped {counters.skipped} bad records, e.g. {counters.first_errors[0]}")
     if dropped_empty:
         reporter.info(f"tokenize: dropped {dropped_empty} empty documents")
     return store
+
+
+def tokenize_into(
+    writer: DocStoreWriter, documents: Iterable[tuple[str, str]], tokenizer: Any, *, progress: Any = None
+) -> int:
+    """Tokenize ``(id, text)`` pairs batch by batch into ``writer``; return how many were empty.
+
+    Empty documents are dropped (and counted); every kept one is stored with the hash of
+    its normalised text, which exact dedup uses later. Both engines call this.
+    """
+    from packprep.stages.dedup import normalized_text_hash
+
+    dropped_empty = 0
+    for batch in _batches(documents):
+        ids = [doc_id for doc_id, _ in batch]
+        texts = [text for _, text in batch]
+        flat, lengths = tokenizer.encode_batch(texts)
+        keep = lengths > 0
+        dropped_empty += int((~keep).sum())
+        hashes = np.array([normalized_text_hash(t) for t, k in zip(texts, keep) if k], dtype=np.uint64)
+        writer.append(flat, lengths[keep], list(itertools.compress(ids, keep)), hashes)
+        if progress is not None:
+            progress(len(batch), tokens=len(flat))
+    return dropped_empty
+
+
+def store_manifest(
+    key: str, config: TokenizeConfig, tokenizer: Any, *, corpus: Path, fingerprint: str, counts: dict[str, int]
+) -> dict[str, Any]:
+    """What ``store.json`` records about a tokenize run (identical for both engines)."""
+    return {
+        "key": key,
+        "packprep_version": __version__,
+        "config": as_dict(config),
+        "tokenizer": _tokenizer_info(tokenizer, config.tokenizer),
+        "source": {"path": str(corpus), "fingerprint": fingerprint},
+        "counts": counts,
+    }
+
+
+def no_documents_error(corpus: Path, counts: dict[str, int]) -> PackprepError:
+    return PackprepError(
+        f"no non-empty documents ({counts['records']} records read, {counts['dropped_empty']} empty, "
+        f"{counts['skipped_records']} skipped)",
+        path=corpus,
+    )
 
 
 def pack(
@@ -131,6 +158,7 @@ def pack(
     labels: bool = False,
     overwrite: bool = False,
     workers: int | None = None,
+    engine: Engine = LOCAL,
     reporter: Reporter = SilentReporter(),
 ) -> Path:
     """Pack a corpus (tokenized first, cached in ``out/work``) or a document store into shards at ``out``.
@@ -139,7 +167,7 @@ def pack(
     each stage cached beside the store. The npy shards are always written (inspect and
     verify read them); ``format`` ``arrow`` or ``megatron`` adds a conversion in
     ``out/<format>`` (``labels``: an arrow labels column). ``workers``: tokenizer
-    threads; the shards do not depend on it.
+    threads; ``engine``: where tokenize, dedup and embed run. The shards depend on neither.
     """
     from packprep.convert import FORMATS, convert
 
@@ -149,7 +177,7 @@ def pack(
     source, out = Path(source), Path(out)
     refuse_file(out)
     with removed_on_error(out):
-        _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, workers, reporter)
+        _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, workers, engine, reporter)
         if format != "npy":
             with reporter.track(f"convert to {format}", total=npy.read_manifest(out)["counts"]["num_sequences"], unit="rows") as advance:
                 convert(out, to=format, labels=labels, progress=advance)
@@ -165,6 +193,7 @@ def _pack(
     embed_config: EmbedConfig,
     overwrite: bool,
     workers: int | None,
+    engine: Engine,
     reporter: Reporter,
 ) -> Path:
     if is_store(source):
@@ -173,7 +202,8 @@ def _pack(
         list_corpus_files(source)  # a missing or unreadable corpus fails before OUT is touched
         claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
         store = tokenize(
-            source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, workers=workers, reporter=reporter
+            source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, workers=workers, engine=engine,
+            reporter=reporter,
         )
 
     inputs = {"store": store.manifest["key"]}
@@ -200,7 +230,9 @@ def _pack(
     if config.seq_len <= sep_len:
         raise PackprepError(f"--seq-len {config.seq_len} leaves no room next to the {sep_len}-token separator")
 
-    selection = select_documents(store, config=config, dedup_config=dedup_config, embed_config=embed_config, reporter=reporter)
+    selection = select_documents(
+        store, config=config, dedup_config=dedup_config, embed_config=embed_config, engine=engine, reporter=reporter
+    )
     sequence_lengths = store.lengths() + sep_len
     plan = pack_plan(sequence_lengths, selection.order, seq_len=config.seq_len, packing=config.packing)
     if config.packing == "bestfit" or config.semantic:

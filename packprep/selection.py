@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, PackConfig
+from packprep.engines import LOCAL, Engine
 from packprep.progress import Reporter, SilentReporter
 from packprep.stages.dedup import REASON_NAMES
 from packprep.store import DocStore
@@ -32,6 +33,7 @@ def select_documents(
     config: PackConfig,
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig = EmbedConfig(),
+    engine: Engine = LOCAL,
     reporter: Reporter = SilentReporter(),
 ) -> Selection:
     from packprep import semantic
@@ -41,12 +43,12 @@ def select_documents(
     reason = np.zeros(n, dtype=np.uint8)
     dup_of = np.full(n, -1, dtype=np.int64)
     if config.run_dedup:
-        found = semantic.dedup(store, config=dedup_config, reporter=reporter)
+        found = semantic.dedup(store, config=dedup_config, engine=engine, reporter=reporter)
         reason, dup_of = found.reason.copy(), found.dup_of.copy()
     if not config.semantic:
         return Selection(order=orders.random_order(np.flatnonzero(reason == 0), seed=config.seed), reason=reason, dup_of=dup_of)
 
-    embeddings = semantic.embed(store, config=embed_config, reporter=reporter)
+    embeddings = semantic.embed(store, config=embed_config, engine=engine, reporter=reporter)
     threshold = config.effective_semantic_threshold
     if threshold:
         from packprep.stages.dedup import semantic_duplicates

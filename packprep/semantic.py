@@ -22,6 +22,7 @@ import numpy as np
 
 from packprep._files import load_json, save_json, save_npy
 from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
+from packprep.engines import LOCAL, Engine
 from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
@@ -41,16 +42,34 @@ class Dedup:
     manifest: dict[str, Any]
 
 
-def dedup(store: DocStore, *, config: DedupConfig = DedupConfig(), reporter: Reporter = SilentReporter()) -> Dedup:
+def dedup(
+    store: DocStore, *, config: DedupConfig = DedupConfig(), engine: Engine = LOCAL, reporter: Reporter = SilentReporter()
+) -> Dedup:
     """Exact (normalised-text hash) and near (MinHash LSH) dedup of ``store``; cached in its folder."""
-    from packprep.stages import dedup as stage
-
     key = stage_key("dedup", config, store=store.manifest["key"])
     cached = _cached(store.path / DEDUP_MANIFEST, key)
     if cached is not None:
         reporter.info("dedup: reusing the stored result")
         return _load_dedup(store.path, cached)
     (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
+
+    if engine.ray:
+        from packprep.engines.ray_engine import dedup_on_ray
+
+        result = dedup_on_ray(store, config=config, address=engine.address, reporter=reporter)
+    else:
+        result = _dedup_here(store, config, reporter)
+    for name in _DEDUP_ARRAYS:
+        save_npy(store.path / f"dedup.{name}.npy", getattr(result, name))
+    manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
+    save_json(store.path / DEDUP_MANIFEST, manifest)
+    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
+    return _load_dedup(store.path, manifest)
+
+
+def _dedup_here(store: DocStore, config: DedupConfig, reporter: Reporter) -> Any:
+    """The dedup stage in this process: a ``stages.dedup.DedupResult``."""
+    from packprep.stages import dedup as stage
 
     result = stage.exact_duplicates(store.text_hash) if config.exact else _all_kept(store.num_documents)
     if config.near:
@@ -61,15 +80,12 @@ def dedup(store: DocStore, *, config: DedupConfig = DedupConfig(), reporter: Rep
             )
         near = stage.near_duplicates(signatures, threshold=config.minhash_threshold, seed=config.seed, keep=result.keep)
         result = stage.combine(result, near)
-    for name in _DEDUP_ARRAYS:
-        save_npy(store.path / f"dedup.{name}.npy", getattr(result, name))
-    manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
-    save_json(store.path / DEDUP_MANIFEST, manifest)
-    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
-    return _load_dedup(store.path, manifest)
+    return result
 
 
-def embed(store: DocStore, *, config: EmbedConfig = EmbedConfig(), reporter: Reporter = SilentReporter()) -> np.ndarray:
+def embed(
+    store: DocStore, *, config: EmbedConfig = EmbedConfig(), engine: Engine = LOCAL, reporter: Reporter = SilentReporter()
+) -> np.ndarray:
     """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap."""
     from packprep.stages.embed import embed_documents, load_embedder
     from packprep.tokenizers import tokenizer_from_manifest
@@ -86,10 +102,15 @@ def embed(store: DocStore, *, config: EmbedConfig = EmbedConfig(), reporter: Rep
     tmp = path.with_name(path.name + ".tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(config.dtype), shape=(store.num_documents, embedder.dim))
     with reporter.track(f"embed ({embedder.name})", total=store.num_documents, unit="docs") as advance:
-        embed_documents(
-            embedder, tokenizer.decode, store.tokens, store.offsets, np.arange(store.num_documents),
-            out=out, max_tokens=config.embed_tokens, batch_size=config.batch_size, progress=advance,
-        )
+        if engine.ray:
+            from packprep.engines.ray_engine import embed_on_ray
+
+            embed_on_ray(store, config=config, out=out, address=engine.address, progress=advance)
+        else:
+            embed_documents(
+                embedder, tokenizer.decode, store.tokens, store.offsets, np.arange(store.num_documents),
+                out=out, max_tokens=config.embed_tokens, batch_size=config.batch_size, progress=advance,
+            )
     out.flush()
     del out
     tmp.replace(path)

@@ -10,7 +10,6 @@ break the guarantee in transformers 5.x are pinned here too, so the README stays
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 

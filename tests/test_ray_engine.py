@@ -1,0 +1,228 @@
+"""The Ray engine writes what the local engine writes, byte for byte, on a local Ray with 2 CPUs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
+
+from tests.conftest import make_documents, write_jsonl  # noqa: E402
+
+from packprep import semantic  # noqa: E402
+from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig  # noqa: E402
+from packprep.engines import Engine, check_engine, ray_engine  # noqa: E402
+from packprep.errors import PackprepError  # noqa: E402
+from packprep.pipeline import pack, tokenize  # noqa: E402
+from packprep.stages import dedup as dedup_stage  # noqa: E402
+from packprep.store import DocStore  # noqa: E402
+
+STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", "store.json")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """Several JSONL files (one gzipped, one with an empty document and a record without an id) and a folder of .txt."""
+    docs = make_documents(60, seed=3)
+    folder = tmp_path / "corpus"
+    write_jsonl(folder / "a.jsonl", docs[:20])
+    write_jsonl(folder / "b" / "b.jsonl", docs[20:35] + [{"id": "empty", "text": ""}, {"text": "no id here"}])
+    gz = folder / "c.jsonl.gz"
+    gz.write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in docs[35:50]).encode()))
+    for i, doc in enumerate(docs[50:]):
+        (folder / "texts").mkdir(exist_ok=True)
+        (folder / "texts" / f"t{i:02d}.txt").write_text(doc["text"], encoding="utf-8")
+    return folder
+
+
+def store_bytes(work: Path) -> dict[str, bytes]:
+    return {name: (work / name).read_bytes() for name in STORE_FILES}
+
+
+def test_tokenize_on_ray_writes_the_local_store_byte_for_byte(corpus, tmp_path):
+    local = tokenize(corpus, tmp_path / "local")
+    store = ray_engine.tokenize_on_ray(corpus, tmp_path / "ray")
+    assert store.num_documents == local.num_documents == 61
+    assert store.manifest["counts"] == {"records": 62, "dropped_empty": 1, "skipped_records": 0}
+    assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(STORE_FILES)  # no blocks left behind
+
+
+def test_a_store_from_either_engine_is_reused_by_the_other(corpus, tmp_path):
+    tokenize(corpus, tmp_path / "work")
+    before = (tmp_path / "work" / "store.json").stat().st_mtime_ns
+    ray_engine.tokenize_on_ray(corpus, tmp_path / "work")
+    assert (tmp_path / "work" / "store.json").stat().st_mtime_ns == before
+
+
+def with_bad_record(corpus: Path) -> Path:
+    lines = (corpus / "b" / "b.jsonl").read_text().splitlines()
+    lines[3] = '{"id": "broken", "text": '
+    lines[6] = '{"id": 7, "body": "no text field"}'
+    (corpus / "b" / "b.jsonl").write_text("\n".join(lines) + "\n")
+    return corpus
+
+
+def test_a_bad_record_raises_the_local_error_with_file_and_line(corpus, tmp_path):
+    with_bad_record(corpus)
+    with pytest.raises(PackprepError) as local:
+        tokenize(corpus, tmp_path / "local")
+    with pytest.raises(PackprepError) as on_ray:
+        ray_engine.tokenize_on_ray(corpus, tmp_path / "ray")
+    assert str(on_ray.value) == str(local.value)
+    assert (on_ray.value.path, on_ray.value.line) == (str(corpus / "b" / "b.jsonl"), 4)
+    assert not (tmp_path / "ray").exists()  # like the local engine: a bad input leaves nothing
+
+
+def test_skipped_records_are_counted_as_locally(corpus, tmp_path):
+    with_bad_record(corpus)
+    config = TokenizeConfig(on_error="skip")
+    tokenize(corpus, tmp_path / "local", config=config)
+    store = ray_engine.tokenize_on_ray(corpus, tmp_path / "ray", config=config)
+    assert store.manifest["counts"]["skipped_records"] == 2
+    assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
+
+
+def test_a_worker_killed_once_is_retried_and_the_output_is_intact(corpus, tmp_path, monkeypatch):
+    marker = tmp_path / "crashed-once"
+    real = ray_engine._tokenize_block
+
+    def dies_once_on_block_0(index, *args):
+        import os
+
+        if index == 0 and not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker process dies mid-task, as on a lost node or an OOM kill
+        return real(index, *args)
+
+    monkeypatch.setattr(ray_engine, "_tokenize_block", dies_once_on_block_0)
+    tokenize(corpus, tmp_path / "local")
+    ray_engine.tokenize_on_ray(corpus, tmp_path / "ray")
+    assert marker.exists()
+    assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
+
+
+@pytest.fixture
+def duplicated_store(tmp_path: Path) -> DocStore:
+    """80 documents: copies (exact), copies with one word changed (near) and distinct ones."""
+    docs = make_documents(50, seed=5)
+    docs += [{"id": f"copy-{i}", "text": docs[i]["text"]} for i in range(0, 50, 7)]
+    for i in range(1, 50, 3):
+        words = docs[i]["text"].split(" ")
+        if len(words) > 40:
+            words[len(words) // 2] = "CHANGED"
+            docs.append({"id": f"near-{i}", "text": " ".join(words)})
+    write_jsonl(tmp_path / "dups" / "d.jsonl", docs)
+    return tokenize(tmp_path / "dups", tmp_path / "dups-work")
+
+
+def test_dedup_on_ray_equals_the_local_result(duplicated_store):
+    store, config = duplicated_store, DedupConfig()
+    local = semantic.dedup(store, config=config)
+    result = ray_engine.dedup_on_ray(store, config=config, num_tasks=3)
+    assert result.counts() == local.manifest["counts"]
+    assert result.counts()["exact"] > 0 and result.counts()["near"] > 0
+    assert result.reason.tolist() == local.reason.tolist()
+    assert result.dup_of.tolist() == local.dup_of.tolist()
+
+
+def test_minhash_signatures_on_ray_equal_the_local_ones(duplicated_store):
+    store = duplicated_store
+    local = dedup_stage.minhash_signatures(store.tokens, store.offsets, num_perm=64, shingle=3, seed=9)
+    on_ray = ray_engine.minhash_signatures_on_ray(store.path, num_perm=64, shingle=3, seed=9, num_tasks=5)
+    assert on_ray.dtype == np.uint32 and np.array_equal(on_ray, local)
+
+
+def test_band_pairs_follow_the_local_bucket_rule():
+    # bucket (band 0, key 5): docs 9, 2, 4 -> star from 2 plus all pairs (size 3 <= 64); bucket (1, 5): 7 alone
+    table = np.array([[0, 5, 9], [0, 5, 2], [1, 5, 7], [0, 5, 4]], dtype=np.uint64)
+    pairs = ray_engine._band_pairs(table[:2], table[2:])
+    assert sorted(map(tuple, pairs.tolist())) == [(2, 4), (2, 4), (2, 9), (2, 9), (4, 9)]
+
+
+def test_embed_on_ray_equals_the_local_embeddings(tmp_path):
+    from packprep.stages.embed import embed_documents, load_embedder
+    from packprep.tokenizers import tokenizer_from_manifest
+
+    write_jsonl(tmp_path / "c" / "c.jsonl", make_documents(20, seed=11))  # 20 documents keep the model's work small
+    store = tokenize(tmp_path / "c", tmp_path / "work")
+    config = EmbedConfig(batch_size=4)
+    local = np.asarray(semantic.embed(store, config=config))
+    on_ray = np.empty_like(local)
+    ray_engine.embed_on_ray(store, config=config, out=on_ray)
+    assert on_ray.tobytes() == local.tobytes()
+
+    # Several actors, each embedding its own chunks with one torch thread (two fit on our two CPUs):
+    # the same chunks and thread count locally give the same bytes.
+    import torch
+
+    decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
+    local_chunks = np.empty_like(local)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embed_documents(
+            load_embedder(config.model), decode, store.tokens, store.offsets, np.arange(store.num_documents),
+            out=local_chunks, max_tokens=config.embed_tokens, batch_size=4, chunk=8,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    on_ray_chunks = np.empty_like(local)
+    ray_engine.embed_on_ray(store, config=config, out=on_ray_chunks, num_actors=2, threads=1, chunk=8)  # 3 chunks
+    assert on_ray_chunks.tobytes() == local_chunks.tobytes()
+
+
+def test_pack_with_engine_ray_writes_the_local_shards(corpus, tmp_path):
+    # The whole command: tokenize and dedup on Ray, then order and pack here.
+    config = PackConfig(strategy="eos", seq_len=64, rows_per_shard=7, dedup=True)
+    pack(corpus, tmp_path / "local", config=config)
+    pack(corpus, tmp_path / "ray", config=config, engine=Engine("ray"))
+    local_manifest = json.loads((tmp_path / "local" / "manifest.json").read_text())
+    ray_manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert len(ray_manifest["shards"]) > 1
+    assert ray_manifest["shards"] == local_manifest["shards"]  # names, rows and sha256 of every array
+    assert ray_manifest["key"] == local_manifest["key"] and ray_manifest["doc_files"] == local_manifest["doc_files"]
+    for path in sorted((tmp_path / "local").iterdir()):
+        if path.is_file() and path.name != "manifest.json":
+            assert (tmp_path / "ray" / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_the_cli_engine_options(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from packprep.cli import app
+
+    runner = CliRunner()
+    local = runner.invoke(app, ["tokenize", str(corpus), str(tmp_path / "local"), "-q"])
+    on_ray = runner.invoke(app, ["tokenize", str(corpus), str(tmp_path / "ray"), "-q", "--engine", "ray"])
+    assert local.exit_code == 0 and on_ray.exit_code == 0, on_ray.output
+    assert store_bytes(tmp_path / "local") == store_bytes(tmp_path / "ray")
+    stray = runner.invoke(app, ["tokenize", str(corpus), str(tmp_path / "x"), "--ray-address", "auto"])
+    assert stray.exit_code == 2 and "--ray-address needs --engine ray" in stray.output
+
+
+def test_unknown_engines_and_stray_addresses_are_user_errors():
+    with pytest.raises(PackprepError, match="unknown engine 'spark'"):
+        check_engine("spark")
+    with pytest.raises(PackprepError, match="--ray-address needs --engine ray"):
+        check_engine("local", address="auto")
+    check_engine("ray", address="auto")
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(PackprepError, match=r"pip install 'packprep\[ray\]'"):
+        ray_engine.connect(None)
