@@ -88,6 +88,17 @@ def _engine(engine: o.EngineName, ray_address: Optional[str]):
     return Engine(engine.value, ray_address)
 
 
+def _embed_config(embedder: o.Embedder, model: str, embed_tokens: int):
+    from packprep.config import EmbedConfig
+    from packprep.stages.embed import DEFAULT_MODEL
+
+    if embedder is o.Embedder.static:
+        if model != DEFAULT_MODEL:
+            raise PackprepError("--embedder static is distilled from the bundled all-MiniLM-L6-v2; it takes no --model")
+        return EmbedConfig(model="static", embed_tokens=embed_tokens)
+    return EmbedConfig(model=model, embed_tokens=embed_tokens)
+
+
 def _reporter(quiet: bool):
     from packprep.progress import RichReporter, SilentReporter
 
@@ -158,6 +169,7 @@ def dedup(
 def embed(
     work: o.WorkArg,
     model: o.ModelOpt = "all-MiniLM-L6-v2",
+    embedder: o.EmbedderOpt = o.Embedder.minilm,
     embed_tokens: o.EmbedTokens = 256,
     workers: o.Workers = None,
     engine: o.EngineOpt = o.EngineName.local,
@@ -166,11 +178,10 @@ def embed(
 ) -> None:
     """Embed every document of a store (first --embed-tokens tokens) into WORK/embeddings.npy."""
     _use_workers(workers)
-    from packprep.config import EmbedConfig
     from packprep.semantic import embed as run
     from packprep.store import DocStore
 
-    config = EmbedConfig(model=model, embed_tokens=embed_tokens)
+    config = _embed_config(embedder, model, embed_tokens)
     embeddings = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
         print(f"embeddings {embeddings.shape[0]:,} x {embeddings.shape[1]} -> {work}/embeddings.npy", file=sys.stderr)
@@ -196,6 +207,7 @@ def pack(
     minhash_threshold: o.MinhashThreshold = 0.8,
     semantic_threshold: o.SemanticThreshold = None,
     model: o.ModelOpt = "all-MiniLM-L6-v2",
+    embedder: o.EmbedderOpt = o.Embedder.minilm,
     embed_tokens: o.EmbedTokens = 256,
     clusters: o.Clusters = None,
     knn: o.Knn = 10,
@@ -209,7 +221,7 @@ def pack(
 ) -> None:
     """Pack documents into fixed-length sequences and write npy shards (and an arrow or megatron copy)."""
     workers = _use_workers(workers)
-    from packprep.config import DedupConfig, EmbedConfig, PackConfig
+    from packprep.config import DedupConfig, PackConfig
     from packprep.pipeline import pack as run
 
     config = PackConfig(
@@ -220,7 +232,7 @@ def pack(
         source, out, config=config,
         tokenize_config=_tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error),
         dedup_config=DedupConfig(minhash_threshold=minhash_threshold),
-        embed_config=EmbedConfig(model=model, embed_tokens=embed_tokens),
+        embed_config=_embed_config(embedder, model, embed_tokens),
         format=format.value, labels=labels, overwrite=overwrite, workers=workers,
         engine=_engine(engine, ray_address), reporter=_reporter(quiet),
     )

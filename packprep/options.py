@@ -37,6 +37,11 @@ class EngineName(str, Enum):
     ray = "ray"
 
 
+class Embedder(str, Enum):
+    minilm = "minilm"
+    static = "static"
+
+
 class OnError(str, Enum):
     raise_ = "raise"
     skip = "skip"
@@ -71,3 +76,4 @@ Labels = Annotated[bool, typer.Option("--labels", help="Add a labels column to t
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Threads for tokenizing, embedding and the kNN index (default: all cores). Output does not depend on it.", show_default=False)]
 EngineOpt = Annotated[EngineName, typer.Option("--engine", help="Where tokenize, dedup and embed run: here, or on Ray (pip install 'packprep[ray]'). Same output either way.")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto': the running one); default: start a local Ray.", show_default=False)]
+EmbedderOpt = Annotated[Embedder, typer.Option("--embedder", help="minilm: the sentence-transformers model (--model); static: token vectors distilled from the bundled MiniLM, hundreds of times faster, a little less accurate.")]

