@@ -315,7 +315,7 @@ def _write_shards(
             shards.append(
                 npy.write_shard(
                     out, index, plan, rows,
-                    tokens=store.tokens, offsets=store.offsets, dtype=store.tokens.dtype,
+                    read_spans=store.read_spans, offsets=store.offsets, dtype=store.tokens.dtype,
                     sep_id=sep_id, pad_id=pad_id, on_rows=advance,
                 )
             )

@@ -83,6 +83,41 @@ class DocStore:
     def document(self, index: int) -> np.ndarray:
         return self.tokens[self.offsets[index] : self.offsets[index + 1]]
 
+    def read_spans(self, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Tokens ``[starts[i], starts[i] + lengths[i])`` for each i, back to back, read with pread.
+
+        Reading (not indexing the memmap) keeps the store's pages out of this process:
+        scattered reads through a mapping fault in ~1 MB per touch on Linux, so gathering
+        shuffled documents would map nearly the whole file and RSS would grow with the
+        corpus. Adjacent spans are read with one call.
+        """
+        starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+        out = np.empty(int(lengths.sum()), dtype=self.tokens.dtype)
+        if not len(out):
+            return out
+        nonempty = lengths > 0
+        starts, lengths = starts[nonempty], lengths[nonempty]
+        ends = starts + lengths
+        first = np.flatnonzero(np.r_[True, starts[1:] != ends[:-1]])  # a run starts where a span does not continue the last
+        run_start, run_end = starts[first], ends[np.r_[first[1:], len(starts)] - 1]
+        itemsize = out.itemsize
+        buffer = memoryview(out).cast("B")
+        position = 0
+        with open(self.path / "tokens.bin", "rb", buffering=0) as fh:
+            for a, b in zip(run_start.tolist(), run_end.tolist()):
+                size = (b - a) * itemsize
+                _pread_into(fh.fileno(), buffer[position : position + size], a * itemsize)
+                position += size
+        return out
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> None:
+    while len(view):
+        read = os.preadv(fd, [view], offset)
+        if read == 0:
+            raise OSError(f"unexpected end of tokens.bin at byte {offset}: the store is truncated")
+        view, offset = view[read:], offset + read
+
 
 def is_store(path: Path) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()

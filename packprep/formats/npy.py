@@ -64,7 +64,7 @@ def write_shard(
     plan: PackPlan,
     rows: slice,
     *,
-    tokens: np.ndarray,
+    read_spans: Callable[[np.ndarray, np.ndarray], np.ndarray],
     offsets: np.ndarray,
     dtype: np.dtype,
     sep_id: int | None,
@@ -73,8 +73,11 @@ def write_shard(
 ) -> dict[str, Any]:
     """Write rows ``rows`` of ``plan`` as shard ``index``; return its manifest entry.
 
-    The token matrix is filled in place in a ``.npy`` memmap (never whole in RAM),
-    each file written under a temporary name first.
+    ``read_spans(starts, lengths)`` returns store tokens (``DocStore.read_spans``);
+    ``offsets`` are the store's document offsets. The token matrix is filled in place
+    in a ``.npy`` memmap (never whole in RAM), a chunk of rows at a time, each chunk
+    reading just the token spans its pieces hold; each file is written under a
+    temporary name first.
     """
     name = shard_name(index)
     num_rows = rows.stop - rows.start
@@ -85,17 +88,12 @@ def write_shard(
     chunk = max(1, _FILL_CHUNK_TOKENS // plan.seq_len)
     for r in range(rows.start, rows.stop, chunk):
         r_end = min(r + chunk, rows.stop)
+        pieces, tokens, piece_offsets = _chunk_pieces(plan, r, r_end, read_spans=read_spans, offsets=offsets)
         fill_rows(
-            plan,
-            slice(r, r_end),
-            tokens=tokens,
-            offsets=offsets,
-            sep_id=sep_id,
-            pad_id=pad_id,
+            pieces, slice(0, r_end - r), tokens=tokens, offsets=piece_offsets, sep_id=sep_id, pad_id=pad_id,
             out=matrix[r - rows.start : r_end - rows.start],
         )
         release_pages(matrix)
-        release_pages(tokens)
         if on_rows:
             on_rows(r_end - r)
     matrix.flush()
@@ -110,6 +108,33 @@ def write_shard(
         save_npy(shard_file(out, name, key), array)
     files = {key: {"path": shard_file(out, name, key).name, "sha256": sha256_file(shard_file(out, name, key))} for key in SHARD_ARRAYS}
     return {"name": name, "rows": num_rows, "segments": s1 - s0, "files": files}
+
+
+def _chunk_pieces(
+    plan: PackPlan, r0: int, r1: int, *, read_spans: Callable[[np.ndarray, np.ndarray], np.ndarray], offsets: np.ndarray
+) -> tuple[PackPlan, np.ndarray, np.ndarray]:
+    """Rows ``r0:r1`` as a plan of their own in which every piece is a document of its own.
+
+    Returns that plan, the tokens of the pieces back to back, and their offsets: the
+    piece's real tokens only, so positions past them are the separator, exactly as in
+    the full plan. Only the tokens these rows need are read.
+    """
+    s0, s1 = int(plan.row_ptr[r0]), int(plan.row_ptr[r1])
+    doc, doc_offset, length = plan.seg_doc[s0:s1], plan.seg_doc_offset[s0:s1], plan.seg_length[s0:s1]
+    doc_tokens = offsets[doc + 1] - offsets[doc]
+    real = np.clip(doc_tokens - doc_offset, 0, length)  # the rest of a piece is the separator
+    tokens = read_spans(offsets[doc] + np.minimum(doc_offset, doc_tokens), real)
+    piece_offsets = np.zeros(len(real) + 1, dtype=np.int64)
+    np.cumsum(real, out=piece_offsets[1:])
+    pieces = PackPlan(
+        seq_len=plan.seq_len,
+        row_ptr=plan.row_ptr[r0 : r1 + 1] - s0,
+        seg_start=plan.seg_start[s0:s1],
+        seg_length=length,
+        seg_doc=np.arange(s1 - s0, dtype=np.int64),
+        seg_doc_offset=np.zeros(s1 - s0, dtype=np.int64),
+    )
+    return pieces, tokens, piece_offsets
 
 
 def _reserve(path: Path) -> None:
