@@ -86,29 +86,42 @@ def _dedup_here(store: DocStore, config: DedupConfig, reporter: Reporter) -> Any
 def embed(
     store: DocStore, *, config: EmbedConfig = EmbedConfig(), engine: Engine = LOCAL, reporter: Reporter = SilentReporter()
 ) -> np.ndarray:
-    """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap."""
+    """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap.
+
+    ``config.model == "static"``: the static model is fitted to this store first (MiniLM
+    embeds a seeded sample of its documents; ``stages.static_embed.fit_static_model``)
+    and embeds every document in this process, whatever the engine: it runs at
+    thousands of documents per second and the fitted model exists only here.
+    """
     from packprep.stages.embed import embed_documents, load_embedder
+    from packprep.stages.static_embed import STATIC_MODEL, fitted_fingerprint
     from packprep.tokenizers import tokenizer_from_manifest
 
+    static = config.model == STATIC_MODEL
+    if static:
+        _report_distilling(reporter)
     embedder = load_embedder(config.model)
-    key = stage_key("embed", config, store=store.manifest["key"], model=embedder.fingerprint)
+    fingerprint = fitted_fingerprint(embedder.fingerprint) if static else embedder.fingerprint
+    key = stage_key("embed", config, store=store.manifest["key"], model=fingerprint)
     path = store.path / "embeddings.npy"
     if _cached(store.path / EMBED_MANIFEST, key) is not None:
         reporter.info("embed: reusing the stored embeddings")
         return np.load(path, mmap_mode="r")
     (store.path / EMBED_MANIFEST).unlink(missing_ok=True)
 
-    tokenizer = tokenizer_from_manifest(store.manifest["tokenizer"])
+    decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
+    if static and store.num_documents:
+        embedder = _fit_static(store, embedder, decode, config, reporter)
     tmp = path.with_name(path.name + ".tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(config.dtype), shape=(store.num_documents, embedder.dim))
     with reporter.track(f"embed ({embedder.name})", total=store.num_documents, unit="docs") as advance:
-        if engine.ray:
+        if engine.ray and not static:
             from packprep.engines.ray_engine import embed_on_ray
 
             embed_on_ray(store, config=config, out=out, address=engine.address, progress=advance)
         else:
             embed_documents(
-                embedder, tokenizer.decode, store.tokens, store.offsets, np.arange(store.num_documents),
+                embedder, decode, store.tokens, store.offsets, np.arange(store.num_documents),
                 out=out, max_tokens=config.embed_tokens, batch_size=config.batch_size, progress=advance,
             )
     out.flush()
@@ -116,9 +129,34 @@ def embed(
     tmp.replace(path)
     save_json(
         store.path / EMBED_MANIFEST,
-        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": embedder.fingerprint},
+        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint},
     )
     return np.load(path, mmap_mode="r")
+
+
+def _report_distilling(reporter: Reporter) -> None:
+    from packprep.stages.embed import _fingerprint, _packaged_model_dir
+    from packprep.stages.static_embed import is_distilled
+
+    if not is_distilled(_fingerprint(_packaged_model_dir())):
+        reporter.info("embed: distilling the static model from MiniLM (first use only, about a minute)")
+
+
+def _fit_static(store: DocStore, static: Any, decode: Any, config: EmbedConfig, reporter: Reporter) -> Any:
+    """``static`` (a stages.embed.Embedder) with its model fitted to MiniLM's vectors of a sample of ``store``."""
+    from dataclasses import replace
+
+    from packprep.stages.embed import embed_texts, first_tokens_text, load_embedder
+    from packprep.stages.static_embed import FIT, fit_sample, fit_static_model, fitted_fingerprint
+
+    sample = fit_sample(store.num_documents, size=FIT["sample"], seed=FIT["seed"])
+    reporter.info(f"embed: fitting static vectors on {len(sample):,} sampled documents embedded with MiniLM")
+    texts = list(first_tokens_text(decode, store.tokens, store.offsets, sample, max_tokens=config.embed_tokens))
+    teacher = load_embedder()
+    with reporter.track("embed (MiniLM sample)", total=len(sample), unit="docs") as advance:
+        targets = embed_texts(teacher, texts, batch_size=config.batch_size, dtype=np.float32, progress=advance)
+    model = fit_static_model(static.model, texts, targets, map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
+    return replace(static, dim=model.vectors.shape[1], fingerprint=fitted_fingerprint(static.fingerprint), model=model)
 
 
 def load_embeddings(store_path: Path) -> np.ndarray | None:

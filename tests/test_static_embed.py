@@ -22,7 +22,11 @@ from packprep.stages.order import icp_order
 from packprep.stages.static_embed import (
     RECIPE,
     StaticModel,
+    FIT,
     distill,
+    fit_sample,
+    fit_static_model,
+    fitted_fingerprint,
     load_static_model,
     pca,
     static_fingerprint,
@@ -143,16 +147,80 @@ def test_cache_is_written_once_and_reused(cache, source, tmp_path):
     assert len(cache) == 2 and other != first.fingerprint
 
 
-def test_semantic_embed_with_static_model(cache, tmp_path):
+@pytest.fixture(scope="module")
+def minilm():
+    return load_embedder()
+
+
+@pytest.fixture(scope="module")
+def labelled_texts(tmp_path_factory) -> list[str]:
+    path, _ = labelled_corpus(tmp_path_factory.mktemp("fit"), per_topic=6)
+    return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
+
+def test_fit_brings_held_out_documents_closer_to_minilm(model, minilm, labelled_texts):
+    targets = embed_texts(minilm, labelled_texts, dtype=np.float32)
+    fit_rows, held = np.arange(12), np.arange(12, len(labelled_texts))
+    fitted = fit_static_model(model, [labelled_texts[i] for i in fit_rows], targets[fit_rows],
+                              map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
+    assert fitted.vectors.shape == (model.vectors.shape[0], minilm.dim) and fitted.vectors.dtype == np.float32
+    assert not fitted.vectors[SPECIALS].any()  # special tokens stay zero rows
+    # A huge token ridge leaves only the linear map: the token step must add to it on held-out documents.
+    mapped = fit_static_model(model, [labelled_texts[i] for i in fit_rows], targets[fit_rows],
+                              map_ridge=FIT["map_ridge"], token_ridge=1e6)
+    held_texts = [labelled_texts[i] for i in held]
+    cosines = [(embed_texts(static_embed_embedder(m), held_texts, dtype=np.float32) * targets[held]).sum(axis=1).mean()
+               for m in (mapped, fitted)]
+    assert cosines[1] > cosines[0] + 0.02 and cosines[1] > 0.8, cosines  # 0.85 -> 0.88 when written
+    again = fit_static_model(model, [labelled_texts[i] for i in fit_rows], targets[fit_rows],
+                             map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
+    assert np.array_equal(again.vectors, fitted.vectors) and np.array_equal(again.empty, fitted.empty)
+    with pytest.raises(ValueError):
+        fit_static_model(model, [], targets[:0], map_ridge=1.0, token_ridge=1.0)
+
+
+def test_fit_sample_is_seeded_sorted_and_capped():
+    sample = fit_sample(100, size=10, seed=0)
+    assert sample.dtype == np.int64 and len(np.unique(sample)) == 10 and np.all(np.diff(sample) > 0)
+    assert np.array_equal(sample, fit_sample(100, size=10, seed=0))
+    assert not np.array_equal(sample, fit_sample(100, size=10, seed=1))
+    assert fit_sample(7, size=10, seed=0).tolist() == list(range(7))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.messages.append(message)
+
+    def track(self, description: str, *, total: int | None = None, unit: str = "docs"):
+        import contextlib
+
+        return contextlib.nullcontext(lambda n=1, **extra: None)
+
+
+def test_semantic_embed_with_static_model_fits_it_to_the_store(cache, tmp_path, minilm):
     path, _ = labelled_corpus(tmp_path / "corpus", per_topic=3)
+    reporter = Recorder()
     store = tokenize(path, tmp_path / "work")
-    vectors = embed(store, config=EmbedConfig(model="static"))
-    assert vectors.shape == (12, load_embedder("static").dim) and vectors.dtype == np.float16
+    vectors = embed(store, config=EmbedConfig(model="static"), reporter=reporter)
+    assert vectors.shape == (12, minilm.dim) and vectors.dtype == np.float16
     np.testing.assert_allclose(np.linalg.norm(np.asarray(vectors, np.float32), axis=1), 1.0, atol=2e-3)
+    assert reporter.messages == [
+        "embed: distilling the static model from MiniLM (first use only, about a minute)",
+        "embed: fitting static vectors on 12 sampled documents embedded with MiniLM",
+    ]
     manifest = json.loads((store.path / "embed.json").read_text())
-    assert manifest["model"] == "static" and manifest["fingerprint"] == load_embedder("static").fingerprint
-    assert np.array_equal(embed(store, config=EmbedConfig(model="static")), vectors)  # reused, not recomputed
-    assert len(cache) == 1
+    assert manifest["model"] == "static" and manifest["dim"] == minilm.dim
+    assert manifest["fingerprint"] == fitted_fingerprint(load_embedder("static").fingerprint)
+    assert manifest["fingerprint"] != fitted_fingerprint(load_embedder("static").fingerprint, {**FIT, "token_ridge": 1.0})
+    reporter.messages.clear()
+    assert np.array_equal(embed(store, config=EmbedConfig(model="static"), reporter=reporter), vectors)  # reused
+    assert reporter.messages == ["embed: reusing the stored embeddings"] and len(cache) == 1
+    # A second store of the same corpus: fitted and embedded again, byte for byte the same.
+    other = embed(tokenize(path, tmp_path / "again"), config=EmbedConfig(model="static"))
+    assert np.asarray(other).tobytes() == np.asarray(vectors).tobytes()
 
 
 def static_embed_embedder(model: StaticModel):

