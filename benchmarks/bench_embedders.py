@@ -134,13 +134,21 @@ def main() -> None:
     minilm = load_embedder()
     speed: dict[str, float] = {}
     vectors: dict[str, np.ndarray] = {}
-    start = time.perf_counter()
-    vectors["MiniLM"] = embed_texts(minilm, texts, batch_size=args.batch_size, dtype=np.float32)
-    args.minilm_seconds = time.perf_counter() - start
-    speed["MiniLM embed_texts"] = len(texts) / args.minilm_seconds
-    start = time.perf_counter()
-    minilm.model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True)
-    speed["MiniLM bare encode"] = len(texts) / (time.perf_counter() - start)
+    # Warm torch's thread pool and kernels first, then time ours and the bare encode on the
+    # same texts in alternation, so neither gets the cold start or a quieter minute alone.
+    minilm.model.encode(texts[:64], batch_size=args.batch_size)
+    ours, bare = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        vectors["MiniLM"] = embed_texts(minilm, texts, batch_size=args.batch_size, dtype=np.float32)
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        minilm.model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        bare.append(time.perf_counter() - start)
+    args.minilm_seconds = min(ours)
+    speed["MiniLM embed_texts"] = len(texts) / min(ours)
+    speed["MiniLM bare encode"] = len(texts) / min(bare)
+    print(f"MiniLM embed_texts / bare encode: {min(bare) / min(ours):.2f} (target >= 0.90)")
     vectors["static"] = embed_texts(static, texts, batch_size=args.batch_size, dtype=np.float32)
     speed["static embed_texts"] = len(texts) / best_seconds(
         lambda: embed_texts(static, texts, batch_size=args.batch_size, dtype=np.float32), 3
