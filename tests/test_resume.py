@@ -100,7 +100,11 @@ def test_a_touched_shard_is_rewritten_not_reused(corpus, clean_output, tmp_path)
 def test_ctrl_c_exits_130_with_a_message_and_the_rerun_resumes(corpus, clean_output, tmp_path):
     out = tmp_path / "out"
     command = [*PACKPREP, "pack", str(corpus), str(out), *PACK_OPTIONS]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A child inherits an ignored SIGINT: make sure this one handles it as a terminal's would.
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
     trigger = out / "shard-00003.row_ptr.npy"
     while not trigger.exists() and process.poll() is None:
         time.sleep(0.0005)
