@@ -8,7 +8,6 @@ atomically with a manifest; a stage whose manifest already records the same key
 from __future__ import annotations
 
 import itertools
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from packprep import __version__
-from packprep._files import load_json, save_json, sha256_file
 from packprep._folders import (
     WORK_DIRNAME,
     claim_folder,
@@ -33,11 +31,10 @@ from packprep.engines import LOCAL, Engine
 from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
-from packprep.selection import Selection, select_documents
+from packprep.selection import select_documents
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
 from packprep.store import DocStore, DocStoreWriter, is_store
 
-_JOURNAL_NAME = "manifest.partial.json"  # shards finished so far by a run that has not written its manifest
 _BATCH_DOCS = 2048
 _BATCH_CHARS = 8 << 20  # ~8 MB of text per tokenizer call keeps memory flat with huge documents
 
@@ -218,8 +215,8 @@ def _pack(
     claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
     if (out / npy.MANIFEST_NAME).is_file() and not overwrite:
         raise PackprepError("holds a packprep output made with other options; pass --overwrite to replace it", path=out)
-    finished = _finished_shards(out, key)
-    clear_output(out, keep={entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS} | {_JOURNAL_NAME})
+    finished = npy.finished_shards(out, key)
+    clear_output(out, keep={entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS} | {npy.JOURNAL_NAME})
     if finished:
         reporter.info(f"pack: resuming; {len(finished)} finished shards of an interrupted run are reused")
 
@@ -240,8 +237,16 @@ def _pack(
         # consecutive rows: shuffle rows (the documents inside a row stay together).
         plan = permute_rows(plan, np.random.default_rng([config.seed, 1]).permutation(plan.num_rows))
 
-    shards = _write_shards(out, plan, store, sep_id=sep_id, pad_id=pad_id, config=config, key=key, finished=finished, reporter=reporter)
-    doc_files = _write_doc_table(out, store, sequence_lengths, selection)
+    rows_per_shard = config.rows_per_shard or npy.default_rows_per_shard(config.seq_len, store.tokens.dtype)
+    with reporter.track("write shards", total=plan.num_rows, unit="rows") as advance:
+        shards = npy.write_shards(
+            out, plan, read_spans=store.read_spans, offsets=store.offsets, dtype=store.tokens.dtype,
+            sep_id=sep_id, pad_id=pad_id, rows_per_shard=rows_per_shard, key=key, finished=finished, on_rows=advance,
+        )
+    doc_files = npy.write_doc_table(
+        out, ids_from=store.path / "doc_ids", sequence_lengths=sequence_lengths, reason=selection.reason,
+        dup_of=selection.dup_of,
+    )
     npy.write_manifest(
         out,
         {
@@ -267,7 +272,7 @@ def _pack(
             "doc_files": doc_files,
         },
     )
-    (out / _JOURNAL_NAME).unlink(missing_ok=True)
+    (out / npy.JOURNAL_NAME).unlink(missing_ok=True)
     return out
 
 
@@ -285,81 +290,6 @@ def plan_counts(plan: PackPlan, *, num_documents: int) -> dict[str, Any]:
         "num_segments": plan.num_segments,
         "split_documents": int((pieces > 1).sum()),
     }
-
-
-def _write_shards(
-    out: Path,
-    plan: PackPlan,
-    store: DocStore,
-    *,
-    sep_id: int | None,
-    pad_id: int,
-    config: PackConfig,
-    key: str,
-    finished: list[dict[str, Any]],
-    reporter: Reporter,
-) -> list[dict[str, Any]]:
-    """Write every shard not already in ``finished``; after each one, record it in the journal.
-
-    The journal is what makes a killed run resumable at shard granularity: a shard is
-    listed only once all its files are renamed into place, with their checksums.
-    """
-    rows_per_shard = config.rows_per_shard or npy.default_rows_per_shard(config.seq_len, store.tokens.dtype)
-    shards = list(finished)
-    with reporter.track("write shards", total=plan.num_rows, unit="rows") as advance:
-        for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
-            rows = slice(start, min(start + rows_per_shard, plan.num_rows))
-            if index < len(finished):
-                advance(rows.stop - rows.start)
-                continue
-            shards.append(
-                npy.write_shard(
-                    out, index, plan, rows,
-                    read_spans=store.read_spans, offsets=store.offsets, dtype=store.tokens.dtype,
-                    sep_id=sep_id, pad_id=pad_id, on_rows=advance,
-                )
-            )
-            save_json(out / _JOURNAL_NAME, {"key": key, "shards": shards})
-    return shards
-
-
-def _finished_shards(out: Path, key: str) -> list[dict[str, Any]]:
-    """Shards that an interrupted run with the same key finished, in order, each re-checked.
-
-    Only a prefix of intact shards is reused: shard k is written after shard k-1, and a
-    shard whose files were touched since (checksum mismatch) ends the prefix.
-    """
-    path = out / _JOURNAL_NAME
-    if not path.is_file():
-        return []
-    try:
-        journal = load_json(path)
-    except ValueError:
-        return []
-    if journal.get("key") != key:
-        return []
-    intact = []
-    for index, entry in enumerate(journal.get("shards", [])):
-        files = [out / entry["files"][a]["path"] for a in npy.SHARD_ARRAYS]
-        if entry.get("name") != npy.shard_name(index) or not all(f.is_file() for f in files):
-            break
-        if any(sha256_file(f) != entry["files"][a]["sha256"] for f, a in zip(files, npy.SHARD_ARRAYS)):
-            break
-        intact.append(entry)
-    return intact
-
-
-def _write_doc_table(out: Path, store: DocStore, sequence_lengths: np.ndarray, selection: Selection) -> dict[str, Any]:
-    """Write the per-document files; return their manifest entries (name -> sha256)."""
-    for name in ("doc_ids.bin", "doc_ids.idx.npy"):
-        tmp = out / (name + ".tmp")
-        shutil.copyfile(store.path / name, tmp)
-        tmp.replace(out / name)
-    npy.save_npy(out / "doc_lengths.npy", sequence_lengths.astype(np.int64))
-    npy.save_npy(out / "doc_dropped.npy", selection.reason)
-    npy.save_npy(out / "doc_dup_of.npy", selection.dup_of)
-    names = ("doc_ids.bin", "doc_ids.idx.npy", "doc_lengths.npy", "doc_dropped.npy", "doc_dup_of.npy")
-    return {name: {"sha256": sha256_file(out / name)} for name in names}
 
 
 def _separator(strategy: str, tokenizer: dict[str, Any]) -> int | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, release_pages, save_json, save_npy, sha256_file
+from packprep._files import atomic_path, load_json, release_pages, save_json, save_npy, sha256_file
 from packprep.stages.pack import PackPlan, fill_rows
 
 FORMAT_NAME = "packprep-npy"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+JOURNAL_NAME = "manifest.partial.json"  # shards finished so far by a run that has not written its manifest
+DOC_FILES = ("doc_ids.bin", "doc_ids.idx.npy", "doc_lengths.npy", "doc_dropped.npy", "doc_dup_of.npy")
 SEGMENT_ARRAYS = ("row_ptr", "seg_start", "seg_length", "seg_doc", "seg_doc_offset")
 SHARD_ARRAYS = ("input_ids", *SEGMENT_ARRAYS)
 _SEGMENT_DTYPES = {
@@ -148,6 +151,86 @@ def _reserve(path: Path) -> None:
                 if err.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
                 # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; writes stay lazy.
+
+
+def write_shards(
+    out: Path,
+    plan: PackPlan,
+    *,
+    read_spans: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    offsets: np.ndarray,
+    dtype: np.dtype,
+    sep_id: int | None,
+    pad_id: int,
+    rows_per_shard: int,
+    key: str,
+    finished: list[dict[str, Any]],
+    on_rows: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Write every shard of ``plan`` not already in ``finished``; return all shard entries.
+
+    After each shard, the journal (``JOURNAL_NAME``, tagged with the run's ``key``) lists
+    the shards finished so far with their checksums: what makes a killed run resumable
+    at shard granularity (see :func:`finished_shards`).
+    """
+    shards = list(finished)
+    for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
+        rows = slice(start, min(start + rows_per_shard, plan.num_rows))
+        if index < len(finished):
+            if on_rows:
+                on_rows(rows.stop - rows.start)
+            continue
+        shards.append(
+            write_shard(
+                out, index, plan, rows, read_spans=read_spans, offsets=offsets, dtype=dtype,
+                sep_id=sep_id, pad_id=pad_id, on_rows=on_rows,
+            )
+        )
+        save_json(Path(out) / JOURNAL_NAME, {"key": key, "shards": shards})
+    return shards
+
+
+def finished_shards(out: Path, key: str) -> list[dict[str, Any]]:
+    """Shards that an interrupted run with the same ``key`` finished, in order, each re-checked.
+
+    Only a prefix of intact shards is reused: shard k is written after shard k-1, and a
+    shard whose files were touched since (checksum mismatch) ends the prefix.
+    """
+    path = Path(out) / JOURNAL_NAME
+    if not path.is_file():
+        return []
+    try:
+        journal = load_json(path)
+    except ValueError:
+        return []
+    if journal.get("key") != key:
+        return []
+    intact = []
+    for index, entry in enumerate(journal.get("shards", [])):
+        files = [Path(out) / entry["files"][a]["path"] for a in SHARD_ARRAYS]
+        if entry.get("name") != shard_name(index) or not all(f.is_file() for f in files):
+            break
+        if any(sha256_file(f) != entry["files"][a]["sha256"] for f, a in zip(files, SHARD_ARRAYS)):
+            break
+        intact.append(entry)
+    return intact
+
+
+def write_doc_table(
+    out: Path, *, ids_from: Path, sequence_lengths: np.ndarray, reason: np.ndarray, dup_of: np.ndarray
+) -> dict[str, Any]:
+    """Write the per-document files; return their manifest entries (name -> sha256).
+
+    ``ids_from``: the StringTable stem of the store's ids (``WORK/doc_ids``), copied as is.
+    """
+    out = Path(out)
+    for suffix in (".bin", ".idx.npy"):
+        with atomic_path(out / f"doc_ids{suffix}") as tmp:
+            shutil.copyfile(f"{ids_from}{suffix}", tmp)
+    save_npy(out / "doc_lengths.npy", np.asarray(sequence_lengths, dtype=np.int64))
+    save_npy(out / "doc_dropped.npy", reason)
+    save_npy(out / "doc_dup_of.npy", dup_of)
+    return {name: {"sha256": sha256_file(out / name)} for name in DOC_FILES}
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
