@@ -5,7 +5,7 @@
   runs on ``bpe-openai`` (a Rust BPE with cl100k built in, ~1.6-2x tiktoken per core, ids
   identical to ``encode_ordinary``) when it is installed; tiktoken stays the reference
   for decode, the vocabulary and the fingerprint, so the store's name and cache key are
-  the same whichever backend encoded it.
+  the same whichever backend encoded it (that backend lives in ``packprep.bpe_openai_backend``).
 - a ``tokenizer.json`` or a folder holding one: Hugging Face ``tokenizers``; EOS/BOS from the
   ``tokenizer_config.json`` beside it, else the added special tokens with well-known names.
 - a ``.tiktoken`` file (``base64(token) rank`` lines): tiktoken BPE split with ``pattern``
@@ -26,14 +26,9 @@ from __future__ import annotations
 import array
 import base64
 import binascii
-import functools
 import hashlib
 import json
 import os
-import pickle
-import subprocess
-import sys
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,9 +48,6 @@ _ACCEPTED = "expected 'cl100k', a path to a tokenizer.json (or its folder), or a
 _MAX_ID = (1 << 32) - 1  # ids are stored as uint32 at most
 BACKEND_ENV = "PACKPREP_TOKENIZER_BACKEND"
 BACKENDS = ("auto", "tiktoken", "bpe-openai")
-# Below this many characters a batch is encoded in-process: sending text to a worker
-# process and ids back costs more than the second core saves.
-_PARALLEL_MIN_CHARS = 1 << 20
 assert array.array("I").itemsize == 4, "array('I') must be uint32 for _flatten"
 
 
@@ -105,7 +97,11 @@ def load_tokenizer(
     if spec in CL100K_NAMES:
         _no_pattern(spec, pattern)
         tokenizer = _TiktokenTokenizer.cl100k(threads, specials)
-        return _BpeOpenAICl100k.wrapping(tokenizer, processes=threads) if _use_bpe_openai(backend) else tokenizer
+        if not _use_bpe_openai(backend):
+            return tokenizer
+        from packprep.bpe_openai_backend import _BpeOpenAICl100k
+
+        return _BpeOpenAICl100k.wrapping(tokenizer, processes=threads)
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"
@@ -126,8 +122,11 @@ def _use_bpe_openai(backend: str | None) -> bool:
         raise PackprepError(f"unknown tokenizer backend {choice!r} (${BACKEND_ENV}); expected one of {', '.join(BACKENDS)}")
     if choice == "tiktoken":
         return False
+    # Imported here, not at the top: that module subclasses _TiktokenTokenizer from this one.
+    from packprep import bpe_openai_backend
+
     try:
-        _bpe_openai_cl100k()
+        bpe_openai_backend._bpe_openai_cl100k()
     except ImportError as err:
         if choice == "bpe-openai":
             raise PackprepError(f"tokenizer backend 'bpe-openai' needs `pip install bpe-openai` ({_one_line(err)})") from None
@@ -237,164 +236,6 @@ class _TiktokenTokenizer:
         by_id = {rank: token for token, rank in ranks.items()}
         by_id.update((i, name.encode()) for name, i in specials.items())
         return sorted(by_id.items())
-
-
-class _BpeOpenAICl100k(_TiktokenTokenizer):
-    """cl100k encoded by bpe-openai; everything else (decode, vocabulary, name, fingerprint) is tiktoken's.
-
-    bpe-openai holds the GIL while it encodes, so threads would not help: a large batch
-    is cut into ``processes`` contiguous parts of about equal characters, this process
-    encodes the first while worker processes (started on the first large batch) encode
-    the others.
-    """
-
-    @classmethod
-    def wrapping(cls, reference: _TiktokenTokenizer, *, processes: int) -> _BpeOpenAICl100k:
-        fast = cls(
-            reference._encoding, name=reference.name, pattern=reference._pattern,
-            threads=reference._threads, eos=reference.eos_id, bos=reference.bos_id,
-        )
-        fast._processes = max(1, processes)
-        fast._workers = []
-        return fast
-
-    def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        texts = list(texts)
-        if self._processes == 1 or not sys.executable or sum(map(len, texts)) < _PARALLEL_MIN_CHARS:
-            return _bpe_openai_encode(texts)
-        if not self._workers:
-            self._workers = [_EncoderProcess() for _ in range(self._processes - 1)]
-        parts = _split_by_chars(texts, self._processes)
-        # The largest part stays here: with one huge text, nothing is sent anywhere.
-        local = max(range(len(parts)), key=lambda i: sum(map(len, parts[i])))
-        remote = [i for i in range(len(parts)) if i != local]
-        encoded: list[Any] = [None] * len(parts)
-        try:
-            for worker, i in zip(self._workers, remote):
-                worker.send(parts[i])
-            encoded[local] = _bpe_openai_encode(parts[local])
-            for worker, i in zip(self._workers, remote):
-                encoded[i] = worker.receive()
-        except BaseException:  # a reply left unread would answer the next batch: start afresh
-            for worker in self._workers:
-                worker.stop()
-            self._workers = []
-            raise
-        return np.concatenate([flat for flat, _ in encoded]), np.concatenate([lengths for _, lengths in encoded])
-
-
-class _EncoderProcess:
-    """A child Python that encodes with bpe-openai: pickled texts in on stdin, (flat, lengths) out on stdout.
-
-    A plain subprocess rather than multiprocessing: spawn and forkserver re-run the caller's
-    main script in each worker (a script calling ``packprep.pack`` without an
-    ``if __name__ == "__main__"`` guard would crash or start over), and fork copies whatever
-    lock the CLI's progress thread holds at that moment.
-    """
-
-    def __init__(self) -> None:
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        python_path = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "from packprep.tokenizers import _serve_encoder; _serve_encoder()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(python_path)},
-        )
-        self._stop = weakref.finalize(self, _stop_process, self._process)
-
-    def send(self, texts: list[str]) -> None:
-        pickle.dump(texts, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self._process.stdin.flush()
-
-    def receive(self) -> tuple[np.ndarray, np.ndarray]:
-        try:
-            return pickle.load(self._process.stdout)
-        except EOFError:
-            raise RuntimeError(f"the bpe-openai worker process died (exit code {self._process.wait()})") from None
-
-    def stop(self) -> None:
-        self._stop()
-
-
-def _stop_process(process: subprocess.Popen) -> None:
-    process.stdin.close()  # the worker returns on end of input
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    process.stdout.close()
-
-
-def _serve_encoder() -> None:
-    """The worker side of _EncoderProcess: encode each pickled list of texts until stdin closes."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes our stdin
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but replies may reach the pipe
-    while True:
-        try:
-            texts = pickle.load(requests)
-        except EOFError:
-            return
-        pickle.dump(_bpe_openai_encode(texts), replies, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.flush()
-
-
-@functools.cache
-def _bpe_openai_cl100k() -> Any:
-    """bpe-openai's Rust cl100k (``encode(str) -> list[int]``); ImportError when not installed."""
-    return _bpe_openai_bindings().tokenizer_for_encoding("cl100k_base")
-
-
-def _bpe_openai_bindings() -> Any:
-    """The ``bpe_openai._bindings`` extension, loaded without running ``bpe_openai/__init__``.
-
-    That ``__init__`` parses three vocabularies in Python (~1 s and ~60 MB per process,
-    paid again by every worker) for its ``Encoding`` wrapper, which we do not use: it also
-    refuses texts over 1M characters and 200k tokens. The bindings carry cl100k themselves.
-    """
-    import importlib.machinery
-    import importlib.util
-    import sys
-
-    name = "bpe_openai._bindings"
-    if name in sys.modules:
-        return sys.modules[name]
-    package = importlib.util.find_spec("bpe_openai")  # finds the folder, runs nothing
-    folders = package.submodule_search_locations if package else None
-    for folder in folders or ():
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = Path(folder) / f"_bindings{suffix}"
-            if path.is_file():
-                loader = importlib.machinery.ExtensionFileLoader(name, str(path))
-                module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path, loader=loader))
-                loader.exec_module(module)
-                sys.modules[name] = module  # a later `import bpe_openai` reuses it
-                return module
-    raise ImportError("No module named 'bpe_openai'")
-
-
-def _bpe_openai_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """encode_ordinary of each text (flat uint32 [T], int64 lengths [N]); runs in workers too."""
-    tokenizer = _bpe_openai_cl100k()
-    lists = []
-    for text in texts:
-        try:
-            lists.append(tokenizer.encode(text))
-        except UnicodeEncodeError:  # a lone surrogate: U+FFFD, exactly as tiktoken.encode_ordinary does
-            lists.append(tokenizer.encode(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")))
-    return _flatten(lists)
-
-
-def _split_by_chars(texts: list[str], parts: int) -> list[list[str]]:
-    """``texts`` cut into ``parts`` contiguous runs of about equal total length (some may be empty)."""
-    ends = np.cumsum(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)))
-    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, parts) / parts).tolist()
-    bounds = [0, *cuts, len(texts)]
-    return [texts[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
 def _tiktoken_has(encoding: Any, token_id: int) -> bool:

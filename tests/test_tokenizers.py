@@ -149,7 +149,7 @@ def test_bpe_openai_ids_equal_tiktoken_on_varied_text_and_the_example_corpus():
 
 
 def test_bpe_openai_worker_processes_give_the_same_ids():
-    from packprep.tokenizers import _PARALLEL_MIN_CHARS
+    from packprep.bpe_openai_backend import _PARALLEL_MIN_CHARS
 
     texts = _examples_texts() + VARIED_TEXTS
     assert sum(map(len, texts)) > 2 * _PARALLEL_MIN_CHARS  # large enough to be cut into parts
@@ -177,7 +177,7 @@ def test_bpe_openai_worker_that_died_is_replaced():
 
 
 def test_split_by_chars_is_contiguous_and_balanced():
-    from packprep.tokenizers import _split_by_chars
+    from packprep.bpe_openai_backend import _split_by_chars
 
     texts = ["a" * n for n in (5, 1, 1, 1, 1, 1, 50, 40)]
     parts = _split_by_chars(texts, 3)
@@ -198,6 +198,7 @@ def test_bpe_openai_equals_tiktoken_on_any_text(text):
 
 
 def test_backend_choice_env_var_and_errors(monkeypatch):
+    import packprep.bpe_openai_backend as bpe_openai_backend
     import packprep.tokenizers as tokenizers
 
     monkeypatch.delenv(tokenizers.BACKEND_ENV, raising=False)
@@ -219,7 +220,7 @@ def test_backend_choice_env_var_and_errors(monkeypatch):
     def missing():
         raise ImportError("No module named 'bpe_openai'")
 
-    monkeypatch.setattr(tokenizers, "_bpe_openai_cl100k", missing)
+    monkeypatch.setattr(bpe_openai_backend, "_bpe_openai_cl100k", missing)
     monkeypatch.setenv(tokenizers.BACKEND_ENV, "auto")
     assert type(load_tokenizer("cl100k")).__name__ == "_TiktokenTokenizer"  # falls back
     monkeypatch.setenv(tokenizers.BACKEND_ENV, "bpe-openai")
