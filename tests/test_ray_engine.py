@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 from pathlib import Path
@@ -110,6 +111,81 @@ def test_a_worker_killed_once_is_retried_and_the_output_is_intact(corpus, tmp_pa
     tokenize(corpus, tmp_path / "local")
     ray_engine.tokenize_on_ray(corpus, tmp_path / "ray")
     assert marker.exists()
+    assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
+
+
+RANGE_BYTES = 8 << 10  # the test's threshold: its file (about 40 KB) becomes 5 or 6 byte ranges
+
+
+@pytest.fixture
+def big_jsonl(tmp_path: Path) -> Path:
+    """One .jsonl of 300 records (about 40 KB): a BOM, blank lines, records without ids, an empty text, no final newline."""
+    docs = make_documents(300, seed=13)
+    for i in range(0, 300, 7):
+        del docs[i]["id"]  # these get the id "big.jsonl:<line>"
+    docs[150]["text"] = ""
+    lines = [json.dumps(d) for d in docs]
+    for i in (40, 41, 200):
+        lines[i] = "\n" + lines[i]  # blank lines shift every later line number
+    path = tmp_path / "one" / "big.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(codecs.BOM_UTF8 + "\n".join(lines).encode())
+    return path
+
+
+def line_in_range(path: Path, k: int) -> int:
+    """The number of a line well inside the k-th byte range."""
+    start, end, first_line = ray_engine._byte_ranges(path, RANGE_BYTES)[k]
+    return first_line + path.read_bytes()[start:end].count(b"\n") // 2
+
+
+def broken(path: Path, line: int, text: str) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = text.encode()
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_byte_ranges_cut_after_newlines_and_know_their_first_line(big_jsonl):
+    data = big_jsonl.read_bytes()
+    ranges = ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)
+    assert len(ranges) >= 3 and ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    for (start, end, first_line), following in zip(ranges, ranges[1:] + [(len(data), None, None)]):
+        assert start < end == following[0]
+        assert end == len(data) or data[end - 1 : end] == b"\n"
+        assert first_line == data[:start].count(b"\n") + 1
+
+
+def test_a_big_jsonl_in_byte_ranges_writes_the_local_store_byte_for_byte(big_jsonl, tmp_path):
+    local = tokenize(big_jsonl, tmp_path / "local")
+    store = ray_engine.tokenize_on_ray(big_jsonl, tmp_path / "ray", range_bytes=RANGE_BYTES)
+    assert store.num_documents == local.num_documents == 299
+    assert store.manifest["counts"] == {"records": 300, "dropped_empty": 1, "skipped_records": 0}
+    assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
+    assert {"big.jsonl:1", "big.jsonl:298"} <= set(store.doc_ids)  # records 0 and 294, after 3 blank lines
+
+
+def test_a_bad_line_in_a_later_byte_range_raises_the_local_error(big_jsonl, tmp_path):
+    bad_line = line_in_range(big_jsonl, 1)
+    broken(big_jsonl, bad_line, '{"id": "broken", "text": ')
+    broken(big_jsonl, line_in_range(big_jsonl, 2), '{"id": 7, "body": "no text field"}')
+    # A BOM is stripped only at the start of the file: at the start of a later range the line is bad JSON.
+    data, at = big_jsonl.read_bytes(), ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)[3][0]
+    big_jsonl.write_bytes(data[:at] + codecs.BOM_UTF8 + data[at:])
+    assert big_jsonl.read_bytes()[ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)[3][0] :].startswith(codecs.BOM_UTF8)
+    start, end, first_line = ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)[1]
+    assert first_line < bad_line <= first_line + big_jsonl.read_bytes()[start:end].count(b"\n")  # still the 2nd range
+    with pytest.raises(PackprepError) as local:
+        tokenize(big_jsonl, tmp_path / "local")
+    with pytest.raises(PackprepError) as on_ray:
+        ray_engine.tokenize_on_ray(big_jsonl, tmp_path / "ray", range_bytes=RANGE_BYTES)
+    assert str(on_ray.value) == str(local.value)
+    assert (on_ray.value.path, on_ray.value.line) == (str(big_jsonl), bad_line)
+
+    config = TokenizeConfig(on_error="skip")
+    local_store = tokenize(big_jsonl, tmp_path / "local", config=config)
+    store = ray_engine.tokenize_on_ray(big_jsonl, tmp_path / "ray", config=config, range_bytes=RANGE_BYTES)
+    assert store.manifest["counts"] == local_store.manifest["counts"]
+    assert store.manifest["counts"]["skipped_records"] == 3
     assert store_bytes(tmp_path / "ray") == store_bytes(tmp_path / "local")
 
 

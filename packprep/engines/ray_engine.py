@@ -2,10 +2,13 @@
 
 - tokenize: one Ray task per corpus source (a file, or a saved HF dataset folder) reads
   and tokenizes it into a block store ``WORK/.blocks/<i>/`` (a small document store,
-  written under ``<i>.tmp`` and renamed when complete). The driver then concatenates the
-  blocks in corpus order by offsets: it sizes the final ``tokens.bin``/``doc_ids.bin``
-  and copy tasks write each block at its byte offset, so no token passes through the
-  driver or the object store.
+  written under ``<i>.tmp`` and renamed when complete). A plain ``.jsonl`` larger than
+  ``RANGE_BYTES`` is cut at newlines into byte ranges of about that size, one task each;
+  the driver counts the newlines before each range (one streaming pass that stops at the
+  last cut) so document ids and error lines keep their absolute line numbers. The driver
+  then concatenates the blocks in corpus order by offsets: it sizes the final
+  ``tokens.bin``/``doc_ids.bin`` and copy tasks write each block at its byte offset, so
+  no token passes through the driver or the object store.
 - dedup: MinHash signatures in tasks over document ranges (each opens the memmapped
   store itself); the same tasks hash the LSH bands and hash-partition the
   (band, key, doc) rows to reducer tasks (a shuffle), which emit candidate pairs; the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,10 @@ EMBED_CHUNK = 4096  # stages.embed.embed_documents' default chunk: the same chun
 _MAX_RETRIES = 3
 _COPY_CHUNK = 8 << 20
 _MAX_FIRST_ERRORS = 5
+# A plain .jsonl above this size becomes several tokenize tasks of about this size: large
+# enough that a task's start-up (loading the tokenizer) is small beside its work.
+RANGE_BYTES = 64 << 20
+_COUNT_CHUNK = 8 << 20  # the driver's newline count reads this much at a time
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
@@ -79,16 +87,27 @@ def tokenize_on_ray(
     overwrite: bool = False,
     address: str | None = None,
     reporter: Reporter = SilentReporter(),
+    range_bytes: int = RANGE_BYTES,
 ) -> DocStore:
-    """``pipeline.tokenize`` on Ray: the same document store, byte for byte, and the same errors."""
+    """``pipeline.tokenize`` on Ray: the same document store, byte for byte, and the same errors.
+
+    ``range_bytes``: a plain ``.jsonl`` larger than this is read by several tasks, one per
+    byte range of about this size.
+    """
     corpus, work = Path(corpus), Path(work)
     list_corpus_files(corpus)
     with removed_on_error(work):
-        return _tokenize(corpus, work, config, overwrite, address, reporter)
+        return _tokenize(corpus, work, config, overwrite, address, reporter, range_bytes)
 
 
 def _tokenize(
-    corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, address: str | None, reporter: Reporter
+    corpus: Path,
+    work: Path,
+    config: TokenizeConfig,
+    overwrite: bool,
+    address: str | None,
+    reporter: Reporter,
+    range_bytes: int,
 ) -> DocStore:
     from packprep.corpus import corpus_fingerprint
     from packprep.pipeline import no_documents_error, store_manifest
@@ -110,7 +129,8 @@ def _tokenize(
     dtype = smallest_token_dtype(tokenizer.vocab_size)
     root = corpus if corpus.is_dir() else corpus.parent
     try:
-        summaries = _run_blocks(ray, list_corpus_files(corpus), root, blocks, config, dtype, reporter)
+        parts = _block_parts(list_corpus_files(corpus), range_bytes)
+        summaries = _run_blocks(ray, parts, root, blocks, config, dtype, reporter)
         counts = {
             "records": sum(s["records"] for s in summaries),
             "dropped_empty": sum(s["dropped_empty"] for s in summaries),
@@ -130,12 +150,56 @@ def _tokenize(
     return store
 
 
+def _block_parts(sources: list[Path], range_bytes: int) -> list[tuple[Path, tuple[int, int, int] | None]]:
+    """The blocks in corpus order: ``(source, None)`` for a whole source, ``(source, (start, end, first_line))``
+    for each byte range of a plain ``.jsonl`` larger than ``range_bytes``."""
+    from packprep.corpus import _suffix
+
+    parts: list[tuple[Path, tuple[int, int, int] | None]] = []
+    for source in sources:
+        big = source.is_file() and _suffix(source.name) == ".jsonl" and source.stat().st_size > range_bytes
+        ranges = _byte_ranges(source, range_bytes) if big else []
+        parts += [(source, span) for span in ranges] if len(ranges) > 1 else [(source, None)]
+    return parts
+
+
+def _byte_ranges(path: Path, range_bytes: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first_line)``: consecutive byte ranges covering ``path``, about ``range_bytes`` each (sizes
+    evened out), every one but the last ending just after a newline; ``first_line`` is the 1-based line number
+    of the range's first line. Reads the file up to its last cut, counting newlines."""
+    size = path.stat().st_size
+    step = -(-size // max(1, -(-size // max(1, range_bytes))))  # ceil(size / number of ranges)
+    cuts, lines_before = [0], [0]
+    target, pos, newlines = step, 0, 0
+    with open(path, "rb") as fh:
+        while target < size and (chunk := fh.read(_COUNT_CHUNK)):
+            while target < size and (at := chunk.find(b"\n", max(target - 1 - pos, 0))) >= 0:
+                cuts.append(pos + at + 1)
+                lines_before.append(newlines + chunk.count(b"\n", 0, at + 1))
+                target = cuts[-1] + step
+            newlines += chunk.count(b"\n")
+            pos += len(chunk)
+    if cuts[-1] >= size:  # the file ends with the newline of the last cut: no empty range after it
+        cuts.pop()
+        lines_before.pop()
+    return [(start, end, lines + 1) for start, end, lines in zip(cuts, cuts[1:] + [size], lines_before)]
+
+
 def _run_blocks(
-    ray: Any, sources: list[Path], root: Path, blocks: Path, config: TokenizeConfig, dtype: np.dtype, reporter: Reporter
+    ray: Any,
+    parts: list[tuple[Path, tuple[int, int, int] | None]],
+    root: Path,
+    blocks: Path,
+    config: TokenizeConfig,
+    dtype: np.dtype,
+    reporter: Reporter,
 ) -> list[dict[str, Any]]:
-    """Block summaries in corpus order; the error of the first failing source (in corpus order) is raised."""
+    """Block summaries in corpus order; the error of the first failing block (in corpus order) is raised."""
     task = ray.remote(max_retries=_MAX_RETRIES)(_tokenize_block)  # looked up per call: tests wrap it
-    refs = [task.remote(i, str(s), str(root), str(blocks), config, dtype.name) for i, s in enumerate(sources)]
+    refs = [
+        task.remote(i, str(source), str(root), str(blocks), config, dtype.name, span)
+        for i, (source, span) in enumerate(parts)
+    ]
     index_of = {ref: i for i, ref in enumerate(refs)}
     summaries: list[dict[str, Any] | None] = [None] * len(refs)
     first_failed = len(refs)
@@ -161,8 +225,17 @@ def _run_blocks(
     return summaries  # type: ignore[return-value]
 
 
-def _tokenize_block(index: int, source: str, root: str, blocks: str, config: TokenizeConfig, dtype: str) -> dict[str, Any]:
-    """Ray task: tokenize one corpus source into the block store ``blocks/<index>``; returns its counts.
+def _tokenize_block(
+    index: int,
+    source: str,
+    root: str,
+    blocks: str,
+    config: TokenizeConfig,
+    dtype: str,
+    span: tuple[int, int, int] | None = None,
+) -> dict[str, Any]:
+    """Ray task: tokenize one corpus source, or its byte range ``span`` (see ``_byte_ranges``), into the block
+    store ``blocks/<index>``; returns its counts.
 
     Reading and tokenizing are the local engine's (``corpus``'s reader, the same batches
     rule and hashes). A PackprepError is returned, not raised, so Ray neither retries it
@@ -181,7 +254,11 @@ def _tokenize_block(index: int, source: str, root: str, blocks: str, config: Tok
         tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id)
         reader = _Reader(config.text_field, config.id_field, config.on_error, counters)
         with DocStoreWriter(tmp, dtype=np.dtype(dtype)) as writer:
-            documents = _counted(_read_source(Path(source), Path(root), reader), counters)
+            if span is None:
+                documents = _counted(_read_source(Path(source), Path(root), reader), counters)
+            else:
+                rel = Path(source).relative_to(root).as_posix()
+                documents = _counted(_read_jsonl_range(Path(source), rel, reader, span), counters)
             summary["dropped_empty"] = tokenize_into(writer, documents, tokenizer)
             writer.finish({})
             summary.update(num_documents=writer.num_documents, num_tokens=writer.num_tokens)
@@ -192,6 +269,45 @@ def _tokenize_block(index: int, source: str, root: str, blocks: str, config: Tok
         summary["error"] = {"message": exc.message, "path": exc.path, "line": exc.line}
     summary.update(records=counters.records, skipped=counters.skipped, first_errors=counters.first_errors[:_MAX_FIRST_ERRORS])
     return summary
+
+
+def _read_jsonl_range(path: Path, rel: str, reader: Any, span: tuple[int, int, int]) -> Iterator[tuple[str, str]]:
+    """``corpus._read_jsonl`` of a plain ``.jsonl``, for the lines in bytes [start, end) only, numbered from
+    ``first_line``: the same line splitting, parsing, ids and errors (corpus has no reader for a range).
+
+    A range after the first is read from the newline before it: ``corpus._lines`` then starts
+    with an empty line (skipped), and strips a BOM only where the file starts, as locally.
+    """
+    import orjson
+
+    from packprep.corpus import _json_problem, _lines
+
+    start, end, first_line = span
+    begin = start - 1 if start else 0
+    shift = first_line - 1 - (start - begin)  # _lines numbers from 1 at byte `begin`
+    for lineno, line in _lines(_file_chunks(path, begin, end), reader.counters):
+        if not line or line.isspace():
+            continue
+        lineno += shift
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            reader.bad(_json_problem(line, exc), path, lineno)
+            continue
+        doc = reader.document(record, rel, lineno, path)
+        if doc is not None:
+            yield doc
+
+
+def _file_chunks(path: Path, begin: int, end: int) -> Iterator[bytes]:
+    """Bytes [begin, end) of ``path`` in chunks of ``corpus._CHUNK``."""
+    from packprep.corpus import _CHUNK
+
+    with open(path, "rb") as fh:
+        fh.seek(begin)
+        while begin < end and (chunk := fh.read(min(_CHUNK, end - begin))):
+            begin += len(chunk)
+            yield chunk
 
 
 def _counted(documents: Any, counters: Any) -> Any:
