@@ -16,7 +16,7 @@ from tests.conftest import make_documents, write_jsonl  # noqa: E402
 
 from packprep import semantic  # noqa: E402
 from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig  # noqa: E402
-from packprep.engines import Engine, check_engine, ray_engine  # noqa: E402
+from packprep.engines import Engine, check_engine, ray_dedup, ray_engine, ray_tokenize  # noqa: E402
 from packprep.errors import PackprepError  # noqa: E402
 from packprep.pipeline import pack, tokenize  # noqa: E402
 from packprep.stages import dedup as dedup_stage  # noqa: E402
@@ -97,7 +97,7 @@ def test_skipped_records_are_counted_as_locally(corpus, tmp_path):
 
 def test_a_worker_killed_once_is_retried_and_the_output_is_intact(corpus, tmp_path, monkeypatch):
     marker = tmp_path / "crashed-once"
-    real = ray_engine._tokenize_block
+    real = ray_tokenize._tokenize_block
 
     def dies_once_on_block_0(index, *args):
         import os
@@ -107,7 +107,7 @@ def test_a_worker_killed_once_is_retried_and_the_output_is_intact(corpus, tmp_pa
             os._exit(1)  # the worker process dies mid-task, as on a lost node or an OOM kill
         return real(index, *args)
 
-    monkeypatch.setattr(ray_engine, "_tokenize_block", dies_once_on_block_0)
+    monkeypatch.setattr(ray_tokenize, "_tokenize_block", dies_once_on_block_0)
     tokenize(corpus, tmp_path / "local")
     ray_engine.tokenize_on_ray(corpus, tmp_path / "ray")
     assert marker.exists()
@@ -135,7 +135,7 @@ def big_jsonl(tmp_path: Path) -> Path:
 
 def line_in_range(path: Path, k: int) -> int:
     """The number of a line well inside the k-th byte range."""
-    start, end, first_line = ray_engine._byte_ranges(path, RANGE_BYTES)[k]
+    start, end, first_line = ray_tokenize._byte_ranges(path, RANGE_BYTES)[k]
     return first_line + path.read_bytes()[start:end].count(b"\n") // 2
 
 
@@ -147,7 +147,7 @@ def broken(path: Path, line: int, text: str) -> None:
 
 def test_byte_ranges_cut_after_newlines_and_know_their_first_line(big_jsonl):
     data = big_jsonl.read_bytes()
-    ranges = ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)
+    ranges = ray_tokenize._byte_ranges(big_jsonl, RANGE_BYTES)
     assert len(ranges) >= 3 and ranges[0][0] == 0 and ranges[-1][1] == len(data)
     for (start, end, first_line), following in zip(ranges, ranges[1:] + [(len(data), None, None)]):
         assert start < end == following[0]
@@ -169,10 +169,10 @@ def test_a_bad_line_in_a_later_byte_range_raises_the_local_error(big_jsonl, tmp_
     broken(big_jsonl, bad_line, '{"id": "broken", "text": ')
     broken(big_jsonl, line_in_range(big_jsonl, 2), '{"id": 7, "body": "no text field"}')
     # A BOM is stripped only at the start of the file: at the start of a later range the line is bad JSON.
-    data, at = big_jsonl.read_bytes(), ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)[3][0]
+    data, at = big_jsonl.read_bytes(), ray_tokenize._byte_ranges(big_jsonl, RANGE_BYTES)[3][0]
     big_jsonl.write_bytes(data[:at] + codecs.BOM_UTF8 + data[at:])
-    assert big_jsonl.read_bytes()[ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)[3][0] :].startswith(codecs.BOM_UTF8)
-    start, end, first_line = ray_engine._byte_ranges(big_jsonl, RANGE_BYTES)[1]
+    assert big_jsonl.read_bytes()[ray_tokenize._byte_ranges(big_jsonl, RANGE_BYTES)[3][0] :].startswith(codecs.BOM_UTF8)
+    start, end, first_line = ray_tokenize._byte_ranges(big_jsonl, RANGE_BYTES)[1]
     assert first_line < bad_line <= first_line + big_jsonl.read_bytes()[start:end].count(b"\n")  # still the 2nd range
     with pytest.raises(PackprepError) as local:
         tokenize(big_jsonl, tmp_path / "local")
@@ -223,7 +223,7 @@ def test_minhash_signatures_on_ray_equal_the_local_ones(duplicated_store):
 def test_band_pairs_follow_the_local_bucket_rule():
     # bucket (band 0, key 5): docs 9, 2, 4 -> star from 2 plus all pairs (size 3 <= 64); bucket (1, 5): 7 alone
     table = np.array([[0, 5, 9], [0, 5, 2], [1, 5, 7], [0, 5, 4]], dtype=np.uint64)
-    pairs = ray_engine._band_pairs(table[:2], table[2:])
+    pairs = ray_dedup._band_pairs(table[:2], table[2:])
     assert sorted(map(tuple, pairs.tolist())) == [(2, 4), (2, 4), (2, 9), (2, 9), (4, 9)]
 
 

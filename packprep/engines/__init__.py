@@ -15,6 +15,7 @@ from packprep.errors import PackprepError
 ENGINES = ("local", "ray")
 DEFAULT_ENGINE = "local"
 RAY_INSTALL_HINT = "--engine ray needs ray: pip install 'packprep[ray]'"
+RAY_MAX_RETRIES = 3  # Ray reruns a task (or restarts an actor) whose worker died this many times
 
 
 def check_engine(engine: str, *, address: str | None = None) -> None:

@@ -1,0 +1,122 @@
+"""MinHash dedup on Ray: signature tasks, the LSH band shuffle and the driver's verification
+(``ray_engine.dedup_on_ray`` and ``ray_engine.minhash_signatures_on_ray`` drive them).
+
+MinHash signatures are computed in tasks over document ranges (each opens the memmapped
+store itself); the same tasks hash the LSH bands and hash-partition the (band, key, doc)
+rows to reducer tasks (a shuffle), which emit candidate pairs; the driver verifies them
+and takes connected components exactly as the local stage does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packprep.config import DedupConfig
+from packprep.engines import RAY_MAX_RETRIES
+from packprep.store import DocStore
+
+
+def _document_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Up to ``parts`` consecutive, non-empty ``(first, end)`` document ranges with about equal tokens."""
+    n = len(offsets) - 1
+    cuts = np.searchsorted(offsets, np.linspace(0, offsets[-1], max(1, parts) + 1)[1:-1], side="left")
+    bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n), [n]])).tolist()
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _sign_and_shuffle(
+    ray: Any, store_path: Path, ranges: list[tuple[int, int]], config: DedupConfig, *, keep: np.ndarray, progress: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Signatures [N, num_perm] in document order, and candidate pairs int64 [P, 2] (lower index first)."""
+    partitions = len(ranges)
+    params = {"num_perm": config.num_perm, "shingle": config.shingle, "seed": config.seed, "threshold": config.minhash_threshold}
+    sign = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=1 + partitions)(_sign_range)
+    outputs = [sign.remote(str(store_path), d0, d1, params, keep[d0:d1], partitions) for d0, d1 in ranges]
+    reduce = ray.remote(max_retries=RAY_MAX_RETRIES)(_band_pairs)
+    # Reducer p takes partition p of every range: the shuffle happens in Ray's object store.
+    pair_refs = [reduce.remote(*[out[1 + p] for out in outputs]) for p in range(partitions)]
+    sig_refs = [out[0] for out in outputs]
+    size = {ref: d1 - d0 for ref, (d0, d1) in zip(sig_refs, ranges)}
+    pending = list(sig_refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        progress(size[done[0]])
+    signatures = np.concatenate(ray.get(sig_refs))
+    pairs = [p for p in ray.get(pair_refs) if len(p)]
+    return signatures, (np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64))
+
+
+def _sign_range(store_path: str, first: int, end: int, params: dict[str, Any], keep: np.ndarray | None, partitions: int) -> Any:
+    """Ray task: MinHash signatures of documents [first, end); with ``partitions``, also their LSH band keys
+    as uint64 rows (band, key, document) split by ``key % partitions``.
+
+    The band keys are ``stages.dedup._band_candidates``' (the same weights, sums and finaliser).
+    """
+    from packprep.stages.dedup import _EMPTY_SIGNATURE, _splitmix64, lsh_params, minhash_signatures
+
+    store = DocStore.open(store_path)  # memory-mapped here: tokens never travel through Ray
+    # Offsets need not start at 0: documents are read at their absolute positions.
+    signatures = minhash_signatures(
+        store.tokens, store.offsets[first : end + 1], num_perm=params["num_perm"], shingle=params["shingle"], seed=params["seed"]
+    )
+    if not partitions:
+        return signatures
+    active = np.asarray(keep, dtype=bool) & ~(signatures == _EMPTY_SIGNATURE).all(axis=1)
+    docs = (np.flatnonzero(active) + first).astype(np.uint64)
+    bands, rows = lsh_params(params["num_perm"], params["threshold"])
+    weights = np.random.default_rng(params["seed"] + 1).integers(1, 1 << 63, size=rows, dtype=np.uint64) | np.uint64(1)
+    sig = signatures[active]
+    tables = []
+    for band in range(bands):
+        block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        keys = _splitmix64((block * weights).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+        tables.append(np.stack([np.full(len(docs), band, np.uint64), keys, docs], axis=1))
+    table = np.concatenate(tables) if tables else np.zeros((0, 3), np.uint64)
+    part = table[:, 1] % np.uint64(partitions)
+    return (signatures, *[table[part == p] for p in range(partitions)])
+
+
+def _band_pairs(*tables: np.ndarray) -> np.ndarray:
+    """Ray task: int64 [P, 2] candidate pairs from (band, key, document) rows, as ``_band_candidates`` makes them:
+    in every bucket, the lowest document with each other one, and all pairs in buckets of at most 64."""
+    from packprep.stages.dedup import _MAX_FULL_PAIRS_RUN
+
+    table = np.concatenate(tables)
+    if not len(table):
+        return np.zeros((0, 2), np.int64)
+    table = table[np.lexsort((table[:, 2], table[:, 1], table[:, 0]))]
+    docs = table[:, 2].astype(np.int64)
+    new = np.ones(len(table), dtype=bool)
+    new[1:] = (table[1:, 0] != table[:-1, 0]) | (table[1:, 1] != table[:-1, 1])
+    run_id = np.cumsum(new) - 1
+    run_start = np.flatnonzero(new)
+    run_len = np.diff(np.append(run_start, len(table)))
+    members = np.flatnonzero((run_len[run_id] > 1) & ~new)
+    lefts, rights = [docs[run_start[run_id[members]]]], [docs[members]]
+    small = (run_len > 2) & (run_len <= _MAX_FULL_PAIRS_RUN)
+    for start, length in zip(run_start[small], run_len[small]):
+        i, j = np.triu_indices(int(length), 1)
+        lefts.append(docs[start + i])
+        rights.append(docs[start + j])
+    return np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)
+
+
+def _verified_components(signatures: np.ndarray, pairs: np.ndarray, *, threshold: float) -> Any:
+    """``stages.dedup.near_duplicates``' last steps: keep pairs with estimated Jaccard >= threshold, lowest of each component."""
+    from packprep.stages.dedup import REASON_NEAR, _lowest_in_component, _result
+
+    n = len(signatures)
+    if len(pairs):
+        pairs = np.unique(pairs, axis=0)
+        similar = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1) >= threshold
+        pairs = pairs[similar]
+    return _result(n, _lowest_in_component(n, pairs), REASON_NEAR)
+
+
+def _all_kept(n: int) -> Any:
+    from packprep.stages.dedup import REASON_KEPT, DedupResult
+
+    return DedupResult(keep=np.ones(n, bool), reason=np.full(n, REASON_KEPT, np.uint8), dup_of=np.full(n, -1, np.int64))
