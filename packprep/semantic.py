@@ -71,7 +71,7 @@ def _dedup_here(store: DocStore, config: DedupConfig, reporter: Reporter) -> Any
     """The dedup stage in this process: a ``stages.dedup.DedupResult``."""
     from packprep.stages import dedup as stage
 
-    result = stage.exact_duplicates(store.text_hash) if config.exact else _all_kept(store.num_documents)
+    result = stage.exact_duplicates(store.text_hash) if config.exact else stage.DedupResult.all_kept(store.num_documents)
     if config.near:
         with reporter.track("minhash", total=store.num_documents, unit="docs") as advance:
             signatures = stage.minhash_signatures(
@@ -178,12 +178,6 @@ def _cached(manifest_path: Path, key: str) -> dict[str, Any] | None:
 def _load_dedup(folder: Path, manifest: dict[str, Any]) -> Dedup:
     arrays = {name: np.load(folder / f"dedup.{name}.npy") for name in _DEDUP_ARRAYS}
     return Dedup(manifest=manifest, **arrays)
-
-
-def _all_kept(n: int):
-    from packprep.stages.dedup import REASON_KEPT, DedupResult
-
-    return DedupResult(keep=np.ones(n, bool), reason=np.full(n, REASON_KEPT, np.uint8), dup_of=np.full(n, -1, np.int64))
 
 
 def check_threshold(name: str, value: float | None) -> None:

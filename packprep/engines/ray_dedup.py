@@ -102,21 +102,3 @@ def _band_pairs(*tables: np.ndarray) -> np.ndarray:
         lefts.append(docs[start + i])
         rights.append(docs[start + j])
     return np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)
-
-
-def _verified_components(signatures: np.ndarray, pairs: np.ndarray, *, threshold: float) -> Any:
-    """``stages.dedup.near_duplicates``' last steps: keep pairs with estimated Jaccard >= threshold, lowest of each component."""
-    from packprep.stages.dedup import REASON_NEAR, _lowest_in_component, _result
-
-    n = len(signatures)
-    if len(pairs):
-        pairs = np.unique(pairs, axis=0)
-        similar = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1) >= threshold
-        pairs = pairs[similar]
-    return _result(n, _lowest_in_component(n, pairs), REASON_NEAR)
-
-
-def _all_kept(n: int) -> Any:
-    from packprep.stages.dedup import REASON_KEPT, DedupResult
-
-    return DedupResult(keep=np.ones(n, bool), reason=np.full(n, REASON_KEPT, np.uint8), dup_of=np.full(n, -1, np.int64))

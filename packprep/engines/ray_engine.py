@@ -31,7 +31,7 @@ from packprep._folders import claim_folder, finished_with_key, is_store_file, re
 from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig, stage_key
 from packprep.corpus import list_corpus_files
 from packprep.engines import RAY_INSTALL_HINT, RAY_MAX_RETRIES
-from packprep.engines.ray_dedup import _all_kept, _document_ranges, _sign_and_shuffle, _sign_range, _verified_components
+from packprep.engines.ray_dedup import _document_ranges, _sign_and_shuffle, _sign_range
 from packprep.engines.ray_embed import _EmbedWorker
 from packprep.engines.ray_tokenize import BLOCKS_DIRNAME, RANGE_BYTES, _block_parts, _concatenate, _run_blocks
 from packprep.errors import PackprepError
@@ -157,14 +157,14 @@ def dedup_on_ray(
     from packprep.stages import dedup as stage
 
     n = store.num_documents
-    result = stage.exact_duplicates(store.text_hash) if config.exact else _all_kept(n)
+    result = stage.exact_duplicates(store.text_hash) if config.exact else stage.DedupResult.all_kept(n)
     if not config.near:
         return result
     ray = connect(address)
     ranges = _document_ranges(store.offsets, num_tasks or 2 * int(ray.cluster_resources().get("CPU", 1)))
     with reporter.track("minhash", total=n, unit="docs") as advance:
         signatures, pairs = _sign_and_shuffle(ray, store.path, ranges, config, keep=result.keep, progress=advance)
-    near = _verified_components(signatures, pairs, threshold=config.minhash_threshold)
+    near = stage.verified_near_duplicates(signatures, pairs, threshold=config.minhash_threshold)
     return stage.combine(result, near)
 
 

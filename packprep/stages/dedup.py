@@ -44,6 +44,11 @@ class DedupResult:
         counts = np.bincount(self.reason, minlength=len(REASON_NAMES))
         return {name: int(counts[code]) for code, name in REASON_NAMES.items()}
 
+    @classmethod
+    def all_kept(cls, n: int) -> DedupResult:
+        """The result of no dedup: every one of ``n`` documents kept."""
+        return _result(n, np.full(n, -1, dtype=np.int64), REASON_KEPT)
+
 
 def _result(n: int, dup_of: np.ndarray, reason_code: int) -> DedupResult:
     dropped = dup_of >= 0
@@ -167,12 +172,19 @@ def near_duplicates(
     ids = np.flatnonzero(active)
     bands, rows = lsh_params(num_perm, threshold)
     left, right = _band_candidates(signatures[ids], bands, rows, seed)
-    if len(left):
-        pairs = np.unique(np.stack([ids[left], ids[right]], axis=1), axis=0)
+    return verified_near_duplicates(signatures, np.stack([ids[left], ids[right]], axis=1), threshold=threshold)
+
+
+def verified_near_duplicates(signatures: np.ndarray, pairs: np.ndarray, *, threshold: float) -> DedupResult:
+    """From LSH candidate ``pairs`` (int [P, 2] document indices, repeats allowed): keep the
+    pairs whose estimated Jaccard is >= ``threshold`` and drop all but the lowest index of
+    each connected group. The last step of :func:`near_duplicates` and of the Ray engine's."""
+    n = len(signatures)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs):
+        pairs = np.unique(pairs, axis=0)
         similar = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1) >= threshold
         pairs = pairs[similar]
-    else:
-        pairs = np.zeros((0, 2), dtype=np.int64)
     return _result(n, _lowest_in_component(n, pairs), REASON_NEAR)
 
 
