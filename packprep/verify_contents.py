@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from packprep._files import StringTable, release_pages, sha256_file
-from packprep.stages.pack import concat_ranges
+from packprep.stages.pack import concat_ranges, piece_token_spans
 from packprep.store import DocStore
 
 _CHUNK_TOKENS = 1 << 20  # tokens read per chunk: bounds the per-token index arrays of the store comparison
@@ -90,7 +90,6 @@ def token_problems(
     rows, seq_len = input_ids.shape
     tally = _RowTally()
     chunk_rows = max(1, _CHUNK_TOKENS // seq_len)
-    store_lengths = np.diff(store.offsets) if store is not None else None
     for r0 in range(0, rows, chunk_rows):
         r1 = min(r0 + chunk_rows, rows)
         ids = np.asarray(input_ids[r0:r1])
@@ -98,7 +97,7 @@ def token_problems(
         too_big = np.flatnonzero(row_max >= output.vocab_size)
         tally.add("vocab", r0 + too_big, lambda k: f"token id {int(row_max[too_big[k]])} >= vocab_size {output.vocab_size}")
         if boundaries_ok:
-            _check_chunk(ids, r0, arrays, output, tally, store, store_lengths)
+            _check_chunk(ids, r0, arrays, output, tally, store)
         release_pages(input_ids)
         if progress is not None:
             progress(r1 - r0)
@@ -112,7 +111,6 @@ def _check_chunk(
     output: Output,
     tally: _RowTally,
     store: DocStore | None,
-    store_lengths: np.ndarray | None,
 ) -> None:
     """Padding after each row's last segment, a separator ending each document, the store's tokens."""
     num_rows, seq_len = ids.shape
@@ -141,7 +139,7 @@ def _check_chunk(
             f"{at[wrong[k]] % seq_len}, not the separator {output.sep_id}",
         )
     if store is not None:
-        _compare_with_store(flat, r0, seq_len, (seg_row, start, length, doc, offset), store, store_lengths, tally)
+        _compare_with_store(flat, r0, seq_len, (seg_row, start, length, doc, offset), store, tally)
 
 
 def _compare_with_store(
@@ -150,19 +148,19 @@ def _compare_with_store(
     seq_len: int,
     segments: tuple[np.ndarray, ...],
     store: DocStore,
-    store_lengths: np.ndarray,
     tally: _RowTally,
 ) -> None:
-    """Every document token of the chunk (``flat``: its rows back to back) against the store's."""
+    """Every document token of the chunk (``flat``: its rows back to back) against the store's.
+
+    Only the pieces' real tokens are read (with pread, like the shard writer); the
+    separator part of a piece is checked on its own above.
+    """
     seg_row, start, length, doc, offset = segments
-    position_in_doc = concat_ranges(offset, length)
-    dst = concat_ranges(seg_row * seq_len + start, length)
-    piece_doc = np.repeat(doc, length)
-    # Positions past the document's tokens are its separator, checked on its own above.
-    is_token = position_in_doc < store_lengths[piece_doc]
-    dst, piece_doc, position_in_doc = dst[is_token], piece_doc[is_token], position_in_doc[is_token]
-    expected = store.tokens[store.offsets[piece_doc] + position_in_doc]
-    release_pages(store.tokens)
+    span_start, real = piece_token_spans(doc, offset, length, store.offsets)
+    expected = store.read_spans(span_start, real)
+    dst = concat_ranges(seg_row * seq_len + start, real)
+    piece_doc = np.repeat(doc, real)
+    position_in_doc = concat_ranges(offset, real)
     actual = flat[dst]
     differ = np.flatnonzero(actual != expected)
     tally.add(

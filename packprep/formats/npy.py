@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from packprep._files import atomic_path, load_json, release_pages, save_json, save_npy, sha256_file
-from packprep.stages.pack import PackPlan, fill_rows
+from packprep.stages.pack import PackPlan, fill_rows, piece_token_spans
 
 FORMAT_NAME = "packprep-npy"
 FORMAT_VERSION = 1
@@ -124,9 +124,8 @@ def _chunk_pieces(
     """
     s0, s1 = int(plan.row_ptr[r0]), int(plan.row_ptr[r1])
     doc, doc_offset, length = plan.seg_doc[s0:s1], plan.seg_doc_offset[s0:s1], plan.seg_length[s0:s1]
-    doc_tokens = offsets[doc + 1] - offsets[doc]
-    real = np.clip(doc_tokens - doc_offset, 0, length)  # the rest of a piece is the separator
-    tokens = read_spans(offsets[doc] + np.minimum(doc_offset, doc_tokens), real)
+    span_start, real = piece_token_spans(doc, doc_offset, length, offsets)  # the rest of a piece is the separator
+    tokens = read_spans(span_start, real)
     piece_offsets = np.zeros(len(real) + 1, dtype=np.int64)
     np.cumsum(real, out=piece_offsets[1:])
     pieces = PackPlan(

@@ -217,6 +217,19 @@ def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, dtype=np.int64), counts) + within
 
 
+def piece_token_spans(
+    doc: np.ndarray, doc_offset: np.ndarray, length: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each piece's real tokens sit in the store: (start int64 [S], count int64 [S]).
+
+    A piece covers ``[doc_offset, doc_offset + length)`` of its document's sequence
+    (tokens then separator); ``count`` excludes the separator part, so it can be 0.
+    """
+    doc_tokens = offsets[doc + 1] - offsets[doc]
+    count = np.clip(doc_tokens - doc_offset, 0, length)
+    return offsets[doc] + np.minimum(doc_offset, doc_tokens), count
+
+
 def fill_rows(
     plan: PackPlan,
     rows: slice,
