@@ -99,6 +99,18 @@ def _embed_config(embedder: o.Embedder, model: str, embed_tokens: int):
     return EmbedConfig(model=model, embed_tokens=embed_tokens)
 
 
+def _rows_of(out: Path) -> Optional[int]:
+    """The row count an output's manifest states, for a progress bar; None when it has none
+    (the command itself then says what is wrong with the manifest)."""
+    from packprep._files import load_json
+    from packprep.formats import npy
+
+    try:
+        return int(load_json(out / npy.MANIFEST_NAME)["counts"]["num_sequences"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _reporter(quiet: bool):
     from packprep.progress import RichReporter, SilentReporter
 
@@ -250,14 +262,9 @@ def convert(
     quiet: o.Quiet = False,
 ) -> None:
     """Convert an existing output to another trainer format without repacking."""
-    from packprep._files import load_json
     from packprep.convert import convert as run
-    from packprep.formats import npy
 
-    reporter = _reporter(quiet)
-    manifest_path = out / npy.MANIFEST_NAME
-    total = load_json(manifest_path)["counts"]["num_sequences"] if manifest_path.is_file() else None
-    with reporter.track(f"convert to {to.value}", total=total, unit="rows") as advance:
+    with _reporter(quiet).track(f"convert to {to.value}", total=_rows_of(out), unit="rows") as advance:
         written = run(out, to=to.value, dest=dest, labels=labels, progress=advance)
     if not quiet:
         print(f"wrote {written}", file=sys.stderr)
@@ -271,15 +278,9 @@ def verify(
     quiet: o.Quiet = False,
 ) -> None:
     """Check checksums, shapes, dtypes, boundaries, token ids and coverage; exit 1 on any problem."""
-    from packprep._files import load_json
-    from packprep.formats import npy
     from packprep.verify import verify_output
 
-    manifest_path = out / npy.MANIFEST_NAME
-    try:
-        total = load_json(manifest_path)["counts"]["num_sequences"] if manifest_path.is_file() else None
-    except (ValueError, KeyError, TypeError):
-        total = None  # verify_output reports what is wrong with the manifest
+    total = _rows_of(out)
     with _reporter(quiet).track("verify", total=total, unit="rows") as advance:
         problems = verify_output(out, against=against, progress=advance)
     for problem in problems[:50]:

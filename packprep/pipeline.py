@@ -51,7 +51,7 @@ def tokenize(
 ) -> DocStore:
     """Stream ``corpus`` through the tokenizer into a document store at ``work``.
 
-    ``workers``: tokenizer threads (default: all cores); ``engine``: here or on Ray. The
+    ``workers``: tokenizer workers (default: all cores); ``engine``: here or on Ray. The
     store depends on neither.
     """
     if engine.ray:
@@ -164,7 +164,7 @@ def pack(
     each stage cached beside the store. The npy shards are always written (inspect and
     verify read them); ``format`` ``arrow`` or ``megatron`` adds a conversion in
     ``out/<format>`` (``labels``: an arrow labels column). ``workers``: tokenizer
-    threads; ``engine``: where tokenize, dedup and embed run. The shards depend on neither.
+    workers; ``engine``: where tokenize, dedup and embed run. The shards depend on neither.
     """
     from packprep.convert import FORMATS, convert
 
