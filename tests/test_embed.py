@@ -24,6 +24,17 @@ TEXTS = [
 ]
 
 
+# Two similar pairs, each next to an unrelated sentence: (0, 1) vs 2 and (3, 4) vs 5.
+PAIRED_TEXTS = [
+    "A man is playing the guitar on stage.",
+    "Someone is strumming a guitar at a concert.",
+    "The quarterly earnings report disappointed investors.",
+    "How do I reset my password?",
+    "I forgot my login password and need to change it.",
+    "Volcanoes erupt when magma rises through the crust.",
+]
+
+
 @pytest.fixture(scope="module")
 def embedder() -> embed.Embedder:
     return load_embedder()
@@ -63,17 +74,7 @@ def test_order_is_preserved_despite_length_sorting(embedder):
 
 def test_similar_sentences_are_closer_than_unrelated_ones(embedder):
     v = _f32(
-        embed_texts(
-            embedder,
-            [
-                "A man is playing the guitar on stage.",
-                "Someone is strumming a guitar at a concert.",
-                "The quarterly earnings report disappointed investors.",
-                "How do I reset my password?",
-                "I forgot my login password and need to change it.",
-                "Volcanoes erupt when magma rises through the crust.",
-            ],
-        )
+        embed_texts(embedder, PAIRED_TEXTS)
     )
     cos = v @ v.T
     assert cos[0, 1] > cos[0, 2] + 0.3

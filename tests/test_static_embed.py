@@ -33,16 +33,10 @@ from packprep.stages.static_embed import (
     vocabulary_ranks,
     zipf_sif_weights,
 )
+from tests.test_embed import PAIRED_TEXTS
 from tests.test_semantic import TOPICS, labelled_corpus
 
-TEXTS = [
-    "A man is playing the guitar on stage.",
-    "Someone is strumming a guitar at a concert.",
-    "The quarterly earnings report disappointed investors.",
-    "How do I reset my password?",
-    "I forgot my login password and need to change it.",
-    "Volcanoes erupt when magma rises through the crust.",
-]
+TEXTS = PAIRED_TEXTS  # the same pairs MiniLM is tested on
 SPECIALS = [0, 100, 101, 102, 103]  # [PAD] [UNK] [CLS] [SEP] [MASK]
 
 
