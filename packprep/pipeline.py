@@ -67,12 +67,11 @@ def tokenize(
 def _tokenize(
     corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, workers: int | None, reporter: Reporter
 ) -> DocStore:
-    from packprep.corpus import ReadCounters, corpus_fingerprint, iter_documents
+    from packprep.corpus import ReadCounters, iter_documents
     from packprep.tokenizers import load_tokenizer, smallest_token_dtype
 
     tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=workers)
-    fingerprint = corpus_fingerprint(corpus)
-    key = stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint())
+    key, fingerprint = tokenize_key(corpus, config, tokenizer)
     if finished_with_key(work, key):
         reporter.info(f"tokenize: reusing the document store in {work}")
         return DocStore.open(work)
@@ -95,6 +94,18 @@ def _tokenize(
     if dropped_empty:
         reporter.info(f"tokenize: dropped {dropped_empty} empty documents")
     return store
+
+
+def tokenize_key(corpus: Path, config: TokenizeConfig, tokenizer: Any) -> tuple[str, str]:
+    """The tokenize stage's cache key and the corpus fingerprint it includes.
+
+    Neither the engine nor the worker count is part of it: every engine writes the same
+    store, so each reuses a store another made.
+    """
+    from packprep.corpus import corpus_fingerprint
+
+    fingerprint = corpus_fingerprint(corpus)
+    return stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint()), fingerprint
 
 
 def tokenize_into(

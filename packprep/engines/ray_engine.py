@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from packprep._folders import claim_folder, finished_with_key, is_store_file, removed_on_error
-from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig, stage_key
+from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig
 from packprep.corpus import list_corpus_files
 from packprep.engines import RAY_INSTALL_HINT, RAY_MAX_RETRIES
 from packprep.engines.ray_dedup import _document_ranges, _sign_and_shuffle, _sign_range
@@ -96,14 +96,11 @@ def _tokenize(
     reporter: Reporter,
     range_bytes: int,
 ) -> DocStore:
-    from packprep.corpus import corpus_fingerprint
-    from packprep.pipeline import no_documents_error, store_manifest
+    from packprep.pipeline import no_documents_error, store_manifest, tokenize_key
     from packprep.tokenizers import load_tokenizer, smallest_token_dtype
 
     tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id)
-    fingerprint = corpus_fingerprint(corpus)
-    # The key does not name the engine: both write the same store, so either reuses the other's.
-    key = stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint())
+    key, fingerprint = tokenize_key(corpus, config, tokenizer)
     if finished_with_key(work, key):
         reporter.info(f"tokenize: reusing the document store in {work}")
         return DocStore.open(work)
