@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from packprep._files import load_json
 from packprep.errors import PackprepError
 from packprep.formats import npy
+from packprep.store import MANIFEST_NAME as STORE_MANIFEST, STORE_FORMAT
 
 WORK_DIRNAME = "work"
 
@@ -41,6 +43,29 @@ def is_output_file(path: Path) -> bool:
     if name in CONVERTED_DIRNAMES or name.startswith(tuple(f".{d}." for d in CONVERTED_DIRNAMES)):
         return True  # a conversion, or one interrupted before its rename
     return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest"
+
+
+def packprep_folder_kind(folder: Path) -> str | None:
+    """``"output"`` or ``"store"`` when packprep wrote ``folder`` (finished or interrupted), else None.
+
+    Decided by what the manifest says, not by file names alone: a corpus may well hold a ``manifest.json``.
+    """
+    if _declares(folder / npy.MANIFEST_NAME, npy.FORMAT_NAME) or (folder / npy.JOURNAL_NAME).is_file():
+        return "output"
+    if _declares(folder / STORE_MANIFEST, STORE_FORMAT) or (folder / "tokens.bin.tmp").is_file():
+        return "store"  # finished, or being written (DocStoreWriter's temporary token file)
+    return None
+
+
+def _declares(manifest: Path, format_name: str) -> bool:
+    """Whether the JSON file ``manifest`` says ``"format": format_name`` near its start (where
+    packprep writes it), read without parsing what may be a large file of someone else's."""
+    try:
+        with open(manifest, "rb") as fh:
+            head = fh.read(1 << 12)
+    except OSError:
+        return False
+    return re.search(rb'"format"\s*:\s*"' + re.escape(format_name.encode()) + rb'"', head) is not None
 
 
 def claim_folder(folder: Path, *, overwrite: bool, ours: Callable[[Path], bool], keep: set[str] = frozenset()) -> None:

@@ -69,10 +69,11 @@ def handle_errors(command: F) -> F:
 
 def _use_workers(workers: Optional[int]) -> Optional[int]:
     """Size every thread pool a stage may start; call before those libraries are imported."""
+    from packprep.config import check_workers
+
+    check_workers(workers)
     if workers is None:
         return None
-    if workers < 1:
-        raise PackprepError(f"--workers must be at least 1, got {workers}")
     import os
 
     for name in ("RAYON_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -264,7 +265,10 @@ def convert(
     """Convert an existing output to another trainer format without repacking."""
     from packprep.convert import convert as run
 
-    with _reporter(quiet).track(f"convert to {to.value}", total=_rows_of(out), unit="rows") as advance:
+    reporter = _reporter(quiet)
+    if labels and to is not o.ConvertFormat.arrow:
+        reporter.warn(f"--labels adds a column to the arrow copy only; ignored with --to {to.value}")
+    with reporter.track(f"convert to {to.value}", total=_rows_of(out), unit="rows") as advance:
         written = run(out, to=to.value, dest=dest, labels=labels, progress=advance)
     if not quiet:
         print(f"wrote {written}", file=sys.stderr)

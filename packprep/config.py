@@ -9,20 +9,30 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from packprep.errors import PackprepError
+
 STRATEGIES = ("random", "eos", "cluster", "icp")
 SEMANTIC_STRATEGIES = ("cluster", "icp")
 PACKINGS = ("split", "bestfit")
 ON_ERROR = ("raise", "skip")
 
 
+DEFAULT_ID_FIELD = "id"
+
+
 @dataclass(frozen=True, kw_only=True)
 class TokenizeConfig:
     tokenizer: str = "cl100k"
     text_field: str = "text"
-    id_field: str = "id"
+    id_field: str = DEFAULT_ID_FIELD
     eos_id: int | None = None
     bos_id: int | None = None
     on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        _require(self.on_error in ON_ERROR, "--on-error", f"one of {', '.join(ON_ERROR)}", self.on_error)
+        for option, value in (("--eos-id", self.eos_id), ("--bos-id", self.bos_id)):
+            _require(value is None or value >= 0, option, "a token id (0 or more)", value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +44,13 @@ class DedupConfig:
     shingle: int = 5
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # A threshold <= 0 makes every pair a duplicate (-1 dropped 86 % of a corpus); NaN matches nothing.
+        _require(0.0 < self.minhash_threshold <= 1.0, "--minhash-threshold", "in (0, 1]", self.minhash_threshold)
+        _require(self.num_perm >= 1, "num_perm", "at least 1", self.num_perm)
+        _require(self.shingle >= 1, "shingle", "at least 1", self.shingle)
+        _require(self.seed >= 0, "seed", "0 or more", self.seed)
+
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedConfig:
@@ -41,6 +58,18 @@ class EmbedConfig:
     embed_tokens: int = 256  # the first tokens of each document are what the model sees
     batch_size: int = 64
     dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        _require(self.embed_tokens >= 1, "--embed-tokens", "at least 1", self.embed_tokens)
+        _require(self.batch_size >= 1, "batch_size", "at least 1", self.batch_size)
+        _require(self.dtype in ("float16", "float32"), "dtype", "float16 or float32", self.dtype)
+
+
+# Rows are written with int32 segment starts (formats/npy.py), so a row holds at most 2**31 - 1 tokens.
+MAX_SEQ_LEN = 2**31 - 1
+# The kNN graph is held as M x k int64 ids + float32 cosines (12 bytes per entry): 1024 neighbours is
+# 12 KB per document, more than the icp walk and semantic dedup ever look at (they use the closest few).
+MAX_KNN = 1024
 
 
 # Cosine above which icp drops a document as a semantic duplicate of an earlier kept one.
@@ -61,6 +90,19 @@ class PackConfig:
     clusters: int | None = None  # None: about sqrt(number of documents)
     knn: int = 10
 
+    def __post_init__(self) -> None:
+        _require(self.strategy in STRATEGIES, "--strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)
+        _require(self.packing in PACKINGS, "--packing", f"one of {', '.join(PACKINGS)}", self.packing)
+        _require(self.seq_len >= 1, "--seq-len", "at least 1", self.seq_len)
+        _require(self.seq_len <= MAX_SEQ_LEN, "--seq-len", f"at most {MAX_SEQ_LEN:,}", self.seq_len)
+        _require(self.seed >= 0, "--seed", "0 or more", self.seed)  # numpy's SeedSequence takes no negatives
+        _require(self.rows_per_shard is None or self.rows_per_shard >= 1, "--shard-size", "at least 1", self.rows_per_shard)
+        threshold = self.semantic_threshold
+        _require(threshold is None or 0.0 <= threshold <= 1.0, "--semantic-threshold", "in (0, 1], or 0 for off", threshold)
+        _require(self.clusters is None or self.clusters >= 1, "--clusters", "at least 1", self.clusters)
+        _require(self.knn >= 1, "--knn", "at least 1", self.knn)
+        _require(self.knn <= MAX_KNN, "--knn", f"at most {MAX_KNN:,}", self.knn)
+
     @property
     def semantic(self) -> bool:
         return self.strategy in SEMANTIC_STRATEGIES
@@ -74,6 +116,17 @@ class PackConfig:
         if self.semantic_threshold is not None:
             return self.semantic_threshold
         return DEFAULT_ICP_SEMANTIC_THRESHOLD if self.strategy == "icp" else None
+
+
+def check_workers(workers: int | None) -> None:
+    """``workers`` is not part of any config (outputs do not depend on it), but is checked like one."""
+    _require(workers is None or workers >= 1, "--workers", "at least 1", workers)
+
+
+def _require(ok: bool, option: str, rule: str, value: Any) -> None:
+    """Raise the one-line user error ``OPTION must be RULE, got VALUE`` unless ``ok``."""
+    if not ok:
+        raise PackprepError(f"{option} must be {rule}, got {value}")
 
 
 def as_dict(config: Any) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import orjson
 
+from packprep._files import load_json
+from packprep._folders import packprep_folder_kind
 from packprep.errors import PackprepError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt", ".md")
@@ -39,6 +41,7 @@ _TABLE_BATCH_ROWS = 1024  # parquet rows per batch; bounded so 100 KB documents 
 _MAX_FIRST_ERRORS = 5
 _MISSING = object()
 _SKIP_HINT = "or pass --on-error skip"
+_WHOLE_JSON_MAX = 256 << 20  # a pretty-printed file is parsed whole to say what it is, up to this size
 
 
 @dataclass
@@ -48,6 +51,7 @@ class ReadCounters:
     files: int = 0  # files opened (each .arrow file of a saved dataset counts)
     records: int = 0  # records yielded
     skipped: int = 0  # bad records skipped with on_error="skip"
+    with_id: int = 0  # records yielded whose id came from id_field (the others get path:line)
     bytes_read: int = 0  # approximate raw (uncompressed) text bytes, for MB/s progress
     first_errors: list[str] = field(default_factory=list)  # first few skip messages, "path:line: why"
 
@@ -81,7 +85,10 @@ class _Reader:
                 why = f"field '{self.text_field}' is a JSON {_json_type(text)}, not a string; use --text-field"
             return self.bad(why, path, index)
         doc_id = record.get(self.id_field)
-        return (f"{rel}:{index}" if doc_id is None else str(doc_id)), text
+        if doc_id is None:
+            return f"{rel}:{index}", text
+        self.counters.with_id += 1
+        return str(doc_id), text
 
 
 def _json_type(value: Any) -> str:
@@ -101,7 +108,16 @@ def _is_hf_folder(names: set[str]) -> bool:
     return bool(names & {"state.json", "dataset_info.json"}) and any(n.endswith(".arrow") for n in names)
 
 
-def _walk(folder: Path, out: list[Path], seen: set[str]) -> None:
+@dataclass
+class CorpusListing:
+    """What a corpus path holds: the sources read, in order, and what the walk passed over."""
+
+    sources: list[Path]
+    unsupported: list[Path]  # files of a type we do not read, sorted
+    packprep_folders: list[Path]  # outputs and document stores of packprep inside the corpus: never corpus
+
+
+def _walk(folder: Path, listing: CorpusListing, seen: set[str]) -> None:
     real = os.path.realpath(folder)
     if real in seen:  # a symlink loop: we follow links so a corpus can be assembled from symlinks
         return
@@ -109,13 +125,18 @@ def _walk(folder: Path, out: list[Path], seen: set[str]) -> None:
     with os.scandir(folder) as it:
         entries = [e for e in it if not e.name.startswith(".")]
     if _is_hf_folder({e.name for e in entries}):
-        out.append(folder)
+        listing.sources.append(folder)
         return
     for entry in entries:
         if entry.is_dir():
-            _walk(Path(entry.path), out, seen)
-        elif entry.is_file() and _suffix(entry.name):
-            out.append(Path(entry.path))
+            # `packprep pack corpus corpus/out` puts OUT (and OUT/work) inside the corpus: its manifests
+            # and arrow copy are not records, and the corpus fingerprint must not change when they appear.
+            if packprep_folder_kind(Path(entry.path)):
+                listing.packprep_folders.append(Path(entry.path))
+            else:
+                _walk(Path(entry.path), listing, seen)
+        elif entry.is_file():
+            (listing.sources if _suffix(entry.name) else listing.unsupported).append(Path(entry.path))
 
 
 def _root(path: Path) -> Path:
@@ -125,20 +146,57 @@ def _root(path: Path) -> Path:
 
 def list_corpus_files(path: str | Path) -> list[Path]:
     """Every source under ``path``, sorted by relative posix path; a saved HF dataset folder is one entry."""
+    return scan_corpus(path).sources
+
+
+def scan_corpus(path: str | Path) -> CorpusListing:
+    """:func:`list_corpus_files` with what it passed over; raises on a path that holds no corpus."""
     path = Path(path)
     if path.is_file():
         if not _suffix(path.name):
             raise PackprepError(f"unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}", path=path)
-        return [path]
+        return CorpusListing(sources=[path], unsupported=[], packprep_folders=[])
     if not path.is_dir():
         raise PackprepError("no such file or folder", path=path)
-    found: list[Path] = []
-    _walk(path, found, set())
-    if not found:
+    _refuse_packprep_folder(path)
+    listing = CorpusListing(sources=[], unsupported=[], packprep_folders=[])
+    _walk(path, listing, set())
+    for found in (listing.sources, listing.unsupported, listing.packprep_folders):
+        found.sort(key=lambda p: p.relative_to(path).as_posix())
+    if not listing.sources:
+        skipped = ", ".join(map(str, listing.packprep_folders))
+        passed = f"; passed over packprep's own {skipped}" if skipped else ""
         raise PackprepError(
-            f"folder has no corpus files ({', '.join(SUPPORTED_SUFFIXES)} or a datasets save_to_disk folder)", path=path
+            f"folder has no corpus files ({', '.join(SUPPORTED_SUFFIXES)} or a datasets save_to_disk folder){passed}",
+            path=path,
         )
-    return sorted(found, key=lambda p: p.relative_to(path).as_posix())
+    return listing
+
+
+def _refuse_packprep_folder(path: Path) -> None:
+    """A packprep output or document store given as the corpus: say what it is and what to pass."""
+    kind = packprep_folder_kind(path)
+    if kind is None:
+        return
+    manifest = path / ("manifest.json" if kind == "output" else "store.json")
+    try:
+        source = load_json(manifest).get("source", {})
+    except (OSError, ValueError, AttributeError):
+        source = {}
+    made_from = f" ({source['path']})" if isinstance(source.get("path"), str) else ""
+    if kind == "output":
+        why = (
+            f"is a packprep output, not a corpus: pass the corpus it was made from{made_from}, "
+            f"or {source.get('store') or path / 'work'} to reuse its document store"
+        )
+    elif manifest.is_file():
+        why = (
+            f"is a packprep document store, not a corpus: `packprep pack {path} OUT` packs it as it is; "
+            f"to tokenize again, pass the corpus it was made from{made_from}"
+        )
+    else:
+        why = "is an unfinished packprep document store (its run was interrupted), not a corpus: pass the corpus"
+    raise PackprepError(why, path=path)
 
 
 def iter_documents(
@@ -232,7 +290,7 @@ def _stream_errors(suffix: str) -> tuple[type[BaseException], ...]:
 
 def _read_jsonl(path: Path, rel: str, reader: _Reader, *, suffix: str) -> Iterator[tuple[str, str]]:
     loads, decode_error, document = orjson.loads, orjson.JSONDecodeError, reader.document
-    lineno = 0
+    lineno, first = 0, True
     try:
         for lineno, line in _lines(_chunks(path, suffix), reader.counters):
             if not line or line.isspace():
@@ -240,8 +298,12 @@ def _read_jsonl(path: Path, rel: str, reader: _Reader, *, suffix: str) -> Iterat
             try:
                 record = loads(line)
             except decode_error as exc:
+                if first:  # a pretty-printed file fails here, at its opening brace
+                    refuse_spread_json(path, suffix, line, text_field=reader.text_field)
+                first = False
                 reader.bad(_json_problem(line, exc), path, lineno)
                 continue
+            first = False
             doc = document(record, rel, lineno, path)
             if doc is not None:
                 yield doc
@@ -287,6 +349,49 @@ def _json_problem(line: bytes, exc: orjson.JSONDecodeError) -> str:
     if utf8 := _utf8_problem(line):
         return f"{utf8[1]} {_SKIP_HINT}"
     return f"invalid JSON ({exc.msg} at column {exc.colno}); fix the record {_SKIP_HINT}"
+
+
+def refuse_spread_json(path: Path, suffix: str, first_line: bytes, *, text_field: str) -> None:
+    """Raise a file-level error when a JSON-lines file's first record does not parse because the
+    file is one JSON value spread over lines (pretty-printed): not a bad record to skip."""
+    head = first_line.strip()
+    if not head.startswith((b"{", b"[")):
+        return
+    whole = _whole_json(path, suffix)
+    if isinstance(whole, dict):
+        raise PackprepError(f"a JSON object, not a list of records or JSON lines; {_records_hint(whole, text_field)}", path=path)
+    if isinstance(whole, list):
+        rename = "name it .json" if suffix == ".jsonl" else "decompress it and name it .json"
+        raise PackprepError(f"a JSON list spread over lines, not JSON lines; {rename} to read it as a list of records", path=path)
+    if head in (b"{", b"["):  # what pretty-printers write first; the rest is several values, or too big to parse here
+        raise PackprepError(
+            "pretty-printed JSON spread over lines, not JSON lines (one record per line); "
+            f"write one record per line, e.g. `jq -c . {path}`",
+            path=path,
+        )
+
+
+def _whole_json(path: Path, suffix: str) -> Any:
+    """The file parsed as one JSON value, or None when it is not one (or is too big to hold here)."""
+    data = b""
+    for chunk in _chunks(path, suffix):
+        data += chunk
+        if len(data) > _WHOLE_JSON_MAX:
+            return None
+    try:
+        return orjson.loads(data.removeprefix(codecs.BOM_UTF8))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _records_hint(value: dict[str, Any], text_field: str) -> str:
+    """What to do with a JSON object: extract the list of records it holds, if it holds one."""
+    if text_field in value:
+        return "if it is one record, write it on one line (JSON lines: one record per line)"
+    for name, field_value in value.items():
+        if isinstance(field_value, list) and field_value and all(type(r) is dict for r in field_value[:100]):
+            return f"its field '{name}' holds {len(field_value):,} records: extract them, e.g. `jq -c '.{name}[]'`"
+    return "write one record per line (JSON lines) or a JSON list of records"
 
 
 def _read_json(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str]]:
@@ -371,8 +476,11 @@ def _table_documents(
             row += 1
             if text is None:
                 reader.bad(f"column '{columns[0]}' is null; fill it {_SKIP_HINT}", path, row)
+            elif doc_id is None:
+                yield f"{rel}:{row}", text
             else:
-                yield (f"{rel}:{row}" if doc_id is None else str(doc_id)), text
+                reader.counters.with_id += 1
+                yield str(doc_id), text
 
 
 def _hf_arrow_files(folder: Path) -> list[Path]:

@@ -51,7 +51,7 @@ CorpusArg = Annotated[Path, typer.Argument(help="A file or folder of .jsonl(.gz/
 WorkArg = Annotated[Path, typer.Argument(help="Folder for the document store.", show_default=False)]
 OutArg = Annotated[Path, typer.Argument(help="Output folder for the shards.", show_default=False)]
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages (warnings still go to stderr).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace the contents of a non-empty output folder.")]
 TokenizerOpt = Annotated[str, typer.Option("--tokenizer", help="'cl100k' (offline), a tokenizer.json, or a .tiktoken file.")]
 TextField = Annotated[str, typer.Option("--text-field", help="Record field holding the text.")]

@@ -25,8 +25,17 @@ from packprep._folders import (
     refuse_file,
     removed_on_error,
 )
-from packprep.corpus import list_corpus_files
-from packprep.config import PACKINGS, STRATEGIES, DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
+from packprep.corpus import SUPPORTED_SUFFIXES, CorpusListing, list_corpus_files, scan_corpus
+from packprep.config import (
+    DEFAULT_ID_FIELD,
+    DedupConfig,
+    EmbedConfig,
+    PackConfig,
+    TokenizeConfig,
+    as_dict,
+    check_workers,
+    stage_key,
+)
 from packprep.engines import LOCAL, Engine
 from packprep.errors import PackprepError
 from packprep.formats import npy
@@ -54,12 +63,13 @@ def tokenize(
     ``workers``: tokenizer workers (default: all cores); ``engine``: here or on Ray. The
     store depends on neither.
     """
+    check_workers(workers)
+    warn_unread_files(scan_corpus(corpus), corpus, reporter)  # fails early on a missing path or nothing to read
     if engine.ray:
         from packprep.engines.ray_engine import tokenize_on_ray
 
         return tokenize_on_ray(corpus, work, config=config, overwrite=overwrite, address=engine.address, reporter=reporter)
     corpus, work = Path(corpus), Path(work)
-    list_corpus_files(corpus)  # fails early and clearly on a missing path or a folder with nothing to read
     with removed_on_error(work):
         return _tokenize(corpus, work, config, overwrite, workers, reporter)
 
@@ -89,11 +99,30 @@ def _tokenize(
         if writer.num_documents == 0:
             raise no_documents_error(corpus, counts)
         store = writer.finish(store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts))
-    if counters.skipped:
-        reporter.info(f"tokenize: skipped {counters.skipped} bad records, e.g. {counters.first_errors[0]}")
-    if dropped_empty:
-        reporter.info(f"tokenize: dropped {dropped_empty} empty documents")
+    report_read(reporter, config, counts, with_id=counters.with_id, first_errors=counters.first_errors)
     return store
+
+
+def warn_unread_files(listing: CorpusListing, corpus: str | Path, reporter: Reporter) -> None:
+    if listing.unsupported:
+        n, example = len(listing.unsupported), listing.unsupported[0]
+        reporter.warn(
+            f"{corpus}: {n} file{'s' if n > 1 else ''} of other types not read (e.g. {example}); "
+            f"corpus files are {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+
+
+def report_read(
+    reporter: Reporter, config: TokenizeConfig, counts: dict[str, int], *, with_id: int, first_errors: list[str]
+) -> None:
+    """What a tokenize run passed over (both engines say the same)."""
+    if counts["skipped_records"]:
+        reporter.info(f"tokenize: skipped {counts['skipped_records']} bad records, e.g. {first_errors[0]}")
+    if counts["dropped_empty"]:
+        reporter.info(f"tokenize: dropped {counts['dropped_empty']} empty or whitespace-only documents")
+    # Only a field the user named: without ids, path:line is the documented default for "id".
+    if counts["records"] and not with_id and config.id_field != DEFAULT_ID_FIELD:
+        reporter.warn(f"--id-field '{config.id_field}': no record has this field; ids are path:line instead")
 
 
 def tokenize_key(corpus: Path, config: TokenizeConfig, tokenizer: Any) -> tuple[str, str]:
@@ -113,20 +142,22 @@ def tokenize_into(
 ) -> int:
     """Tokenize ``(id, text)`` pairs batch by batch into ``writer``; return how many were empty.
 
-    Empty documents are dropped (and counted); every kept one is stored with the hash of
-    its normalised text, which exact dedup uses later. Both engines call this.
+    Empty documents (no text, only whitespace, or no tokens) are dropped and counted; every
+    kept one is stored with the hash of its normalised text, which exact dedup uses later.
+    Both engines call this.
     """
     from packprep.stages.dedup import normalized_text_hash
 
     dropped_empty = 0
     for batch in _batches(documents):
-        ids = [doc_id for doc_id, _ in batch]
-        texts = [text for _, text in batch]
-        flat, lengths = tokenizer.encode_batch(texts)
+        # A whitespace-only text tokenizes to a few space tokens: a document with nothing to learn from.
+        batch_kept = [(doc_id, text) for doc_id, text in batch if text and not text.isspace()]
+        flat, lengths = tokenizer.encode_batch([text for _, text in batch_kept])
         keep = lengths > 0
-        dropped_empty += int((~keep).sum())
-        hashes = np.array([normalized_text_hash(t) for t, k in zip(texts, keep) if k], dtype=np.uint64)
-        writer.append(flat, lengths[keep], list(itertools.compress(ids, keep)), hashes)
+        dropped_empty += len(batch) - int(keep.sum())
+        kept = list(itertools.compress(batch_kept, keep))
+        hashes = np.array([normalized_text_hash(text) for _, text in kept], dtype=np.uint64)
+        writer.append(flat, lengths[keep], [doc_id for doc_id, _ in kept], hashes)
         if progress is not None:
             progress(len(batch), tokens=len(flat))
     return dropped_empty
@@ -179,9 +210,11 @@ def pack(
     """
     from packprep.convert import FORMATS, convert
 
-    _check_pack_config(config)
+    check_workers(workers)
     if format != "npy" and format not in FORMATS:
         raise PackprepError(f"unknown format {format!r}; expected one of npy, {', '.join(FORMATS)}")
+    if labels and format != "arrow":
+        reporter.warn(f"--labels adds a column to the arrow copy only; ignored with --format {format}")
     source, out = Path(source), Path(out)
     refuse_file(out)
     with removed_on_error(out):
@@ -309,23 +342,6 @@ def _separator(strategy: str, tokenizer: dict[str, Any]) -> int | None:
     if tokenizer["eos_id"] is None:
         raise PackprepError(f"tokenizer {tokenizer['name']} has no EOS token; pass --eos-id for --strategy {strategy}")
     return int(tokenizer["eos_id"])
-
-
-def _check_pack_config(config: PackConfig) -> None:
-    if config.strategy not in STRATEGIES:
-        raise PackprepError(f"unknown strategy {config.strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    if config.packing not in PACKINGS:
-        raise PackprepError(f"unknown packing {config.packing!r}; expected one of {', '.join(PACKINGS)}")
-    if config.seq_len <= 0:
-        raise PackprepError(f"--seq-len must be positive, got {config.seq_len}")
-    if config.rows_per_shard is not None and config.rows_per_shard <= 0:
-        raise PackprepError(f"--shard-size must be positive, got {config.rows_per_shard}")
-    if config.semantic_threshold is not None and not 0.0 <= config.semantic_threshold <= 1.0:
-        raise PackprepError(f"--semantic-threshold must be in [0, 1] (0: off), got {config.semantic_threshold}")
-    if config.clusters is not None and config.clusters < 1:
-        raise PackprepError(f"--clusters must be at least 1, got {config.clusters}")
-    if config.knn < 1:
-        raise PackprepError(f"--knn must be at least 1, got {config.knn}")
 
 
 def _tokenizer_info(tokenizer: Any, tokenizer_spec: str) -> dict[str, Any]:

@@ -2,11 +2,16 @@
 
 Pipeline functions take a :class:`Reporter`; the CLI passes a rich one, tests and
 notebooks get the silent default. Stage functions only see an ``advance(n)`` callable.
+
+Warnings (input that is passed over: files of other types, an id field no record has)
+are one ``warning: ...`` line on stderr from every reporter, the silent one (``--quiet``,
+notebooks) included: quiet hides progress, never what was silently dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -19,6 +24,8 @@ class Reporter(Protocol):
 
     def info(self, message: str) -> None: ...
 
+    def warn(self, message: str) -> None: ...
+
 
 class SilentReporter:
     @contextlib.contextmanager
@@ -27,6 +34,9 @@ class SilentReporter:
 
     def info(self, message: str) -> None:
         pass
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
 
 
 class RichReporter:
@@ -73,6 +83,11 @@ class RichReporter:
 
     def info(self, message: str) -> None:
         self.console.print(message)
+
+    def warn(self, message: str) -> None:
+        # Through the console, so a live bar is redrawn below it; unwrapped and without markup,
+        # so it stays one line that scripts can grep, whatever brackets a path holds.
+        self.console.print(f"warning: {message}", soft_wrap=True, markup=False, highlight=False)
 
 
 def _elapsed(bar: object) -> float:

@@ -23,7 +23,6 @@ import numpy as np
 from packprep._files import load_json, save_json, save_npy
 from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
 from packprep.engines import LOCAL, Engine
-from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
 
@@ -179,7 +178,3 @@ def _load_dedup(folder: Path, manifest: dict[str, Any]) -> Dedup:
     arrays = {name: np.load(folder / f"dedup.{name}.npy") for name in _DEDUP_ARRAYS}
     return Dedup(manifest=manifest, **arrays)
 
-
-def check_threshold(name: str, value: float | None) -> None:
-    if value is not None and not 0.0 < value <= 1.0:
-        raise PackprepError(f"{name} must be in (0, 1], got {value}")

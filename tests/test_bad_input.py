@@ -11,6 +11,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,12 @@ import pytest
 from typer.testing import CliRunner
 
 import packprep._files
+import packprep.progress
 import packprep.store
 from packprep import PackedDataset
 from packprep.cli import app
-from packprep.config import PackConfig
+from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig
+from packprep.errors import PackprepError
 from packprep.pipeline import pack, tokenize
 from packprep.store import DocStore
 
@@ -70,6 +73,18 @@ BAD_CORPORA = {
     "non-utf8-jsonl": ({"a.jsonl": GOOD + b'{"text": "caf\xe9"}\n'}, ["a.jsonl:2:", "not valid UTF-8", "0xe9"]),
     "non-utf8-txt": ({"a.txt": b"line one\nline two caf\xe9\n"}, ["a.txt:2:", "not valid UTF-8", "0xe9"]),
     "non-utf8-json-list": ({"a.json": b'[{"text": "ok"},\n {"text": "\xff"}]'}, ["a.json:2:", "not valid UTF-8"]),
+    "pretty-json-object": (
+        {"a.json": json.dumps({"data": [{"text": "x"}] * 3}, indent=2).encode()},
+        ["a.json: a JSON object, not a list of records or JSON lines", "field 'data' holds 3 records"],
+    ),
+    "pretty-printed-jsonl": (
+        {"a.jsonl": json.dumps({"text": "one record, pretty-printed"}, indent=2).encode()},
+        ["a.jsonl: a JSON object, not a list of records or JSON lines", "write it on one line"],
+    ),
+    "a-packprep-output-inside-only": (
+        {"out/manifest.json": b'{\n  "format": "packprep-npy"\n}\n', "out/shard-00000.input_ids.npy": b""},
+        ["folder has no corpus files", "passed over packprep's own", "out"],
+    ),
 }
 
 
@@ -80,6 +95,7 @@ def test_bad_corpus(tmp_path, command, case):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for name, data in files.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
         (corpus / name).write_bytes(data)
     made = tmp_path / "made"
     message = assert_user_error(invoke(command, corpus, made, "-q"), made, *expected)
@@ -94,11 +110,11 @@ def test_nonexistent_corpus(tmp_path, command):
 
 # (extra options, what the message must contain); the corpus itself is fine
 BAD_OPTIONS = {
-    "seq-len-0": (["--seq-len", "0"], ["--seq-len must be positive, got 0"]),
-    "seq-len-negative": (["--seq-len", "-5"], ["--seq-len must be positive, got -5"]),
+    "seq-len-0": (["--seq-len", "0"], ["--seq-len must be at least 1, got 0"]),
+    "seq-len-negative": (["--seq-len", "-5"], ["--seq-len must be at least 1, got -5"]),
     "seq-len-1-eos": (["--seq-len", "1", "--strategy", "eos"], ["--seq-len 1", "separator"]),
     "seq-len-1-eos-bestfit": (["--seq-len", "1", "--strategy", "eos", "--packing", "bestfit"], ["--seq-len 1", "separator"]),
-    "shard-size-0": (["--shard-size", "0"], ["--shard-size must be positive"]),
+    "shard-size-0": (["--shard-size", "0"], ["--shard-size must be at least 1, got 0"]),
     "unknown-tokenizer-file": (["--tokenizer", "missing/tokenizer.json"], ["unknown tokenizer", "missing/tokenizer.json"]),
     "eos-id-outside-vocab": (["--eos-id", "999999999"], ["--eos-id 999999999", "vocabulary"]),
     "icp-missing-model": (["--strategy", "icp", "--model", "no-such-model-dir"], ["no-such-model-dir", "not found"]),
@@ -125,6 +141,81 @@ def test_seq_len_1_without_separator_is_allowed(tmp_path, good_corpus):
     assert result.exit_code == 0, result.output
     counts = PackedDataset(tmp_path / "out").manifest["counts"]
     assert counts["num_sequences"] == counts["num_tokens"] and counts["pad_tokens"] == 0
+
+
+# Every numeric option of every command, out of range: (command, option, value, the message).
+# Each is refused by the config (or check_workers) before a folder is touched.
+BAD_NUMBERS = [
+    ("pack", "--seed", "-1", "--seed must be 0 or more, got -1"),
+    ("pack", "--minhash-threshold", "-1", "--minhash-threshold must be in (0, 1], got -1.0"),
+    ("pack", "--minhash-threshold", "0", "--minhash-threshold must be in (0, 1], got 0.0"),
+    ("pack", "--minhash-threshold", "1.5", "--minhash-threshold must be in (0, 1], got 1.5"),
+    ("pack", "--minhash-threshold", "nan", "--minhash-threshold must be in (0, 1], got nan"),
+    ("pack", "--semantic-threshold", "1.5", "--semantic-threshold must be in (0, 1], or 0 for off, got 1.5"),
+    ("pack", "--semantic-threshold", "-0.5", "--semantic-threshold must be in (0, 1], or 0 for off, got -0.5"),
+    ("pack", "--knn", "0", "--knn must be at least 1, got 0"),
+    ("pack", "--knn", "1000000000", "--knn must be at most 1,024, got 1000000000"),
+    ("pack", "--clusters", "0", "--clusters must be at least 1, got 0"),
+    ("pack", "--embed-tokens", "0", "--embed-tokens must be at least 1, got 0"),
+    ("pack", "--embed-tokens", "-3", "--embed-tokens must be at least 1, got -3"),
+    ("pack", "--shard-size", "-1", "--shard-size must be at least 1, got -1"),
+    ("pack", "--workers", "0", "--workers must be at least 1, got 0"),
+    ("pack", "--seq-len", "0", "--seq-len must be at least 1, got 0"),
+    ("pack", "--seq-len", str(2**31), f"--seq-len must be at most 2,147,483,647, got {2**31}"),
+    ("pack", "--eos-id", "-1", "--eos-id must be a token id (0 or more), got -1"),
+    ("pack", "--bos-id", "-2", "--bos-id must be a token id (0 or more), got -2"),
+    ("tokenize", "--workers", "-1", "--workers must be at least 1, got -1"),
+    ("tokenize", "--eos-id", "-1", "--eos-id must be a token id (0 or more), got -1"),
+    ("tokenize", "--bos-id", "-1", "--bos-id must be a token id (0 or more), got -1"),
+]
+
+
+@pytest.mark.parametrize("command, option, value, message", BAD_NUMBERS, ids=[f"{c}{o}={v}" for c, o, v, _ in BAD_NUMBERS])
+def test_every_numeric_option_is_checked_before_any_work(tmp_path, good_corpus, command, option, value, message):
+    made = tmp_path / "made"
+    assert_user_error(invoke(command, good_corpus, made, "-q", option, value), made, message)
+
+
+@pytest.mark.parametrize(
+    "command, option, value, message",
+    [
+        ("dedup", "--minhash-threshold", "-1", "--minhash-threshold must be in (0, 1], got -1.0"),
+        ("dedup", "--minhash-threshold", "2", "--minhash-threshold must be in (0, 1], got 2.0"),
+        ("embed", "--embed-tokens", "0", "--embed-tokens must be at least 1, got 0"),
+        ("embed", "--workers", "0", "--workers must be at least 1, got 0"),
+    ],
+)
+def test_numeric_options_of_the_store_commands_leave_the_store_as_it_was(tmp_path, good_corpus, command, option, value, message):
+    work = tmp_path / "work"
+    tokenize(good_corpus, work)
+    before = {p.name: p.read_bytes() for p in work.iterdir()}
+    assert_user_error(invoke(command, work, "-q", option, value), tmp_path / "nothing", message)
+    assert {p.name: p.read_bytes() for p in work.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: PackConfig(seed=-1), "--seed must be 0 or more"),
+        (lambda: PackConfig(strategy="nope"), "--strategy must be one of random, eos, cluster, icp, got nope"),
+        (lambda: PackConfig(packing="tight"), "--packing must be one of split, bestfit, got tight"),
+        (lambda: DedupConfig(minhash_threshold=-1.0), "--minhash-threshold must be in (0, 1]"),
+        (lambda: DedupConfig(num_perm=0), "num_perm must be at least 1"),
+        (lambda: EmbedConfig(embed_tokens=0), "--embed-tokens must be at least 1"),
+        (lambda: EmbedConfig(dtype="int8"), "dtype must be float16 or float32"),
+        (lambda: TokenizeConfig(on_error="ignore"), "--on-error must be one of raise, skip, got ignore"),
+    ],
+)
+def test_configs_check_themselves_so_notebooks_get_the_cli_errors(make, message):
+    with pytest.raises(PackprepError, match=re.escape(message)):
+        make()
+
+
+def test_a_semantic_threshold_of_0_still_means_off(tmp_path, good_corpus):
+    assert PackConfig(strategy="icp", semantic_threshold=0.0).effective_semantic_threshold == 0.0
+    with pytest.raises(PackprepError, match="--workers must be at least 1"):
+        pack(good_corpus, tmp_path / "out", workers=0)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -319,3 +410,55 @@ def test_a_100_mb_document_packs_with_bounded_memory(tmp_path):
     assert first["doc_offset"].tolist() == [0]
     assert int(last["input_ids"][int(last["cu_seqlens"][1]) - 1]) == ds.manifest["sep_id"]  # the EOS ends it
     shutil.rmtree(out)
+
+
+# ---- the Ray engine reads bad input as the local one does --------------------------------------
+
+
+class RecordingReporter(packprep.progress.SilentReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    def warn(self, message: str) -> None:
+        self.lines.append(f"warning: {message}")
+
+
+def test_ray_drops_whitespace_documents_warns_and_reads_pretty_json_as_locally(tmp_path):
+    """Whitespace-only documents, an --id-field no record has, other files, and a pretty-printed
+    .jsonl read in byte ranges (the Ray engine's own JSONL loop): the same store, lines and errors."""
+    ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]')")
+    from packprep.engines import Engine
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    texts = ["  ", "real text here", "\n\n", "", "more real text"] * 40
+    (corpus / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (corpus / "notes.csv").write_text("x")
+    config = TokenizeConfig(id_field="doc_id")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        said = {}
+        for name in ("local", "ray"):
+            said[name] = RecordingReporter()
+            store = tokenize(corpus, tmp_path / name, config=config, engine=Engine(name), reporter=said[name])
+            assert store.manifest["counts"] == {"records": 200, "dropped_empty": 120, "skipped_records": 0}
+        assert said["ray"].lines == said["local"].lines and len(said["local"].lines) == 3
+        for name in packprep.store._STORE_FILES:
+            assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+
+        pretty = tmp_path / "pretty.jsonl"
+        pretty.write_text(json.dumps([{"text": f"record {i}"} for i in range(300)], indent=2))
+        with pytest.raises(PackprepError) as local:
+            tokenize(pretty, tmp_path / "local2")
+        from packprep.engines.ray_engine import tokenize_on_ray
+
+        with pytest.raises(PackprepError) as on_ray:
+            tokenize_on_ray(pretty, tmp_path / "ray2", range_bytes=4096)  # several byte ranges
+        assert str(on_ray.value) == str(local.value) == (
+            f"{pretty}: a JSON list spread over lines, not JSON lines; name it .json to read it as a list of records"
+        )
+    finally:
+        ray.shutdown()

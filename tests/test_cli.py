@@ -125,3 +125,75 @@ def test_convert_of_a_non_output_exit_2(tmp_path):
     assert result.exit_code == 2 and "no manifest.json" in result.output
     result = run("convert", tmp_path, "--to", "parquet")
     assert result.exit_code == 2
+
+
+def test_an_output_inside_the_corpus_folder_is_not_read_as_corpus(small_corpus):
+    """The second run of `pack corpus corpus/out` reuses everything (it used to read its own manifest)."""
+    out = small_corpus / "out"
+    assert run("pack", small_corpus, out, "-q", "--seq-len", "64", "--format", "arrow").exit_code == 0
+    manifest = (out / "manifest.json").read_bytes()
+    result = run("pack", small_corpus, out, "--seq-len", "64", "--format", "arrow")
+    assert result.exit_code == 0, result.output
+    assert "reusing the document store" in result.stderr and "already up to date" in result.stderr
+    assert (out / "manifest.json").read_bytes() == manifest
+    # A store of its own inside the corpus, made by `tokenize`, is passed over as well.
+    assert run("tokenize", small_corpus, small_corpus / "work", "-q").exit_code == 0
+    assert json.loads((small_corpus / "work" / "store.json").read_text())["counts"]["records"] == 41
+
+
+def test_an_output_given_as_the_corpus_says_what_to_pass_instead(small_corpus, tmp_path):
+    out = tmp_path / "out"
+    assert run("pack", small_corpus, out, "-q", "--seq-len", "64").exit_code == 0
+    for command in ("pack", "tokenize"):
+        result = run(command, out, tmp_path / "again", "-q")
+        assert result.exit_code == 2 and not (tmp_path / "again").exists()
+        assert result.stderr == (
+            f"error: {out}: is a packprep output, not a corpus: pass the corpus it was made from ({small_corpus}), "
+            f"or {(out / 'work').resolve()} to reuse its document store\n"
+        )
+    result = run("tokenize", out / "work", tmp_path / "again", "-q")
+    assert result.exit_code == 2 and "is a packprep document store, not a corpus" in result.stderr
+    assert run("pack", out / "work", tmp_path / "again", "-q", "--seq-len", "32").exit_code == 0  # a store is a source
+
+
+def test_whitespace_only_documents_are_dropped_and_counted_as_empty(tmp_path):
+    texts = ["", " ", "\n\t  \r\n", "\u3000\u00a0", "a real document", "  padded but real  "]
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+    result = run("pack", corpus, tmp_path / "out", "--seq-len", "16")
+    assert result.exit_code == 0, result.output
+    assert "dropped 4 empty or whitespace-only documents" in result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["store_counts"] == {"records": 6, "dropped_empty": 4, "skipped_records": 0}
+    assert manifest["counts"]["num_documents"] == 2
+
+
+def warnings_of(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+
+
+def test_what_is_silently_ignored_gets_one_warning_line_each_even_when_quiet(small_corpus, tmp_path):
+    for name in ("notes.csv", "sub/data.parquet.bak", "README"):
+        (small_corpus / name).write_text("not corpus")
+    result = run("pack", small_corpus, tmp_path / "out", "-q", "--id-field", "doc_id", "--labels", "--seq-len", "64")
+    assert result.exit_code == 0, result.output
+    assert warnings_of(result) == [
+        "warning: --labels adds a column to the arrow copy only; ignored with --format npy",
+        f"warning: {small_corpus}: 3 files of other types not read (e.g. {small_corpus / 'README'}); "
+        "corpus files are .jsonl, .jsonl.gz, .jsonl.zst, .json, .parquet, .txt, .md",
+        "warning: --id-field 'doc_id': no record has this field; ids are path:line instead",
+    ]
+    assert result.stderr.count("\n") == 3  # nothing else under --quiet
+    result = run("convert", tmp_path / "out", "--to", "megatron", "--labels", "-q")
+    assert result.exit_code == 0 and warnings_of(result) == [
+        "warning: --labels adds a column to the arrow copy only; ignored with --to megatron"
+    ]
+
+
+def test_no_warnings_for_what_is_as_asked(small_corpus, tmp_path):
+    """The default id field "id" falls back to path:line silently (documented); ids that exist, arrow labels: no warning."""
+    (small_corpus / "plain.txt").write_text("a text file has no id field")
+    result = run("pack", small_corpus, tmp_path / "out", "--seq-len", "64", "--format", "arrow", "--labels")
+    assert result.exit_code == 0, result.output
+    assert warnings_of(result) == []
+    result = run("tokenize", small_corpus / "plain.txt", tmp_path / "work")
+    assert result.exit_code == 0 and warnings_of(result) == []

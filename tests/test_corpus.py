@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -163,6 +164,54 @@ def test_nested_folder_order_is_sorted_relative_paths_and_skips_other_files(tmp_
     assert docs(root) == [(f"{rel}:1", rel) for rel in order]
 
 
+def test_unsupported_files_are_listed_for_the_warning(tmp_path):
+    root = tmp_path / "c"
+    write(root / "b.jsonl", GOOD)
+    for rel in ["z/notes.csv", "a.bin", ".hidden.csv"]:
+        write(root / rel, b"x")
+    listing = corpus.scan_corpus(root)
+    assert [p.relative_to(root).as_posix() for p in listing.unsupported] == ["a.bin", "z/notes.csv"]
+    assert listing.sources == [root / "b.jsonl"] and listing.packprep_folders == []
+
+
+def test_packprep_outputs_and_stores_inside_the_corpus_are_passed_over(tmp_path):
+    """`packprep pack corpus corpus/out`: OUT (finished or interrupted) and OUT/work are never corpus,
+    and do not change the corpus fingerprint, so a rerun reuses the store. A user's own manifest.json stays corpus."""
+    from packprep.pipeline import pack
+
+    root = tmp_path / "c"
+    write(root / "a.jsonl", b"".join(b'{"text": "document %d with some words"}\n' % i for i in range(20)))
+    write(root / "own" / "manifest.json", b'[{"text": "a user file that happens to be called manifest.json"}]')
+    sources, fingerprint = list_corpus_files(root), corpus_fingerprint(root)
+    pack(root, root / "out")
+    write(root / "interrupted" / "manifest.partial.json", b'{"key": "k", "shards": []}')
+    write(root / "being-written" / "tokens.bin.tmp", b"")
+    write(root / "being-written" / "dedup.json", b"{}")
+    listing = corpus.scan_corpus(root)
+    assert listing.sources == sources == [root / "a.jsonl", root / "own" / "manifest.json"]
+    assert listing.packprep_folders == [root / "being-written", root / "interrupted", root / "out"]
+    assert corpus_fingerprint(root) == fingerprint
+
+
+def test_a_packprep_output_or_store_given_as_the_corpus_says_what_to_pass(tmp_path):
+    from packprep.pipeline import pack
+
+    corpus_file = write(tmp_path / "c.jsonl", b'{"text": "some text to pack"}\n' * 3)
+    out = pack(corpus_file, tmp_path / "out")
+    with pytest.raises(PackprepError) as info:
+        list_corpus_files(out)
+    assert str(info.value) == (
+        f"{out}: is a packprep output, not a corpus: pass the corpus it was made from ({corpus_file}), "
+        f"or {(out / 'work').resolve()} to reuse its document store"
+    )
+    with pytest.raises(PackprepError, match=r"is a packprep document store, not a corpus: `packprep pack .*work OUT`"):
+        list_corpus_files(out / "work")
+    (out / "manifest.json").unlink()  # an interrupted run: only its journal says what it is
+    write(out / "manifest.partial.json", b'{"key": "k", "shards": []}')
+    with pytest.raises(PackprepError, match=r"is a packprep output, not a corpus: .* or .*out/work to reuse"):
+        list_corpus_files(out)
+
+
 def test_listing_errors(tmp_path):
     with pytest.raises(PackprepError, match="no such file or folder"):
         list_corpus_files(tmp_path / "missing")
@@ -202,6 +251,34 @@ def test_json_list_errors(tmp_path):
     raises_at(path, 2, r"invalid JSON \(unexpected character")
     write(path, b'[{"text": "a"},\n\n {"text": "\xff"}]')
     raises_at(path, 3, "not valid UTF-8", on_error="skip")  # the whole list is unreadable: not skippable
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("o.json", {"text": "one record"}, "a JSON object, not a list of records or JSON lines; if it is one record, write it on one line"),
+        ("o.jsonl", {"meta": 1, "rows": [{"text": "a"}, {"text": "b"}]}, "a JSON object, not a list of records or JSON lines; its field 'rows' holds 2 records"),
+        ("o.json", {"meta": {"x": 1}}, "a JSON object, not a list of records or JSON lines; write one record per line"),
+        ("l.jsonl", [{"text": "a"}, {"text": "b"}], "a JSON list spread over lines, not JSON lines; name it .json"),
+    ],
+)
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_pretty_printed_json_is_reported_as_what_it_is(tmp_path, name, value, message, on_error):
+    """Not "invalid JSON" at line 1, and not skippable: the file is not a set of bad records."""
+    path = write(tmp_path / name, json.dumps(value, indent=2).encode())
+    error = raises_at(path, None, re.escape(message), on_error=on_error)
+    assert str(error).startswith(f"{path}: {message}")
+
+
+def test_pretty_printed_json_values_one_after_another(tmp_path):
+    path = write(tmp_path / "m.jsonl", b"".join(json.dumps({"text": t}, indent=2).encode() + b"\n" for t in "ab"))
+    raises_at(path, None, r"pretty-printed JSON spread over lines, not JSON lines .* `jq -c \. ")
+    gz = write(tmp_path / "l.jsonl.gz", gzip.compress(json.dumps([{"text": "a"}], indent=1).encode()))
+    raises_at(gz, None, "a JSON list spread over lines, not JSON lines; decompress it and name it .json")
+    # A broken first record that is not pretty-printing is still a record error (line 1, skippable).
+    broken = write(tmp_path / "b.jsonl", b'{"text": "unterminated\n' + GOOD)
+    raises_at(broken, 1, r"invalid JSON \(unexpected end of data")
+    assert docs(broken, on_error="skip") == [("b.jsonl:2", "ok")]
 
 
 def test_txt_not_utf8(tmp_path):
@@ -250,6 +327,20 @@ def test_parquet_and_arrow_without_text_column(tmp_path):
 
 
 # --- skipping ---------------------------------------------------------------------------------
+
+
+def test_records_with_an_id_are_counted(tmp_path):
+    counters = ReadCounters()
+    docs(write(tmp_path / "c.jsonl", JSONL), counters=counters)
+    assert (counters.records, counters.with_id) == (4, 2)
+    counters = ReadCounters()
+    docs(write(tmp_path / "c.jsonl", JSONL), id_field="doc_id", counters=counters)
+    assert (counters.records, counters.with_id) == (4, 0)
+    parquet = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "id": [1, None, 3]}), parquet)
+    counters = ReadCounters()
+    docs(parquet, counters=counters)
+    assert (counters.records, counters.with_id) == (3, 2)
 
 
 def test_skip_counts_bad_records_and_keeps_first_messages(tmp_path):

@@ -96,7 +96,7 @@ def _tokenize(
     reporter: Reporter,
     range_bytes: int,
 ) -> DocStore:
-    from packprep.pipeline import no_documents_error, store_manifest, tokenize_key
+    from packprep.pipeline import no_documents_error, report_read, store_manifest, tokenize_key
     from packprep.tokenizers import load_tokenizer, smallest_token_dtype
 
     tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id)
@@ -127,10 +127,7 @@ def _tokenize(
     finally:
         shutil.rmtree(blocks, ignore_errors=True)
     first_errors = [e for s in summaries for e in s["first_errors"]]
-    if counts["skipped_records"]:
-        reporter.info(f"tokenize: skipped {counts['skipped_records']} bad records, e.g. {first_errors[0]}")
-    if counts["dropped_empty"]:
-        reporter.info(f"tokenize: dropped {counts['dropped_empty']} empty documents")
+    report_read(reporter, config, counts, with_id=sum(s["with_id"] for s in summaries), first_errors=first_errors)
     return store
 
 

@@ -154,7 +154,10 @@ def _tokenize_block(
     except PackprepError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         summary["error"] = {"message": exc.message, "path": exc.path, "line": exc.line}
-    summary.update(records=counters.records, skipped=counters.skipped, first_errors=counters.first_errors[:_MAX_FIRST_ERRORS])
+    summary.update(
+        records=counters.records, skipped=counters.skipped, with_id=counters.with_id,
+        first_errors=counters.first_errors[:_MAX_FIRST_ERRORS],
+    )
     return summary
 
 
@@ -167,9 +170,10 @@ def _read_jsonl_range(path: Path, rel: str, reader: Any, span: tuple[int, int, i
     """
     import orjson
 
-    from packprep.corpus import _json_problem, _lines
+    from packprep.corpus import _json_problem, _lines, refuse_spread_json
 
     start, end, first_line = span
+    first = start == 0  # the file's first record: where a pretty-printed file fails
     begin = start - 1 if start else 0
     shift = first_line - 1 - (start - begin)  # _lines numbers from 1 at byte `begin`
     for lineno, line in _lines(_file_chunks(path, begin, end), reader.counters):
@@ -179,8 +183,12 @@ def _read_jsonl_range(path: Path, rel: str, reader: Any, span: tuple[int, int, i
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
+            if first:
+                refuse_spread_json(path, ".jsonl", line, text_field=reader.text_field)
+            first = False
             reader.bad(_json_problem(line, exc), path, lineno)
             continue
+        first = False
         doc = reader.document(record, rel, lineno, path)
         if doc is not None:
             yield doc
