@@ -26,7 +26,7 @@ REASON_NAMES = {REASON_KEPT: "kept", REASON_EXACT: "exact", REASON_NEAR: "near",
 DEFAULT_SHINGLE, DEFAULT_NUM_PERM = 3, 128  # config.DedupConfig's defaults (docs/semantic.md says why)
 
 _EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)
-_SHINGLE_CHUNK = 1 << 16  # shingles signed per chunk: 512 KB arrays stay in cache across the 128 permutations (~1.4x faster than 16 MB)
+_SHINGLE_CHUNK = 1 << 16  # shingles signed per chunk: 512 KB arrays stay in cache over 128 permutations (~1.4x faster)
 _TEXT_CHUNK_TOKENS = 1 << 18  # tokens decoded per chunk: ~1M characters, ~40 MB of word-hashing temporaries
 _MAX_FULL_PAIRS_RUN = 64  # LSH buckets larger than this are linked as a star, not all pairs
 
