@@ -207,7 +207,7 @@ def pack_run(texts: list[str], kinds: list[str], formatting: list, edited: list,
     return score(keep, kinds, formatting, edited) | {"dropped": int((~keep).sum())}
 
 
-def false_positives(texts, kinds, origin_of, keep, dup_of, shingle: int, limit: int = 8) -> None:
+def false_positives(texts, kinds, origin_of, keep, dup_of, shingle: int, limit: int = 30) -> None:
     distinct = [i for i, k in enumerate(kinds) if k == "distinct" and not keep[i]]
     print(f"\n{len(distinct)} distinct documents dropped; by source: "
           + ", ".join(f"{s} {sum(origin_of[i] == s for i in distinct)}" for s in sorted(set(origin_of.values()))))
