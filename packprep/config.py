@@ -39,9 +39,12 @@ class TokenizeConfig:
 class DedupConfig:
     exact: bool = True
     near: bool = True
-    minhash_threshold: float = 0.8  # estimated Jaccard of token 5-gram shingles
+    # Estimated Jaccard of the documents' sets of word 3-grams of normalised text (stages.shingles).
+    # Chosen with benchmarks/bench_dedup.py (docs/semantic.md): removes >= 99 % of copies with one
+    # word in 60 edited, keeps >= 99.6 % of distinct documents, boilerplate-heavy ones included.
+    minhash_threshold: float = 0.8
     num_perm: int = 128
-    shingle: int = 5
+    shingle: int = 3  # words per shingle
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -132,9 +132,12 @@ def tokenize_key(corpus: Path, config: TokenizeConfig, tokenizer: Any) -> tuple[
     store, so each reuses a store another made.
     """
     from packprep.corpus import corpus_fingerprint
+    from packprep.stages.dedup import EXACT_HASH
 
     fingerprint = corpus_fingerprint(corpus)
-    return stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint()), fingerprint
+    # EXACT_HASH names how text_hash.npy was computed: a store hashed another way is re-tokenised, not reused.
+    key = stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint(), text_hash=EXACT_HASH)
+    return key, fingerprint
 
 
 def tokenize_into(

@@ -44,8 +44,11 @@ class Dedup:
 def dedup(
     store: DocStore, *, config: DedupConfig = DedupConfig(), engine: Engine = LOCAL, reporter: Reporter = SilentReporter()
 ) -> Dedup:
-    """Exact (normalised-text hash) and near (MinHash LSH) dedup of ``store``; cached in its folder."""
-    key = stage_key("dedup", config, store=store.manifest["key"])
+    """Exact (normalised-text hash) and near (MinHash LSH over the decoded, normalised text) dedup of
+    ``store``; cached in its folder."""
+    from packprep.stages.shingles import NORMALIZATION
+
+    key = stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
     cached = _cached(store.path / DEDUP_MANIFEST, key)
     if cached is not None:
         reporter.info("dedup: reusing the stored result")
@@ -72,9 +75,12 @@ def _dedup_here(store: DocStore, config: DedupConfig, reporter: Reporter) -> Any
 
     result = stage.exact_duplicates(store.text_hash) if config.exact else stage.DedupResult.all_kept(store.num_documents)
     if config.near:
+        from packprep.tokenizers import tokenizer_from_manifest
+
+        decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
         with reporter.track("minhash", total=store.num_documents, unit="docs") as advance:
-            signatures = stage.minhash_signatures(
-                store.tokens, store.offsets, num_perm=config.num_perm, shingle=config.shingle, seed=config.seed,
+            signatures = stage.document_signatures(
+                decode, store.tokens, store.offsets, num_perm=config.num_perm, shingle=config.shingle, seed=config.seed,
                 progress=advance,
             )
         near = stage.near_duplicates(signatures, threshold=config.minhash_threshold, seed=config.seed, keep=result.keep)

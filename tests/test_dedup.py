@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+import random
+from pathlib import Path
+
 import numpy as np
 
 from packprep.stages.dedup import (
@@ -10,21 +15,109 @@ from packprep.stages.dedup import (
     REASON_NEAR,
     REASON_SEMANTIC,
     combine,
+    document_signatures,
     exact_duplicates,
+    exact_normal_form,
     lsh_params,
     minhash_signatures,
     near_duplicates,
     normalized_text_hash,
     semantic_duplicates,
+    text_jaccard,
+    text_signatures,
 )
+from packprep.stages.shingles import normalize_text, shingle_hashes, word_hashes
+from tests.planted import formatting_copy, plant
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 
 
-def test_normalised_hash_ignores_unicode_form_and_whitespace():
+def test_normalised_hash_ignores_unicode_form_case_and_whitespace_but_not_punctuation():
     nfc = "Caf\u00e9  \n bar"
-    nfd = " Cafe\u0301 bar\t"
+    nfd = " CAFE\u0301 bar\t"
     assert normalized_text_hash(nfc) == normalized_text_hash(nfd)
+    assert normalized_text_hash("\uff26\uff55\uff4c\uff4c width") == normalized_text_hash("full WIDTH")  # NFKC
     assert normalized_text_hash("Cafe bar") != normalized_text_hash(nfc)
+    assert normalized_text_hash("x = a + b") != normalized_text_hash("x = a - b")
+    assert exact_normal_form(" Stra\u00dfe\u00a0 \uFB01ne.\n") == "strasse fine."
     assert 0 <= normalized_text_hash("x") < 2**64
+
+
+def test_normalize_text_keeps_words_and_drops_everything_between_them():
+    assert normalize_text("  Hello,  WORLD!\nIt's   \uFB01ne \u2014 caf\u00e9.") == "hello world it s fine caf\u00e9"
+    assert normalize_text("snake_case-and.dots (x2)\t\u00bd") == "snake case and dots x2 1 2"  # NFKC: ½ -> 1⁄2
+    assert normalize_text("\u6771\u4eac\u306f\u5927\u304d\u3044") == "\u6771 \u4eac \u306f \u5927 \u304d \u3044"  # one word per character
+    assert normalize_text("\u0645\u0631\u062d\u0628\u0627 \u0628\u0643\u0645") == "\u0645\u0631\u062d\u0628\u0627 \u0628\u0643\u0645"
+    assert normalize_text("\u0939\u093f\u0928\u094d\u0926\u0940") == "\u0939\u093f\u0928\u094d\u0926\u0940"  # combining marks stay inside the word
+    assert normalize_text("... \U0001F680 --") == ""
+    # what the planted copies change is exactly what normalisation removes
+    text = "The quick brown fox jumps over the lazy dog. It was not amused"
+    assert normalize_text(formatting_copy(text, random.Random(3))) == normalize_text(text)
+
+
+def test_word_hashes_are_fixed_values_independent_of_batch_and_position():
+    hashes, offsets = word_hashes(["a b a", "", "B,a"])
+    a, b = 17360999193197444373, 4824385676517010403  # pinned: the same in every process and release
+    assert hashes.tolist() == [a, b, a, b, a]
+    assert offsets.tolist() == [0, 3, 3, 5]
+    alone, _ = word_hashes(["a"])
+    assert alone.tolist() == [a]
+    many, _ = word_hashes(["x " * 1000 + "word", "word"])
+    assert many[-2] == many[-1] != many[0]
+    empty, offsets = word_hashes(["", " .. "])
+    assert empty.tolist() == [] and offsets.tolist() == [0, 0, 0]
+
+
+def test_shingle_hashes_of_hand_written_items():
+    items = np.array([7, 8, 9, 7, 8, 5, 6], dtype=np.uint64)
+    hashes, count = shingle_hashes(items, np.array([0, 5, 5, 7]), 2)
+    assert count.tolist() == [4, 0, 1]  # 5 items: 4 bigrams; empty: none; 2 items: one
+    assert hashes[0] == hashes[3] and len(set(hashes[:3].tolist())) == 3  # (7, 8) twice
+    short, count = shingle_hashes(items, np.array([0, 2, 7]), 3)
+    assert count.tolist() == [1, 3]
+    assert short[0] not in short[1:].tolist()  # (7, 8) as a whole short document is not a 3-gram
+    again, _ = shingle_hashes(items[3:], np.array([0, 2]), 3)  # the same (7, 8) document elsewhere
+    assert again.tolist() == short[:1].tolist()
+
+
+def test_text_jaccard_is_the_exact_shingle_set_jaccard():
+    assert text_jaccard("a b c d", "A  b, c\nd.", shingle=2) == 1.0
+    assert text_jaccard("a b c d", "a b c e", shingle=2) == 2 / 4  # {ab, bc, cd} vs {ab, bc, ce}
+    assert text_jaccard("a b c d", "x y", shingle=2) == 0.0
+    assert text_jaccard("", "...") == 1.0
+
+
+def test_minhash_estimates_are_unbiased_against_the_true_jaccard():
+    rng = np.random.default_rng(0)
+    vocabulary = [f"w{i}" for i in range(5000)]
+    lefts, rights = [], []
+    for _ in range(300):
+        words = list(rng.choice(vocabulary, size=int(rng.integers(40, 200))))
+        other = list(words)
+        for at in rng.choice(len(other), size=int(rng.integers(1, len(other) // 3)), replace=False):
+            other[at] = rng.choice(vocabulary)
+        lefts.append(" ".join(words))
+        rights.append(" ".join(other))
+    sig = text_signatures(lefts + rights, num_perm=128, shingle=3, seed=5)
+    estimate = (sig[:300] == sig[300:]).mean(axis=1)
+    truth = np.array([text_jaccard(a, b, shingle=3) for a, b in zip(lefts, rights)])
+    assert truth.min() < 0.3 and truth.max() > 0.8  # a spread of similarities
+    assert abs((estimate - truth).mean()) < 0.01  # unbiased
+    # and as precise as 128 independent permutations are: var = J(1-J)/128
+    z = (estimate - truth) / np.sqrt(np.maximum(truth * (1 - truth), 1e-3) / 128)
+    assert 0.7 < z.std() < 1.3
+
+
+def test_document_signatures_decode_the_store_and_equal_text_signatures():
+    from packprep.tokenizers import load_tokenizer
+
+    texts = ["One two three four five.", "", "Ünïcode  text 東京 with   spaces", "ONE TWO three four\nfive"]
+    tokenizer = load_tokenizer("cl100k")
+    flat, lengths = tokenizer.encode_batch(texts)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    signatures = document_signatures(tokenizer.decode, flat, offsets, num_perm=32, shingle=2)
+    assert signatures.tolist() == text_signatures(texts, num_perm=32, shingle=2).tolist()
+    assert (signatures[1] == 0xFFFFFFFF).all() and signatures[0].tolist() == signatures[3].tolist()
 
 
 def test_exact_duplicates_keep_the_first():
@@ -54,7 +147,7 @@ def planted_corpus(seed: int = 0):
 
 def test_minhash_finds_planted_near_duplicates_with_full_recall_and_precision():
     tokens, offsets, near_sources = planted_corpus()
-    signatures = minhash_signatures(tokens, offsets, num_perm=128, shingle=5, seed=0)
+    signatures = minhash_signatures(tokens, offsets, num_perm=128, shingle=5, seed=0)  # items: any ints
     assert signatures.shape == (250, 128) and signatures.dtype == np.uint32
     result = near_duplicates(signatures, threshold=0.5)
     flagged = set(np.flatnonzero(result.reason == REASON_NEAR).tolist())
@@ -127,11 +220,44 @@ def test_normalized_hash_collapses_every_unicode_space_like_the_regex():
     import sys
     import unicodedata
 
-    from packprep.stages.dedup import normalized_text_hash
-
     spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
     assert spaces == "".join(re.findall(r"\s", "".join(chr(c) for c in range(sys.maxunicode + 1))))
-    text = f"{spaces}a{spaces}b c\u00a0d\u3000e\n\n{spaces}"
-    reference = re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
+    text = f"{spaces}a{spaces}B c\u00a0d\u3000e\n\n{spaces}"
+    reference = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
     expected = int.from_bytes(hashlib.blake2b(reference.encode(), digest_size=8).digest(), "little")
     assert normalized_text_hash(text) == expected
+
+
+def test_a_store_hashed_the_old_way_is_re_tokenised(tmp_path, monkeypatch):
+    from packprep.pipeline import tokenize
+    from packprep.stages import dedup
+    from tests.conftest import make_documents, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", make_documents(5))
+    first = tokenize(corpus, tmp_path / "work").manifest["key"]
+    monkeypatch.setattr(dedup, "EXACT_HASH", "an older normalisation")
+    assert tokenize(corpus, tmp_path / "work").manifest["key"] != first
+
+
+def _example_texts() -> list[str]:
+    return [json.loads(line)["text"] for path in sorted(EXAMPLES.glob("*.jsonl.gz")) for line in gzip.open(path, "rt")]
+
+
+def test_pack_eos_dedup_removes_planted_formatting_and_edited_copies_and_keeps_distinct_documents(tmp_path):
+    """The targets of issue 12 on 400 distinct examples/corpus documents (which share no near-duplicates)
+    plus 50 formatting-only and 50 lightly edited copies (tests/planted.py), through the real pack."""
+    from packprep.config import PackConfig
+    from packprep.pipeline import pack
+    from tests.conftest import write_jsonl
+
+    texts = _example_texts()
+    distinct = [texts[i] for i in sorted(random.Random(0).sample(range(len(texts)), 400))]
+    docs, kinds, formatting, edited = plant(distinct, formatting=50, edited=50, seed=0)
+    corpus = write_jsonl(tmp_path / "planted.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(docs)])
+    pack(corpus, tmp_path / "out", config=PackConfig(strategy="eos", seq_len=512, dedup=True))
+    keep = np.load(tmp_path / "out" / "work" / "dedup.keep.npy")
+    assert len(keep) == len(docs)
+    assert sum(keep[a] != keep[b] for a, b in formatting) == 50  # one of each pair kept, the other dropped
+    assert sum(keep[a] != keep[b] for a, b in edited) >= 48  # >= 95 %
+    distinct_kept = [keep[i] for i, kind in enumerate(kinds) if kind == "distinct"]
+    assert len(distinct_kept) == 300 and sum(distinct_kept) >= 299  # >= 99.5 %

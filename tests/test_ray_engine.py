@@ -214,8 +214,11 @@ def test_dedup_on_ray_equals_the_local_result(duplicated_store):
 
 
 def test_minhash_signatures_on_ray_equal_the_local_ones(duplicated_store):
+    from packprep.tokenizers import tokenizer_from_manifest
+
     store = duplicated_store
-    local = dedup_stage.minhash_signatures(store.tokens, store.offsets, num_perm=64, shingle=3, seed=9)
+    decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
+    local = dedup_stage.document_signatures(decode, store.tokens, store.offsets, num_perm=64, shingle=3, seed=9)
     on_ray = ray_engine.minhash_signatures_on_ray(store.path, num_perm=64, shingle=3, seed=9, num_tasks=5)
     assert on_ray.dtype == np.uint32 and np.array_equal(on_ray, local)
 

@@ -2,7 +2,8 @@
 (``ray_engine.dedup_on_ray`` and ``ray_engine.minhash_signatures_on_ray`` drive them).
 
 MinHash signatures are computed in tasks over document ranges (each opens the memmapped
-store itself); the same tasks hash the LSH bands and hash-partition the (band, key, doc)
+store itself and decodes its documents with the store's tokenizer, as the local engine
+does: ``stages.dedup.document_signatures``); the same tasks hash the LSH bands and hash-partition the (band, key, doc)
 rows to reducer tasks (a shuffle), which emit candidate pairs; the driver verifies them
 and takes connected components exactly as the local stage does.
 """
@@ -55,12 +56,16 @@ def _sign_range(store_path: str, first: int, end: int, params: dict[str, Any], k
 
     The band keys are ``stages.dedup._band_candidates``' (the same weights, sums and finaliser).
     """
-    from packprep.stages.dedup import _EMPTY_SIGNATURE, _splitmix64, lsh_params, minhash_signatures
+    from packprep.stages.dedup import _EMPTY_SIGNATURE, document_signatures, lsh_params
+    from packprep.stages.shingles import splitmix64
+    from packprep.tokenizers import tokenizer_from_manifest
 
     store = DocStore.open(store_path)  # memory-mapped here: tokens never travel through Ray
+    decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
     # Offsets need not start at 0: documents are read at their absolute positions.
-    signatures = minhash_signatures(
-        store.tokens, store.offsets[first : end + 1], num_perm=params["num_perm"], shingle=params["shingle"], seed=params["seed"]
+    signatures = document_signatures(
+        decode, store.tokens, store.offsets[first : end + 1], num_perm=params["num_perm"], shingle=params["shingle"],
+        seed=params["seed"],
     )
     if not partitions:
         return signatures
@@ -72,7 +77,7 @@ def _sign_range(store_path: str, first: int, end: int, params: dict[str, Any], k
     tables = []
     for band in range(bands):
         block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        keys = _splitmix64((block * weights).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+        keys = splitmix64((block * weights).sum(axis=1, dtype=np.uint64) + np.uint64(band))
         tables.append(np.stack([np.full(len(docs), band, np.uint64), keys, docs], axis=1))
     table = np.concatenate(tables) if tables else np.zeros((0, 3), np.uint64)
     part = table[:, 1] % np.uint64(partitions)

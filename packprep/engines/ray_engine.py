@@ -166,12 +166,12 @@ def minhash_signatures_on_ray(
     store_path: str | Path,
     *,
     num_perm: int = 128,
-    shingle: int = 5,
+    shingle: int = 3,
     seed: int = 0,
     num_tasks: int = 4,
     address: str | None = None,
 ) -> np.ndarray:
-    """uint32 [N, num_perm]: ``stages.dedup.minhash_signatures`` of the store at ``store_path``, in Ray tasks."""
+    """uint32 [N, num_perm]: ``stages.dedup.document_signatures`` of the store at ``store_path``, in Ray tasks."""
     ray = connect(address)
     store = DocStore.open(store_path)
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(_sign_range)
