@@ -295,3 +295,12 @@ def test_static_fit_is_not_redone_after_an_interrupt(static_stub, work, tmp_path
     clean_store = tokenize(DocStore.open(work).manifest["source"]["path"], tmp_path / "clean")
     clean = np.asarray(semantic.embed(clean_store, config=EmbedConfig(model="static")))
     assert minilm_calls == [24] and resumed.tobytes() == clean.tobytes()
+
+
+def test_progress_shows_this_runs_rate_and_the_time_left():
+    from packprep.progress import _rate_text
+
+    # 100 documents reused from an interrupted run, 50 embedded in 10 s, 400 in all: 250 left at 5/s.
+    assert _rate_text({"items": 50, "tokens": 0, "resumed": 100}, 10.0, 400, "docs") == "5 docs/s  0:00:50 left"
+    assert _rate_text({"items": 7200, "tokens": 0, "resumed": 0}, 3600.0, 14400, "docs") == "2 docs/s  1:00:00 left"
+    assert _rate_text({"items": 10, "tokens": 2_000_000, "resumed": 0}, 2.0, None, "docs") == "5 docs/s  1.00M tok/s"
