@@ -31,16 +31,15 @@ from typing import Any
 import numpy as np
 
 from packprep._files import load_json, save_json, save_npy, sha256_file
-
-DEFAULT_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")  # stages.embed's aliases
-STATIC = "static"
+from packprep.stages.embed import DEFAULT_ALIASES
+from packprep.stages.static_embed import STATIC_MODEL
 
 
 def embedder_tag(model: str) -> str:
     """The part of the file names that says which embedder made them ("" for the default MiniLM)."""
-    if model in DEFAULT_MODELS:
+    if model in DEFAULT_ALIASES:
         return ""
-    if model == STATIC:
+    if model == STATIC_MODEL:
         return ".static"
     folder = str(Path(model).expanduser().resolve())
     return ".model-" + hashlib.sha256(folder.encode()).hexdigest()[:12]

@@ -24,14 +24,13 @@ import numpy as np
 
 from packprep._files import load_json, save_json, save_npy
 from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
-from packprep.embed_files import DEFAULT_MODELS, STATIC, ChunkJournal, EmbedFiles, finished_manifests
+from packprep.embed_files import ChunkJournal, EmbedFiles, finished_manifests
 from packprep.engines import LOCAL, Engine
 from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
 
 DEDUP_MANIFEST = "dedup.json"
-DEFAULT_EMBED_MODEL = DEFAULT_MODELS[0]
 _DEDUP_ARRAYS = ("keep", "reason", "dup_of")
 
 
@@ -124,7 +123,8 @@ def embed(
     journal.publish()
     save_json(
         files.manifest,
-        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint},
+        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint,
+         "chunk": journal.chunk},
     )
     journal.remove()
     return np.load(files.vectors, mmap_mode="r")
@@ -198,7 +198,7 @@ def _fit_static(
     return replace(static, dim=model.vectors.shape[1], fingerprint=fitted_fingerprint(static.fingerprint), model=model)
 
 
-def load_embeddings(store_path: Path, model: str = DEFAULT_EMBED_MODEL) -> np.ndarray | None:
+def load_embeddings(store_path: Path, model: str = "all-MiniLM-L6-v2") -> np.ndarray | None:
     """The embeddings ``model`` made of the document store at ``store_path``, or None when it has none."""
     files = EmbedFiles.of(Path(store_path), model)
     return np.load(files.vectors, mmap_mode="r") if files.manifest.is_file() and files.vectors.is_file() else None
@@ -242,9 +242,12 @@ def _made_from(manifest: dict[str, Any], store: DocStore) -> bool:
 
 
 def _embedder_label(model: str) -> str:
-    if model in DEFAULT_MODELS:
+    from packprep.stages.embed import DEFAULT_ALIASES
+    from packprep.stages.static_embed import STATIC_MODEL
+
+    if model in DEFAULT_ALIASES:
         return "--embedder minilm"
-    return "--embedder static" if model == STATIC else f"--model {model}"
+    return "--embedder static" if model == STATIC_MODEL else f"--model {model}"
 
 
 def _cached(manifest_path: Path, key: str) -> dict[str, Any] | None:
