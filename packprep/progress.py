@@ -72,10 +72,10 @@ class RichReporter:
                 line += f" ({counted['resumed']:,} more reused from an interrupted run)"
             if counted["tokens"]:
                 line += f", {counted['tokens']:,} tokens ({counted['tokens'] / elapsed / 1e6:.2f}M tok/s)"
-            self.console.print(line)
+            self.console.print(line, soft_wrap=True)  # a log line stays one line, whatever the width
 
     def info(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(message, soft_wrap=True)
 
 
 def _elapsed(bar: object) -> float:
