@@ -124,7 +124,7 @@ def embed(
     save_json(
         files.manifest,
         {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint,
-         "chunk": journal.chunk},
+         "chunk": journal.chunk, "store_key": store.manifest["key"]},
     )
     journal.remove()
     return np.load(files.vectors, mmap_mode="r")
@@ -233,7 +233,9 @@ def held_embed_config(store: DocStore, choice: HeldEmbedder = HeldEmbedder()) ->
 
 
 def _made_from(manifest: dict[str, Any], store: DocStore) -> bool:
-    """Whether finished embeddings were made from this very store (their key says so)."""
+    """Whether finished embeddings were made from this very store (older manifests: their key says so)."""
+    if "store_key" in manifest:
+        return manifest["store_key"] == store.manifest["key"]
     try:
         config = EmbedConfig(**manifest["config"])
     except (KeyError, TypeError):
