@@ -89,15 +89,21 @@ def _engine(engine: o.EngineName, ray_address: Optional[str]):
     return Engine(engine.value, ray_address)
 
 
-def _embed_config(embedder: o.Embedder, model: str, embed_tokens: int):
+def _embed_config(embedder: Optional[o.Embedder], model: Optional[str], embed_tokens: Optional[int]):
+    """The embed config the options ask for; with neither --embedder nor --model, a
+    ``HeldEmbedder`` (pack uses a document store's own embeddings, else MiniLM)."""
     from packprep.config import EmbedConfig
+    from packprep.semantic import HeldEmbedder
     from packprep.stages.embed import DEFAULT_MODEL
 
+    tokens = {} if embed_tokens is None else {"embed_tokens": embed_tokens}
     if embedder is o.Embedder.static:
-        if model != DEFAULT_MODEL:
+        if model not in (None, DEFAULT_MODEL):
             raise PackprepError("--embedder static is distilled from the bundled all-MiniLM-L6-v2; it takes no --model")
-        return EmbedConfig(model="static", embed_tokens=embed_tokens)
-    return EmbedConfig(model=model, embed_tokens=embed_tokens)
+        return EmbedConfig(model="static", **tokens)
+    if embedder is None and model is None:
+        return HeldEmbedder(**tokens)
+    return EmbedConfig(model=model or DEFAULT_MODEL, **tokens)
 
 
 def _rows_of(out: Path) -> Optional[int]:
@@ -181,23 +187,26 @@ def dedup(
 @handle_errors
 def embed(
     work: o.WorkArg,
-    model: o.ModelOpt = "all-MiniLM-L6-v2",
+    model: o.ModelOpt = None,
     embedder: o.EmbedderOpt = o.Embedder.minilm,
-    embed_tokens: o.EmbedTokens = 256,
+    embed_tokens: o.EmbedTokens = None,
     workers: o.Workers = None,
     engine: o.EngineOpt = o.EngineName.local,
     ray_address: o.RayAddress = None,
     quiet: o.Quiet = False,
 ) -> None:
-    """Embed every document of a store (first --embed-tokens tokens) into WORK/embeddings.npy."""
+    """Embed every document of a store (first --embed-tokens tokens) into WORK/embeddings.npy
+    (MiniLM; another embedder's go beside it, e.g. WORK/embeddings.static.npy). A killed run resumes."""
     _use_workers(workers)
+    from packprep.embed_files import EmbedFiles
     from packprep.semantic import embed as run
     from packprep.store import DocStore
 
-    config = _embed_config(embedder, model, embed_tokens)
+    config = _embed_config(embedder, model, embed_tokens)  # --embedder defaults to minilm here: an EmbedConfig
     embeddings = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
-        print(f"embeddings {embeddings.shape[0]:,} x {embeddings.shape[1]} -> {work}/embeddings.npy", file=sys.stderr)
+        where = EmbedFiles.of(work, config.model).vectors
+        print(f"embeddings {embeddings.shape[0]:,} x {embeddings.shape[1]} -> {where}", file=sys.stderr)
 
 
 @app.command()
@@ -219,9 +228,9 @@ def pack(
     dedup: o.DedupOpt = None,
     minhash_threshold: o.MinhashThreshold = 0.8,
     semantic_threshold: o.SemanticThreshold = None,
-    model: o.ModelOpt = "all-MiniLM-L6-v2",
-    embedder: o.EmbedderOpt = o.Embedder.minilm,
-    embed_tokens: o.EmbedTokens = 256,
+    model: o.ModelOpt = None,
+    embedder: o.EmbedderOpt = None,
+    embed_tokens: o.EmbedTokens = None,
     clusters: o.Clusters = None,
     knn: o.Knn = 10,
     format: o.FormatOpt = o.Format.npy,

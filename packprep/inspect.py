@@ -79,7 +79,8 @@ def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) 
     from packprep.stages.order import adjacent_cosine
 
     store_path = ds.manifest.get("source", {}).get("store")
-    embeddings = load_embeddings(Path(store_path)) if store_path else None
+    embedder = (ds.manifest.get("embed_config") or {}).get("model")  # the embeddings this output was ordered by
+    embeddings = load_embeddings(Path(store_path), *([embedder] if embedder else [])) if store_path else None
     if embeddings is None or len(packed_docs) < 2:
         return {}
     same_row = np.ones(len(seg_doc), dtype=bool)

@@ -41,6 +41,7 @@ from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
 from packprep.selection import select_documents
+from packprep.semantic import HeldEmbedder, held_embed_config
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
 from packprep.store import DocStore, DocStoreWriter, is_store
 
@@ -195,7 +196,7 @@ def pack(
     config: PackConfig = PackConfig(),
     tokenize_config: TokenizeConfig = TokenizeConfig(),
     dedup_config: DedupConfig = DedupConfig(),
-    embed_config: EmbedConfig = EmbedConfig(),
+    embed_config: EmbedConfig | HeldEmbedder = HeldEmbedder(),
     format: str = "npy",
     labels: bool = False,
     overwrite: bool = False,
@@ -210,6 +211,9 @@ def pack(
     verify read them); ``format`` ``arrow`` or ``megatron`` adds a conversion in
     ``out/<format>`` (``labels``: an arrow labels column). ``workers``: tokenizer
     workers; ``engine``: where tokenize, dedup and embed run. The shards depend on neither.
+    ``embed_config``: by default (``HeldEmbedder``) a document store's own embeddings, so a
+    pack never re-embeds a store with an embedder other than the one it was embedded with;
+    a raw corpus gets the default MiniLM.
     """
     from packprep.convert import FORMATS, convert
 
@@ -234,13 +238,14 @@ def _pack(
     config: PackConfig,
     tokenize_config: TokenizeConfig,
     dedup_config: DedupConfig,
-    embed_config: EmbedConfig,
+    embed_config: EmbedConfig | HeldEmbedder,
     overwrite: bool,
     workers: int | None,
     engine: Engine,
     reporter: Reporter,
 ) -> Path:
-    if is_store(source):
+    from_store = is_store(source)
+    if from_store:
         store = DocStore.open(source)
     else:
         list_corpus_files(source)  # a missing or unreadable corpus fails before OUT is touched
@@ -250,6 +255,11 @@ def _pack(
             reporter=reporter,
         )
 
+    if isinstance(embed_config, HeldEmbedder):
+        if from_store and config.semantic:
+            embed_config = held_embed_config(store, embed_config)
+        else:
+            embed_config = EmbedConfig(**({} if embed_config.embed_tokens is None else {"embed_tokens": embed_config.embed_tokens}))
     inputs = {"store": store.manifest["key"]}
     if config.run_dedup:
         inputs["dedup"] = as_dict(dedup_config)

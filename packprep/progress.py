@@ -20,7 +20,8 @@ Advance = Callable[..., None]
 
 class Reporter(Protocol):
     def track(self, description: str, *, total: int | None = None, unit: str = "docs") -> contextlib.AbstractContextManager[Advance]:
-        """A context manager yielding ``advance(n, **extra)``; ``extra`` may carry ``tokens=``."""
+        """A context manager yielding ``advance(n, **extra)``; ``extra`` may carry ``tokens=``, or
+        ``resumed=True`` for items an interrupted run finished (counted as done, not in the rate)."""
 
     def info(self, message: str) -> None: ...
 
@@ -40,7 +41,11 @@ class SilentReporter:
 
 
 class RichReporter:
-    """Rich progress bars on stderr with items/s and, where given, tokens/s."""
+    """Rich progress bars on stderr with items/s, where given tokens/s, and the time remaining.
+
+    Rates and the time remaining are over the work this run did: items a resumed run
+    reused would otherwise make it look many times faster than it is.
+    """
 
     def __init__(self) -> None:
         from rich.console import Console
@@ -61,28 +66,26 @@ class RichReporter:
         ]
         with Progress(*columns, console=self.console, transient=False, disable=not self.console.is_terminal) as bar:
             task = bar.add_task(description, total=total, rate="")
-            counted = {"items": 0, "tokens": 0}
+            counted = {"items": 0, "tokens": 0, "resumed": 0}
 
             def advance(n: int = 1, **extra: int) -> None:
-                counted["items"] += n
+                counted["resumed" if extra.get("resumed") else "items"] += n
                 counted["tokens"] += extra.get("tokens", 0)
-                elapsed = bar.tasks[0].elapsed or 1e-9
-                rate = f"{counted['items'] / elapsed:,.0f} {unit}/s"
-                if counted["tokens"]:
-                    rate += f"  {counted['tokens'] / elapsed / 1e6:,.2f}M tok/s"
-                bar.update(task, advance=n, rate=rate)
+                bar.update(task, advance=n, rate=_rate_text(counted, bar.tasks[0].elapsed, total, unit))
 
             yield advance
         if not self.console.is_terminal:
             # Bars are hidden when stderr is not a terminal (logs, CI): print one summary line instead.
             elapsed = max(1e-9, _elapsed(bar))
             line = f"{description}: {counted['items']:,} {unit} in {elapsed:.1f}s"
+            if counted["resumed"]:
+                line += f" ({counted['resumed']:,} more reused from an interrupted run)"
             if counted["tokens"]:
                 line += f", {counted['tokens']:,} tokens ({counted['tokens'] / elapsed / 1e6:.2f}M tok/s)"
-            self.console.print(line)
+            self.console.print(line, soft_wrap=True)  # a log line stays one line, whatever the width
 
     def info(self, message: str) -> None:
-        self.console.print(message)
+        self.console.print(message, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         # Through the console, so a live bar is redrawn below it; unwrapped and without markup,
@@ -93,3 +96,17 @@ class RichReporter:
 def _elapsed(bar: object) -> float:
     tasks = getattr(bar, "tasks", [])
     return float(tasks[0].finished_time or tasks[0].elapsed or 0.0) if tasks else 0.0
+
+
+def _rate_text(counted: dict[str, int], elapsed: float | None, total: int | None, unit: str) -> str:
+    """``"123 docs/s  4.5M tok/s  0:01:10 left"``: this run's rates, and the time left at that rate."""
+    if not elapsed or not counted["items"]:
+        return ""
+    per_second = counted["items"] / elapsed
+    text = f"{per_second:,.0f} {unit}/s"
+    if counted["tokens"]:
+        text += f"  {counted['tokens'] / elapsed / 1e6:,.2f}M tok/s"
+    if total is not None:
+        left = max(0, total - counted["items"] - counted["resumed"]) / per_second
+        text += f"  {int(left) // 3600}:{int(left) % 3600 // 60:02d}:{int(left) % 60:02d} left"
+    return text

@@ -7,8 +7,10 @@ means the stage is reused):
     dedup.keep.npy        bool [N]   True for documents kept by exact + near dedup
     dedup.reason.npy      uint8 [N]  0 kept, 1 exact, 2 near (stages.dedup.REASON_*)
     dedup.dup_of.npy      int64 [N]  the kept document a dropped one duplicates, -1 if kept
-    embeddings.npy        float16|float32 [N, D], L2-normalised, every document of the store
-    embed.json            manifest: model, dim, embed_tokens, key
+    embeddings.npy        float16|float32 [N, D], L2-normalised, every document of the store (all-MiniLM-L6-v2)
+    embed.json            manifest: config (model, embed_tokens, ...), dim, fingerprint, key
+    embeddings.static.npy, embed.static.json    the same for --embedder static; every embedder
+                          has its own pair, and a journal while it runs (packprep.embed_files)
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import numpy as np
 
 from packprep._files import load_json, save_json, save_npy
 from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
+from packprep.embed_files import ChunkJournal, EmbedFiles, finished_manifests
 from packprep.engines import LOCAL, Engine
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
 
 DEDUP_MANIFEST = "dedup.json"
-EMBED_MANIFEST = "embed.json"
 _DEDUP_ARRAYS = ("keep", "reason", "dup_of")
 
 
@@ -93,50 +95,76 @@ def embed(
 ) -> np.ndarray:
     """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap.
 
+    Each embedder has its own files (``embed_files``), so switching embedders keeps the
+    other's vectors. Finished chunks are journaled as they are written: a killed run's
+    rerun embeds only the rest and writes the same bytes.
+
     ``config.model == "static"``: the static model is fitted to this store first (MiniLM
     embeds a seeded sample of its documents; ``stages.static_embed.fit_static_model``)
     and embeds every document in this process, whatever the engine: it runs at
     thousands of documents per second and the fitted model exists only here.
     """
-    from packprep.stages.embed import embed_documents, load_embedder
+    from packprep.stages import embed as stage
     from packprep.stages.static_embed import STATIC_MODEL, fitted_fingerprint
     from packprep.tokenizers import tokenizer_from_manifest
 
     static = config.model == STATIC_MODEL
     if static:
         _report_distilling(reporter)
-    embedder = load_embedder(config.model)
+    embedder = stage.load_embedder(config.model)
     fingerprint = fitted_fingerprint(embedder.fingerprint) if static else embedder.fingerprint
     key = stage_key("embed", config, store=store.manifest["key"], model=fingerprint)
-    path = store.path / "embeddings.npy"
-    if _cached(store.path / EMBED_MANIFEST, key) is not None:
+    files = EmbedFiles.of(store.path, config.model)
+    if _cached(files.manifest, key) is not None:
         reporter.info("embed: reusing the stored embeddings")
-        return np.load(path, mmap_mode="r")
-    (store.path / EMBED_MANIFEST).unlink(missing_ok=True)
+        return np.load(files.vectors, mmap_mode="r")
+    files.manifest.unlink(missing_ok=True)
 
+    journal = ChunkJournal.resume(files, key=key, chunk=stage.EMBED_CHUNK)
     decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
     if static and store.num_documents:
-        embedder = _fit_static(store, embedder, decode, config, reporter)
-    tmp = path.with_name(path.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(config.dtype), shape=(store.num_documents, embedder.dim))
-    with reporter.track(f"embed ({embedder.name})", total=store.num_documents, unit="docs") as advance:
-        if engine.ray and not static:
+        embedder = _fit_static(store, embedder, decode, config, reporter, journal=journal)
+    _embed_chunks(store, embedder, decode, config, engine, reporter, journal=journal, on_ray=engine.ray and not static)
+    journal.publish()
+    save_json(
+        files.manifest,
+        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint,
+         "chunk": journal.chunk, "store_key": store.manifest["key"]},
+    )
+    journal.remove()
+    return np.load(files.vectors, mmap_mode="r")
+
+
+def _embed_chunks(
+    store: DocStore, embedder: Any, decode: Any, config: EmbedConfig, engine: Engine, reporter: Reporter,
+    *, journal: ChunkJournal, on_ray: bool,
+) -> None:
+    """Embed the chunks ``journal`` does not hold yet into its partial vectors, journaling each."""
+    from packprep.stages.embed import embed_documents
+
+    n = store.num_documents
+    out = journal.open_vectors((n, embedder.dim), np.dtype(config.dtype))
+    todo = journal.todo(n)
+    reused = n - sum(min(journal.chunk, n - start) for start in todo)
+    if reused:
+        reporter.info(f"embed: resuming; {reused:,} documents embedded by an interrupted run are reused")
+    with reporter.track(f"embed ({embedder.name})", total=n, unit="docs") as advance:
+        advance(reused, resumed=True)
+        if on_ray:
             from packprep.engines.ray_engine import embed_on_ray
 
-            embed_on_ray(store, config=config, out=out, address=engine.address, progress=advance)
-        else:
-            embed_documents(
-                embedder, decode, store.tokens, store.offsets, np.arange(store.num_documents),
-                out=out, max_tokens=config.embed_tokens, batch_size=config.batch_size, progress=advance,
+            embed_on_ray(
+                store, config=config, out=out, starts=todo, chunk=journal.chunk, address=engine.address,
+                progress=advance, on_chunk=journal.finish,
             )
-    out.flush()
-    del out
-    tmp.replace(path)
-    save_json(
-        store.path / EMBED_MANIFEST,
-        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint},
-    )
-    return np.load(path, mmap_mode="r")
+            return
+        for start in todo:
+            end = min(start + journal.chunk, n)
+            embed_documents(
+                embedder, decode, store.tokens, store.offsets, np.arange(start, end), out=out[start:end],
+                max_tokens=config.embed_tokens, batch_size=config.batch_size, chunk=journal.chunk, progress=advance,
+            )
+            journal.finish(start)
 
 
 def _report_distilling(reporter: Reporter) -> None:
@@ -147,8 +175,14 @@ def _report_distilling(reporter: Reporter) -> None:
         reporter.info("embed: distilling the static model from MiniLM (first use only, about a minute)")
 
 
-def _fit_static(store: DocStore, static: Any, decode: Any, config: EmbedConfig, reporter: Reporter) -> Any:
-    """``static`` (a stages.embed.Embedder) with its model fitted to MiniLM's vectors of a sample of ``store``."""
+def _fit_static(
+    store: DocStore, static: Any, decode: Any, config: EmbedConfig, reporter: Reporter, *, journal: ChunkJournal
+) -> Any:
+    """``static`` (a stages.embed.Embedder) with its model fitted to MiniLM's vectors of a sample of ``store``.
+
+    Those vectors are the costly part (MiniLM on up to 2,000 documents), so ``journal``
+    keeps them for a rerun after a kill; the fit itself is exact and takes seconds.
+    """
     from dataclasses import replace
 
     from packprep.stages.embed import embed_texts, first_tokens_text, load_embedder
@@ -157,17 +191,70 @@ def _fit_static(store: DocStore, static: Any, decode: Any, config: EmbedConfig, 
     sample = fit_sample(store.num_documents, size=FIT["sample"], seed=FIT["seed"])
     reporter.info(f"embed: fitting static vectors on {len(sample):,} sampled documents embedded with MiniLM")
     texts = list(first_tokens_text(decode, store.tokens, store.offsets, sample, max_tokens=config.embed_tokens))
-    teacher = load_embedder()
-    with reporter.track("embed (MiniLM sample)", total=len(sample), unit="docs") as advance:
-        targets = embed_texts(teacher, texts, batch_size=config.batch_size, dtype=np.float32, progress=advance)
+    targets = journal.fit_targets()
+    if targets is None:
+        teacher = load_embedder()
+        with reporter.track("embed (MiniLM sample)", total=len(sample), unit="docs") as advance:
+            targets = embed_texts(teacher, texts, batch_size=config.batch_size, dtype=np.float32, progress=advance)
+        journal.save_fit_targets(targets)
+    else:
+        reporter.info("embed: the fit sample's MiniLM vectors of an interrupted run are reused")
     model = fit_static_model(static.model, texts, targets, map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
     return replace(static, dim=model.vectors.shape[1], fingerprint=fitted_fingerprint(static.fingerprint), model=model)
 
 
-def load_embeddings(store_path: Path) -> np.ndarray | None:
-    """The embeddings stored beside a document store, or None when it has none."""
-    path = Path(store_path) / "embeddings.npy"
-    return np.load(path, mmap_mode="r") if (Path(store_path) / EMBED_MANIFEST).is_file() and path.is_file() else None
+def load_embeddings(store_path: Path, model: str = "all-MiniLM-L6-v2") -> np.ndarray | None:
+    """The embeddings ``model`` made of the document store at ``store_path``, or None when it has none."""
+    files = EmbedFiles.of(Path(store_path), model)
+    return np.load(files.vectors, mmap_mode="r") if files.manifest.is_file() and files.vectors.is_file() else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeldEmbedder:
+    """No embedder named: the one whose embeddings the store holds (MiniLM when it holds none).
+
+    ``embed_tokens``: None keeps what those embeddings were made with.
+    """
+
+    embed_tokens: int | None = None
+
+
+def held_embed_config(store: DocStore, choice: HeldEmbedder = HeldEmbedder()) -> EmbedConfig:
+    """The embed config of the embeddings ``store`` holds, for a run that named no embedder.
+
+    Raises :class:`PackprepError` when it holds the embeddings of several embedders:
+    which one to use is the user's choice, and guessing would silently change the output.
+    """
+    from dataclasses import replace
+
+    held = [m for m in finished_manifests(store.path) if _made_from(m, store)]
+    if not held:
+        return EmbedConfig() if choice.embed_tokens is None else EmbedConfig(embed_tokens=choice.embed_tokens)
+    if len(held) > 1:
+        names = ", ".join(_embedder_label(m["config"]["model"]) for m in held)
+        raise PackprepError(f"holds the embeddings of several embedders ({names}); choose one with --embedder", path=store.path)
+    config = EmbedConfig(**held[0]["config"])
+    return config if choice.embed_tokens is None else replace(config, embed_tokens=choice.embed_tokens)
+
+
+def _made_from(manifest: dict[str, Any], store: DocStore) -> bool:
+    """Whether finished embeddings were made from this very store (older manifests: their key says so)."""
+    if "store_key" in manifest:
+        return manifest["store_key"] == store.manifest["key"]
+    try:
+        config = EmbedConfig(**manifest["config"])
+    except (KeyError, TypeError):
+        return False
+    return manifest.get("key") == stage_key("embed", config, store=store.manifest["key"], model=manifest.get("fingerprint"))
+
+
+def _embedder_label(model: str) -> str:
+    from packprep.stages.embed import DEFAULT_ALIASES
+    from packprep.stages.static_embed import STATIC_MODEL
+
+    if model in DEFAULT_ALIASES:
+        return "--embedder minilm"
+    return "--embedder static" if model == STATIC_MODEL else f"--model {model}"
 
 
 def _cached(manifest_path: Path, key: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 
@@ -164,3 +165,142 @@ def test_fingerprint_sees_config_changes_and_skips_hidden_files(tmp_path):
     assert embed._fingerprint(tmp_path) == before
     (tmp_path / "config.json").write_text('{"hidden_size": 768}')
     assert embed._fingerprint(tmp_path) != before
+
+
+# ---------------------------------------------------------------------------- which embeddings a pack uses
+
+
+@pytest.fixture
+def static_stub(tmp_path, monkeypatch) -> None:
+    """--embedder static distilled over the tokens of conftest's sentences only (the full
+    distillation takes ~40 s), cached in tmp_path."""
+    from packprep.stages import static_embed
+    from tests.conftest import SENTENCES
+
+    source = embed._packaged_model_dir()
+    tokenizer = static_embed._plain_tokenizer(source / "tokenizer.json")
+    ids = np.concatenate([e.ids for e in tokenizer.encode_batch(SENTENCES, add_special_tokens=False)] + [[0, 100, 101, 102, 103]])
+    distilled = static_embed.distill(source, token_ids=ids)
+    monkeypatch.setenv("PACKPREP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(static_embed, "distill", lambda src: distilled)
+
+
+@pytest.fixture
+def work(tmp_path) -> str:
+    from packprep.pipeline import tokenize
+    from tests.conftest import make_documents, write_jsonl
+
+    return str(tokenize(write_jsonl(tmp_path / "docs.jsonl", make_documents(24, seed=1)), tmp_path / "work").path)
+
+
+def cli(*args: str):
+    from typer.testing import CliRunner
+
+    from packprep.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def embedder_of(out) -> str:
+    return json.loads((out / "manifest.json").read_text())["embed_config"]["model"]
+
+
+ICP = ["--strategy", "icp", "--seq-len", "128", "-q"]
+
+
+def test_pack_of_a_store_uses_the_embedder_it_was_embedded_with(static_stub, work, tmp_path):
+    from pathlib import Path
+
+    work = Path(work)
+    assert cli("embed", work, "--embedder", "static", "-q").exit_code == 0
+    static_file = work / "embeddings.static.npy"
+    before = (static_file.stat().st_mtime_ns, sha(static_file))
+    result = cli("pack", work, tmp_path / "out", *ICP)
+    assert result.exit_code == 0, result.output
+    assert embedder_of(tmp_path / "out") == "static"
+    assert (static_file.stat().st_mtime_ns, sha(static_file)) == before  # reused, not re-embedded
+    assert not (work / "embeddings.npy").exists() and not (work / "embed.json").exists()  # MiniLM never ran
+
+
+def test_embeddings_of_two_embedders_sit_side_by_side(static_stub, work, tmp_path):
+    from pathlib import Path
+
+    work = Path(work)
+    assert cli("embed", work, "-q").exit_code == 0
+    assert cli("embed", work, "--embedder", "static", "-q").exit_code == 0
+    files = {name: (work / name).stat().st_mtime_ns for name in ("embeddings.npy", "embeddings.static.npy")}
+    assert np.load(work / "embeddings.npy").shape == np.load(work / "embeddings.static.npy").shape == (24, 384)
+
+    ambiguous = cli("pack", work, tmp_path / "a", *ICP)
+    assert ambiguous.exit_code == 2
+    assert ambiguous.output.count("\n") == 1 and "--embedder" in ambiguous.output, ambiguous.output
+    assert "--embedder minilm" in ambiguous.output and "--embedder static" in ambiguous.output
+    assert not (tmp_path / "a").exists()
+
+    for embedder in ("static", "minilm", "static"):  # switching back costs nothing
+        out = tmp_path / f"out-{embedder}"
+        result = cli("pack", work, out, *ICP, "--embedder", embedder)
+        assert result.exit_code == 0, result.output
+        assert embedder_of(out) == ("static" if embedder == "static" else DEFAULT_MODEL)
+    again = cli("embed", work)
+    assert again.exit_code == 0 and "reusing the stored embeddings" in again.output
+    assert {name: (work / name).stat().st_mtime_ns for name in files} == files
+    from packprep.semantic import load_embeddings  # what inspect reads: the embedder the output names
+
+    assert np.array_equal(load_embeddings(work, "static"), np.load(work / "embeddings.static.npy"))
+    assert np.array_equal(load_embeddings(work), np.load(work / "embeddings.npy"))
+
+
+def test_a_raw_corpus_without_embedder_gets_minilm(tmp_path):
+    from tests.conftest import make_documents, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", make_documents(12, seed=2))
+    assert cli("pack", corpus, tmp_path / "out", *ICP).exit_code == 0
+    assert embedder_of(tmp_path / "out") == DEFAULT_MODEL
+    assert (tmp_path / "out" / "work" / "embeddings.npy").is_file()
+
+
+def sha(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_static_fit_is_not_redone_after_an_interrupt(static_stub, work, tmp_path, monkeypatch):
+    from packprep import semantic
+    from packprep.config import EmbedConfig
+    from packprep.pipeline import tokenize
+    from packprep.store import DocStore
+    from packprep.stages import embed as stage
+
+    original_embed_documents, original_embed_texts = stage.embed_documents, stage.embed_texts
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after the fit, in the first chunk
+
+    monkeypatch.setattr(stage, "embed_documents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        semantic.embed(DocStore.open(work), config=EmbedConfig(model="static"))
+    monkeypatch.setattr(stage, "embed_documents", original_embed_documents)
+    minilm_calls: list[int] = []
+
+    def counted(embedder, texts, **kwargs):
+        if embedder.name == DEFAULT_MODEL:
+            minilm_calls.append(len(texts))
+        return original_embed_texts(embedder, texts, **kwargs)
+
+    monkeypatch.setattr(stage, "embed_texts", counted)
+    resumed = np.asarray(semantic.embed(DocStore.open(work), config=EmbedConfig(model="static")))
+    assert minilm_calls == []  # the fit sample was not embedded with MiniLM again
+    clean_store = tokenize(DocStore.open(work).manifest["source"]["path"], tmp_path / "clean")
+    clean = np.asarray(semantic.embed(clean_store, config=EmbedConfig(model="static")))
+    assert minilm_calls == [24] and resumed.tobytes() == clean.tobytes()
+
+
+def test_progress_shows_this_runs_rate_and_the_time_left():
+    from packprep.progress import _rate_text
+
+    # 100 documents reused from an interrupted run, 50 embedded in 10 s, 400 in all: 250 left at 5/s.
+    assert _rate_text({"items": 50, "tokens": 0, "resumed": 100}, 10.0, 400, "docs") == "5 docs/s  0:00:50 left"
+    assert _rate_text({"items": 7200, "tokens": 0, "resumed": 0}, 3600.0, 14400, "docs") == "2 docs/s  1:00:00 left"
+    assert _rate_text({"items": 10, "tokens": 2_000_000, "resumed": 0}, 2.0, None, "docs") == "5 docs/s  1.00M tok/s"

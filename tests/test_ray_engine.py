@@ -262,6 +262,32 @@ def test_embed_on_ray_equals_the_local_embeddings(tmp_path):
     assert on_ray_chunks.tobytes() == local_chunks.tobytes()
 
 
+def test_embedding_interrupted_here_resumes_on_ray_with_the_same_bytes(tmp_path, monkeypatch):
+    from packprep.stages import embed as stage
+
+    write_jsonl(tmp_path / "c" / "c.jsonl", make_documents(20, seed=11))
+    config = EmbedConfig(batch_size=4)
+    clean = np.asarray(semantic.embed(tokenize(tmp_path / "c", tmp_path / "clean"), config=config, engine=Engine("ray"))).copy()
+    monkeypatch.setattr(stage, "EMBED_CHUNK", 8)  # 3 chunks; the clean run above used one (4,096)
+    clean_small = np.asarray(semantic.embed(tokenize(tmp_path / "c", tmp_path / "clean8"), config=config)).copy()
+    store = tokenize(tmp_path / "c", tmp_path / "work")
+    real, calls = stage.embed_documents, []
+
+    def stopped_after_one_chunk(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "embed_documents", stopped_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        semantic.embed(store, config=config)
+    monkeypatch.setattr(stage, "embed_documents", real)
+    resumed = np.asarray(semantic.embed(store, config=config, engine=Engine("ray")))  # chunks 8:16 and 16:20 on Ray
+    assert resumed.tobytes() == clean_small.tobytes()
+    np.testing.assert_allclose(np.asarray(resumed, np.float32), np.asarray(clean, np.float32), atol=2e-3)
+
+
 def test_pack_with_engine_ray_writes_the_local_shards(corpus, tmp_path):
     # The whole command: tokenize and dedup on Ray, then order and pack here.
     config = PackConfig(strategy="eos", seq_len=64, rows_per_shard=7, dedup=True)

@@ -205,7 +205,7 @@ def test_semantic_embed_with_static_model_fits_it_to_the_store(cache, tmp_path, 
         "embed: distilling the static model from MiniLM (first use only, about a minute)",
         "embed: fitting static vectors on 12 sampled documents embedded with MiniLM",
     ]
-    manifest = json.loads((store.path / "embed.json").read_text())
+    manifest = json.loads((store.path / "embed.static.json").read_text())
     assert manifest["model"] == "static" and manifest["dim"] == minilm.dim
     assert manifest["fingerprint"] == fitted_fingerprint(load_embedder("static").fingerprint)
     assert manifest["fingerprint"] != fitted_fingerprint(load_embedder("static").fingerprint, {**FIT, "token_ridge": 1.0})

@@ -38,7 +38,6 @@ from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import MANIFEST_NAME, DocStore
 
-EMBED_CHUNK = 4096  # stages.embed.embed_documents' default chunk: the same chunks give the same batches
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
@@ -191,13 +190,17 @@ def embed_on_ray(
     address: str | None = None,
     num_actors: int | None = None,
     threads: int | None = None,
-    chunk: int = EMBED_CHUNK,
+    chunk: int | None = None,
+    starts: list[int] | None = None,
     progress: Any = None,
+    on_chunk: Any = None,
 ) -> None:
     """Fill ``out`` (``config.dtype`` [N, D], e.g. the memmap ``semantic.embed`` opens) as the local engine does.
 
-    A pool of actors each loads the model once; chunk i is documents [i*chunk, (i+1)*chunk),
-    embedded exactly as ``stages.embed.embed_documents`` embeds that chunk. torch's
+    A pool of actors each loads the model once; chunk i is documents [i*chunk, (i+1)*chunk)
+    (default ``stages.embed.EMBED_CHUNK``), embedded exactly as ``stages.embed.embed_documents``
+    embeds that chunk. ``starts``: the first documents of the chunks to embed (default:
+    all); ``on_chunk(start)`` is called once a chunk's vectors are in ``out``. torch's
     results depend on its thread count too (CPU matmuls split their sums by thread), so
     each actor runs ``threads`` torch threads (default: this process's, as the local
     engine would) and reserves that many CPUs, at most a node's. ``num_actors``: default
@@ -208,8 +211,11 @@ def embed_on_ray(
     ray = connect(address)
     from ray.util import ActorPool
 
+    from packprep.stages.embed import EMBED_CHUNK
+
     n = store.num_documents
-    starts = list(range(0, n, chunk))
+    chunk = chunk or EMBED_CHUNK
+    starts = list(range(0, n, chunk)) if starts is None else list(starts)
     if not starts:
         return
     threads = threads or torch.get_num_threads()
@@ -222,6 +228,8 @@ def embed_on_ray(
         pool = ActorPool(actors)
         for start, vectors in pool.map_unordered(lambda actor, s: actor.embed.remote(s, min(s + chunk, n)), starts):
             out[start : start + len(vectors)] = vectors
+            if on_chunk is not None:
+                on_chunk(start)
             if progress is not None:
                 progress(len(vectors))
     finally:

@@ -164,7 +164,7 @@ def write_shards(
     rows_per_shard: int,
     key: str,
     finished: list[dict[str, Any]],
-    on_rows: Callable[[int], None] | None = None,
+    on_rows: Callable[..., None] | None = None,
 ) -> list[dict[str, Any]]:
     """Write every shard of ``plan`` not already in ``finished``; return all shard entries.
 
@@ -177,7 +177,7 @@ def write_shards(
         rows = slice(start, min(start + rows_per_shard, plan.num_rows))
         if index < len(finished):
             if on_rows:
-                on_rows(rows.stop - rows.start)
+                on_rows(rows.stop - rows.start, resumed=True)  # done before: not part of this run's rate
             continue
         shards.append(
             write_shard(
