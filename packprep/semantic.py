@@ -26,6 +26,7 @@ from packprep._files import load_json, save_json, save_npy
 from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
 from packprep.embed_files import ChunkJournal, EmbedFiles, finished_manifests
 from packprep.engines import LOCAL, Engine
+from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
 
