@@ -13,6 +13,7 @@ from typer import _click as click  # Typer vendors its own click: its exception 
 from typer.core import TyperGroup
 
 from packprep import options as o
+from packprep._folders import folder_lock
 from packprep.errors import EXIT_INTERRUPTED, PackprepError
 
 class _OneLineErrors(TyperGroup):
@@ -171,7 +172,9 @@ def dedup(
     from packprep.store import DocStore
 
     config = DedupConfig(minhash_threshold=minhash_threshold, near=near)
-    result = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
+    store = DocStore.open(work)
+    with folder_lock(work):
+        result = run(store, config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
         print(f"kept {int(result.keep.sum()):,} of {len(result.keep):,} documents: {result.manifest['counts']}", file=sys.stderr)
 
@@ -194,7 +197,9 @@ def embed(
     from packprep.store import DocStore
 
     config = _embed_config(embedder, model, embed_tokens)
-    embeddings = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
+    store = DocStore.open(work)
+    with folder_lock(work):
+        embeddings = run(store, config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
         print(f"embeddings {embeddings.shape[0]:,} x {embeddings.shape[1]} -> {work}/embeddings.npy", file=sys.stderr)
 
@@ -291,6 +296,8 @@ def verify(
         raise typer.Exit(1)
     if not quiet:
         checked = "tokens, boundaries and coverage" + (f", against the store {against}" if against else "")
+        copies = [name for name in ("arrow", "megatron") if (out / name).is_dir()]
+        checked += "".join(f", {out / name} against the shards" for name in copies)
         print(f"ok: {out} ({total:,} rows; checksums, {checked})", file=sys.stderr)
 
 

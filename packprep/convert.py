@@ -9,6 +9,7 @@ and user errors as :class:`PackprepError`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from packprep._files import load_json
+from packprep._folders import folder_lock
 from packprep.errors import PackprepError
 from packprep.formats import npy
 
@@ -42,6 +44,16 @@ def convert(
     out = Path(out)
     dest = out / to if dest is None else Path(dest)
     manifest = _source_manifest(out)
+    # Writing into ``out``, hold it: a pack rewriting it (or another convert) must not run meanwhile.
+    # A --dest elsewhere leaves ``out`` untouched, so a read-only output converts too.
+    inside = dest.resolve().is_relative_to(out.resolve())
+    with folder_lock(out) if inside else contextlib.nullcontext():
+        return _convert(out, manifest, to=to, dest=dest, labels=labels, progress=progress)
+
+
+def _convert(
+    out: Path, manifest: dict[str, Any], *, to: str, dest: Path, labels: bool, progress: Callable[[int], None] | None
+) -> Path:
     if _up_to_date(dest, to=to, key=manifest["key"], labels=labels):
         return dest
     _check_replaceable(dest)

@@ -7,6 +7,7 @@ atomically with a manifest; a stage whose manifest already records the same key
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from packprep._folders import (
     claim_folder,
     clear_output,
     finished_with_key,
+    folder_lock,
     is_output_file,
     is_store_file,
     refuse_file,
@@ -54,13 +56,14 @@ def tokenize(
     ``workers``: tokenizer workers (default: all cores); ``engine``: here or on Ray. The
     store depends on neither.
     """
+    corpus, work = Path(corpus), Path(work)
     if engine.ray:
         from packprep.engines.ray_engine import tokenize_on_ray
 
-        return tokenize_on_ray(corpus, work, config=config, overwrite=overwrite, address=engine.address, reporter=reporter)
-    corpus, work = Path(corpus), Path(work)
+        with removed_on_error(work), folder_lock(work):
+            return tokenize_on_ray(corpus, work, config=config, overwrite=overwrite, address=engine.address, reporter=reporter)
     list_corpus_files(corpus)  # fails early and clearly on a missing path or a folder with nothing to read
-    with removed_on_error(work):
+    with removed_on_error(work), folder_lock(work):
         return _tokenize(corpus, work, config, overwrite, workers, reporter)
 
 
@@ -184,7 +187,9 @@ def pack(
         raise PackprepError(f"unknown format {format!r}; expected one of npy, {', '.join(FORMATS)}")
     source, out = Path(source), Path(out)
     refuse_file(out)
-    with removed_on_error(out):
+    # A store given as the source gets its dedup and embeddings written into it: hold it too.
+    writes_store = is_store(source) and (config.run_dedup or config.semantic)
+    with removed_on_error(out), folder_lock(out), folder_lock(source) if writes_store else contextlib.nullcontext():
         _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, workers, engine, reporter)
         if format != "npy":
             with reporter.track(f"convert to {format}", total=npy.read_manifest(out)["counts"]["num_sequences"], unit="rows") as advance:
