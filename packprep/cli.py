@@ -229,7 +229,7 @@ def pack(
     clusters: o.Clusters = None,
     knn: o.Knn = 10,
     format: o.FormatOpt = o.Format.npy,
-    labels: o.Labels = False,
+    labels: o.Labels = None,
     workers: o.Workers = None,
     engine: o.EngineOpt = o.EngineName.local,
     ray_address: o.RayAddress = None,
@@ -250,7 +250,7 @@ def pack(
         tokenize_config=_tokenize_config(tokenizer, text_field, id_field, eos_id, bos_id, on_error),
         dedup_config=DedupConfig(minhash_threshold=minhash_threshold),
         embed_config=_embed_config(embedder, model, embed_tokens),
-        format=format.value, labels=labels, overwrite=overwrite, workers=workers,
+        format=format.value, labels=labels is not False, overwrite=overwrite, workers=workers,
         engine=_engine(engine, ray_address), reporter=_reporter(quiet),
     )
     if not quiet:
@@ -263,14 +263,14 @@ def convert(
     out: Annotated[Path, typer.Argument(help="A finished packprep output folder (npy shards).", show_default=False)],
     to: Annotated[o.ConvertFormat, typer.Option("--to", help="arrow: Hugging Face datasets folder; megatron: indexed .bin/.idx.", show_default=False)],
     dest: Annotated[Optional[Path], typer.Option("--dest", help="Where to write (default: OUT/<format>).", show_default=False)] = None,
-    labels: o.Labels = False,
+    labels: o.Labels = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Convert an existing output to another trainer format without repacking."""
     from packprep.convert import convert as run
 
     with _reporter(quiet).track(f"convert to {to.value}", total=_rows_of(out), unit="rows") as advance:
-        written = run(out, to=to.value, dest=dest, labels=labels, progress=advance)
+        written = run(out, to=to.value, dest=dest, labels=labels is not False, progress=advance)
     if not quiet:
         print(f"wrote {written}", file=sys.stderr)
 

@@ -31,12 +31,13 @@ def convert(
     *,
     to: str,
     dest: Path | None = None,
-    labels: bool = False,
+    labels: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Convert the npy output ``out`` to format ``to`` in ``dest`` (default ``out/<to>``); return ``dest``.
 
-    ``labels`` adds the ``labels`` column (arrow only; Megatron derives labels itself).
+    ``labels`` writes the ``labels`` column (arrow only, on by default: the Hugging Face
+    recipe's ``collate_position_ids`` needs it; Megatron derives labels itself).
     ``progress`` is called with the number of rows converted, once per batch.
     """
     if to not in FORMATS:

@@ -166,7 +166,7 @@ def pack(
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig = EmbedConfig(),
     format: str = "npy",
-    labels: bool = False,
+    labels: bool = True,
     overwrite: bool = False,
     workers: int | None = None,
     engine: Engine = LOCAL,
@@ -177,7 +177,7 @@ def pack(
     For ``cluster``/``icp`` the chain is tokenize -> dedup -> embed -> order -> pack,
     each stage cached beside the store. The npy shards are always written (inspect and
     verify read them); ``format`` ``arrow`` or ``megatron`` adds a conversion in
-    ``out/<format>`` (``labels``: an arrow labels column). ``workers``: tokenizer
+    ``out/<format>`` (``labels``: the arrow copy's labels column, on by default). ``workers``: tokenizer
     workers; ``engine``: where tokenize, dedup and embed run. The shards depend on neither.
     """
     from packprep.convert import FORMATS, convert

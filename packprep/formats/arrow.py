@@ -21,12 +21,17 @@ Columns, one row per packed row of length L (all ``list<int32>``):
 | ``input_ids``    | [L] the tokens                                                     |
 | ``position_ids`` | [L] restart at 0 at every segment (PackedDataset's position_ids)   |
 | ``seq_lengths``  | [S] segment lengths incl. a final padding segment: np.diff(cu_seqlens) |
-| ``labels``       | [L] only with ``labels=True``: -100 at padding and segment starts   |
+| ``labels``       | [L] unless ``labels=False``: -100 at padding and segment starts     |
 
 ``seq_lengths`` is trl's column name (``trl.pack_dataset``); its collator rebuilds the
 same position ids from it. Parquet is the portable copy (compressed, Hub-ready,
 ``load_dataset("parquet", ...)``); the IPC copy costs 4 bytes per token per column but
 opens without the conversion into the datasets cache that ``load_dataset`` does.
+
+``labels`` is written by default although a trainer could derive most of it: Trainer
+drops every column its model's ``forward`` does not take (``seq_lengths`` among them), so
+a collator sees only ``input_ids`` and ``position_ids``, and from those the padding
+segment cannot be told from a real last segment. Written labels are exact.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ def write_arrow(
     out: Path,
     dest: Path,
     *,
-    labels: bool = False,
+    labels: bool = True,
     save_to_disk: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
