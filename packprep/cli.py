@@ -43,6 +43,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's option table cuts long option names at 80 columns, and its
+    # markup would eat the [ray] of "pip install 'packprep[ray]'".
+    rich_markup_mode=None,
 )
 F = TypeVar("F", bound=Callable[..., Any])
 
