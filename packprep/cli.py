@@ -285,7 +285,7 @@ def verify(
     against: Annotated[Optional[Path], typer.Option("--against", help="The document store (e.g. OUT/work): check every kept document's tokens appear exactly once.", show_default=False)] = None,
     quiet: o.Quiet = False,
 ) -> None:
-    """Check checksums, shapes, dtypes, boundaries, token ids and coverage; exit 1 on any problem."""
+    """Check checksums, shapes, dtypes, boundaries, token ids, coverage and the converted copies; exit 1 on any problem."""
     from packprep.verify import verify_output
 
     total = _rows_of(out)
