@@ -44,7 +44,7 @@ def corpus(tmp_path: Path) -> Path:
 def test_a_second_run_into_the_same_folder_stops_naming_the_first(corpus, tmp_path, stage):
     folder = tmp_path / "out"
     command = [*PACKPREP, stage, str(corpus), str(folder), "--quiet"]
-    first = start_and_freeze(command, folder / "work" if stage == "pack" else folder)
+    first = start_and_freeze(command, folder)
     try:
         second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     finally:
