@@ -2,7 +2,7 @@
 
     packprep pack --strategy eos examples/corpus out/ --seq-len 256
     python examples/train_torch.py out/ --steps 10 --mask block
-    python examples/train_torch.py out/ --steps 10 --mask varlen --checkpoint ckpt.pt   # run again: resumes
+    python examples/train_torch.py out/ --steps 10 --mask varlen --checkpoint train_torch.pt   # run again: resumes
 
 Two ways to keep every document to itself, both exact (the same loss on the same rows):
 
@@ -147,6 +147,12 @@ def main() -> None:
     step = 0
     if args.checkpoint is not None and args.checkpoint.exists():
         state = torch.load(args.checkpoint)
+        missing = {"model", "optimizer", "sampler", "step"} - set(state)
+        if missing:  # e.g. the README's snippet saves a checkpoint.pt with the sampler alone
+            raise SystemExit(
+                f"{args.checkpoint} is not a checkpoint of this script (no {', '.join(sorted(missing))}); "
+                "pass a new --checkpoint file"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])

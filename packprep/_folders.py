@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from packprep._files import load_json
+from packprep._files import load_json, save_json
 from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.store import MANIFEST_NAME as STORE_MANIFEST, STORE_FORMAT
 
 WORK_DIRNAME = "work"
+LOCK_NAME = ".packprep.lock"  # flock'ed by the run writing the folder; the OS releases it when that process dies
+OWNER_NAME = ".packprep.owner.json"  # who holds the lock: pid and command, for the message a second run prints
+LOCK_FILES = frozenset({LOCK_NAME, OWNER_NAME})
 
 
 def refuse_file(path: Path) -> None:
@@ -76,7 +82,7 @@ def claim_folder(folder: Path, *, overwrite: bool, ours: Callable[[Path], bool],
     """
     refuse_file(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in keep and not ours(p))
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in keep | LOCK_FILES and not ours(p))
     if foreign and not overwrite:
         listed = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise PackprepError(f"is not empty ({listed}); pass --overwrite to replace its contents", path=folder)
@@ -113,7 +119,74 @@ def removed_on_error(folder: Path) -> Iterator[None]:
     existed = folder.exists()
     try:
         yield
+    except FolderBusyError:
+        raise  # the folder is another run's: never remove it
     except (PackprepError, OSError):
         if not existed:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+class FolderBusyError(PackprepError):
+    """Another packprep process is writing the folder."""
+
+
+_held: dict[Path, int] = {}  # folders this process holds, and how many nested holds: a stage inside a run re-enters
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this process while the block writes into it (creating the folder).
+
+    A second packprep run into the same folder stops at once with a :class:`FolderBusyError`
+    naming the first process, instead of both renaming each other's temporary files away.
+    The lock is an OS file lock (``filelock``): a killed run's lock goes with its process,
+    so a stale lock never blocks a rerun. The lock file stays (removing it would race with
+    a run opening it); :data:`LOCK_FILES` are neither foreign files nor outputs.
+    """
+    from filelock import FileLock, Timeout
+
+    key = Path(os.path.abspath(folder))
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    refuse_file(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderBusyError(f"is being written by {_owner(folder)}; wait for it to finish", path=folder) from None
+    _held[key] = 1
+    try:
+        save_json(folder / OWNER_NAME, {"pid": os.getpid(), "command": _command()})
+        yield
+    finally:
+        del _held[key]
+        # The folder may be gone (a failed first run removes what it created): then so is the lock file.
+        with contextlib.suppress(OSError):
+            (folder / OWNER_NAME).unlink(missing_ok=True)
+        lock.release()
+
+
+def _command() -> str:
+    name = Path(sys.argv[0]).name if sys.argv else "python"
+    if name in ("packprep", "__main__.py", "cli.py"):
+        name = "packprep"
+    return " ".join([name, *sys.argv[1:]])
+
+
+def _owner(folder: Path) -> str:
+    """"another packprep run (pid N: command)", as far as the owner file says; the holder writes
+    it right after taking the lock, so a run that lost the race by microseconds waits briefly."""
+    for _ in range(20):
+        try:
+            owner = load_json(folder / OWNER_NAME)
+            return f"another packprep run (pid {int(owner['pid'])}: {owner['command']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "another packprep run"

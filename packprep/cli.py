@@ -13,6 +13,7 @@ from typer import _click as click  # Typer vendors its own click: its exception 
 from typer.core import TyperGroup
 
 from packprep import options as o
+from packprep._folders import folder_lock
 from packprep.errors import EXIT_INTERRUPTED, PackprepError
 
 class _OneLineErrors(TyperGroup):
@@ -42,6 +43,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's option table cuts long option names at 80 columns, and its
+    # markup would eat the [ray] of "pip install 'packprep[ray]'".
+    rich_markup_mode=None,
 )
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -178,7 +182,9 @@ def dedup(
     from packprep.store import DocStore
 
     config = DedupConfig(minhash_threshold=minhash_threshold, near=near)
-    result = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
+    store = DocStore.open(work)
+    with folder_lock(work):
+        result = run(store, config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
         print(f"kept {int(result.keep.sum()):,} of {len(result.keep):,} documents: {result.manifest['counts']}", file=sys.stderr)
 
@@ -203,7 +209,9 @@ def embed(
     from packprep.store import DocStore
 
     config = _embed_config(embedder, model, embed_tokens)  # --embedder defaults to minilm here: an EmbedConfig
-    embeddings = run(DocStore.open(work), config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
+    store = DocStore.open(work)
+    with folder_lock(work):
+        embeddings = run(store, config=config, engine=_engine(engine, ray_address), reporter=_reporter(quiet))
     if not quiet:
         where = EmbedFiles.of(work, config.model).vectors
         print(f"embeddings {embeddings.shape[0]:,} x {embeddings.shape[1]} -> {where}", file=sys.stderr)
@@ -234,7 +242,7 @@ def pack(
     clusters: o.Clusters = None,
     knn: o.Knn = 10,
     format: o.FormatOpt = o.Format.npy,
-    labels: o.Labels = False,
+    labels: o.Labels = None,
     workers: o.Workers = None,
     engine: o.EngineOpt = o.EngineName.local,
     ray_address: o.RayAddress = None,
@@ -268,7 +276,7 @@ def convert(
     out: Annotated[Path, typer.Argument(help="A finished packprep output folder (npy shards).", show_default=False)],
     to: Annotated[o.ConvertFormat, typer.Option("--to", help="arrow: Hugging Face datasets folder; megatron: indexed .bin/.idx.", show_default=False)],
     dest: Annotated[Optional[Path], typer.Option("--dest", help="Where to write (default: OUT/<format>).", show_default=False)] = None,
-    labels: o.Labels = False,
+    labels: o.Labels = None,
     quiet: o.Quiet = False,
 ) -> None:
     """Convert an existing output to another trainer format without repacking."""
@@ -278,7 +286,7 @@ def convert(
     if labels and to is not o.ConvertFormat.arrow:
         reporter.warn(f"--labels adds a column to the arrow copy only; ignored with --to {to.value}")
     with reporter.track(f"convert to {to.value}", total=_rows_of(out), unit="rows") as advance:
-        written = run(out, to=to.value, dest=dest, labels=labels, progress=advance)
+        written = run(out, to=to.value, dest=dest, labels=labels is not False, progress=advance)
     if not quiet:
         print(f"wrote {written}", file=sys.stderr)
 
@@ -290,7 +298,7 @@ def verify(
     against: Annotated[Optional[Path], typer.Option("--against", help="The document store (e.g. OUT/work): check every kept document's tokens appear exactly once.", show_default=False)] = None,
     quiet: o.Quiet = False,
 ) -> None:
-    """Check checksums, shapes, dtypes, boundaries, token ids and coverage; exit 1 on any problem."""
+    """Check checksums, shapes, dtypes, boundaries, token ids, coverage and the converted copies; exit 1 on any problem."""
     from packprep.verify import verify_output
 
     total = _rows_of(out)
@@ -304,6 +312,8 @@ def verify(
         raise typer.Exit(1)
     if not quiet:
         checked = "tokens, boundaries and coverage" + (f", against the store {against}" if against else "")
+        copies = [name for name in ("arrow", "megatron") if (out / name).is_dir()]
+        checked += "".join(f", {out / name} against the shards" for name in copies)
         print(f"ok: {out} ({total:,} rows; checksums, {checked})", file=sys.stderr)
 
 

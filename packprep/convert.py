@@ -9,6 +9,7 @@ and user errors as :class:`PackprepError`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from packprep._files import load_json
+from packprep._folders import folder_lock
 from packprep.errors import PackprepError
 from packprep.formats import npy
 
@@ -29,12 +31,13 @@ def convert(
     *,
     to: str,
     dest: Path | None = None,
-    labels: bool = False,
+    labels: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Convert the npy output ``out`` to format ``to`` in ``dest`` (default ``out/<to>``); return ``dest``.
 
-    ``labels`` adds the ``labels`` column (arrow only; Megatron derives labels itself).
+    ``labels`` writes the ``labels`` column (arrow only, on by default: the Hugging Face
+    recipe's ``collate_position_ids`` needs it; Megatron derives labels itself).
     ``progress`` is called with the number of rows converted, once per batch.
     """
     if to not in FORMATS:
@@ -42,6 +45,16 @@ def convert(
     out = Path(out)
     dest = out / to if dest is None else Path(dest)
     manifest = _source_manifest(out)
+    # Writing into ``out``, hold it: a pack rewriting it (or another convert) must not run meanwhile.
+    # A --dest elsewhere leaves ``out`` untouched, so a read-only output converts too.
+    inside = dest.resolve().is_relative_to(out.resolve())
+    with folder_lock(out) if inside else contextlib.nullcontext():
+        return _convert(out, manifest, to=to, dest=dest, labels=labels, progress=progress)
+
+
+def _convert(
+    out: Path, manifest: dict[str, Any], *, to: str, dest: Path, labels: bool, progress: Callable[[int], None] | None
+) -> Path:
     if _up_to_date(dest, to=to, key=manifest["key"], labels=labels):
         return dest
     _check_replaceable(dest)

@@ -72,7 +72,7 @@ EmbedTokens = Annotated[Optional[int], typer.Option("--embed-tokens", help="Embe
 Clusters = Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters for --strategy cluster (default: about sqrt(documents)).", show_default=False)]
 Knn = Annotated[int, typer.Option("--knn", help="Neighbours per document in the icp graph.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="npy shards (always written; what inspect/verify read), plus an arrow (Hugging Face datasets) or megatron (.bin/.idx) copy in OUT/arrow or OUT/megatron.")]
-Labels = Annotated[bool, typer.Option("--labels", help="Add a labels column to the arrow output (-100 at padding and document starts).")]
+Labels = Annotated[Optional[bool], typer.Option("--labels/--no-labels", help="The arrow copy's labels column: -100 at padding and document starts (default: written; --no-labels: about a third smaller).", show_default=False)]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Parallel workers for tokenizing (processes with bpe-openai, threads otherwise), embedding and the kNN index (default: all cores). Output does not depend on it.", show_default=False)]
 EngineOpt = Annotated[EngineName, typer.Option("--engine", help="Where tokenize, dedup and embed run: here, or on Ray (pip install 'packprep[ray]'). Same output either way.")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join ('auto': the running one); default: start a local Ray.", show_default=False)]

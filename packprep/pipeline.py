@@ -7,6 +7,7 @@ atomically with a manifest; a stage whose manifest already records the same key
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from packprep._folders import (
     claim_folder,
     clear_output,
     finished_with_key,
+    folder_lock,
     is_output_file,
     is_store_file,
     refuse_file,
@@ -66,12 +68,13 @@ def tokenize(
     """
     check_workers(workers)
     warn_unread_files(scan_corpus(corpus), corpus, reporter)  # fails early on a missing path or nothing to read
+    corpus, work = Path(corpus), Path(work)
     if engine.ray:
         from packprep.engines.ray_engine import tokenize_on_ray
 
-        return tokenize_on_ray(corpus, work, config=config, overwrite=overwrite, address=engine.address, reporter=reporter)
-    corpus, work = Path(corpus), Path(work)
-    with removed_on_error(work):
+        with removed_on_error(work), folder_lock(work):
+            return tokenize_on_ray(corpus, work, config=config, overwrite=overwrite, address=engine.address, reporter=reporter)
+    with removed_on_error(work), folder_lock(work):
         return _tokenize(corpus, work, config, overwrite, workers, reporter)
 
 
@@ -198,7 +201,7 @@ def pack(
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig | HeldEmbedder = HeldEmbedder(),
     format: str = "npy",
-    labels: bool = False,
+    labels: bool | None = None,
     overwrite: bool = False,
     workers: int | None = None,
     engine: Engine = LOCAL,
@@ -209,7 +212,7 @@ def pack(
     For ``cluster``/``icp`` the chain is tokenize -> dedup -> embed -> order -> pack,
     each stage cached beside the store. The npy shards are always written (inspect and
     verify read them); ``format`` ``arrow`` or ``megatron`` adds a conversion in
-    ``out/<format>`` (``labels``: an arrow labels column). ``workers``: tokenizer
+    ``out/<format>`` (``labels``: the arrow copy's labels column; None, the default, means on). ``workers``: tokenizer
     workers; ``engine``: where tokenize, dedup and embed run. The shards depend on neither.
     ``embed_config``: by default (``HeldEmbedder``) a document store's own embeddings, so a
     pack never re-embeds a store with an embedder other than the one it was embedded with;
@@ -224,11 +227,13 @@ def pack(
         reporter.warn(f"--labels adds a column to the arrow copy only; ignored with --format {format}")
     source, out = Path(source), Path(out)
     refuse_file(out)
-    with removed_on_error(out):
+    # A store given as the source gets its dedup and embeddings written into it: hold it too.
+    writes_store = is_store(source) and (config.run_dedup or config.semantic)
+    with removed_on_error(out), folder_lock(out), folder_lock(source) if writes_store else contextlib.nullcontext():
         _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, workers, engine, reporter)
         if format != "npy":
             with reporter.track(f"convert to {format}", total=npy.read_manifest(out)["counts"]["num_sequences"], unit="rows") as advance:
-                convert(out, to=format, labels=labels, progress=advance)
+                convert(out, to=format, labels=labels is not False, progress=advance)
     return out
 
 

@@ -109,6 +109,14 @@ def _row_length(batch: Sequence[Row]) -> int:
 
 def _stack_tokens(batch: Sequence[Row]) -> dict[str, torch.Tensor]:
     """Stack input_ids/labels/position_ids of all rows into int64 tensors [B, L]."""
+    missing = [key for key in _TOKEN_KEYS if key not in batch[0]]
+    if missing:
+        # Only an arrow copy written with --no-labels lacks labels; its padding cannot be told
+        # from a document by what a Trainer hands the collator, so labels are not guessed.
+        raise PackprepError(
+            f"rows have no {', '.join(missing)} column (columns: {', '.join(batch[0])}); an arrow copy "
+            "written with --no-labels has no labels: convert it again without --no-labels"
+        )
     # np.stack copies, so read-only memmapped rows become writable tensors without a warning.
     return {
         key: torch.from_numpy(np.stack([np.asarray(row[key], dtype=np.int64) for row in batch]))

@@ -13,6 +13,9 @@ Checks, in order (docs/format.md is the contract):
 6. with ``against`` (a document store): the document table is the store's, every kept document's
    pieces tile its sequence exactly once, dropped documents have none, and the tokens in the rows
    are the store's tokens. (A piece pointed at the wrong document can only be seen here.)
+7. when the npy output is sound: the converted copies ``OUT/arrow`` and ``OUT/megatron``, when
+   present, hold exactly the rows' tokens and boundaries (``check_arrow``/``check_megatron``, each
+   beside its writer in ``packprep.formats``).
 
 This module checks the structure (1-3, the boundaries of 4, and 5); the checks of what the rows hold
 (tokens, padding, separators, coverage, the store) are in :mod:`packprep.verify_contents`.
@@ -97,6 +100,25 @@ def verify_output(
     # a document lost or repeated by a bad boundary array is caught without the store.
     if complete and all(ok for _, _, ok in shards) and output.kept is not None:
         problems += coverage_problems(out, shards, output)
+    if not problems:  # the copies are compared with the shards, so only sound shards can judge them
+        problems += converted_problems(out)
+    return problems
+
+
+def converted_problems(out: Path) -> list[Problem]:
+    """The converted copies in ``OUT/arrow`` and ``OUT/megatron`` (when present) against the npy shards."""
+    from packprep.formats import arrow, megatron
+
+    problems = []
+    for dirname, check in (("arrow", arrow.check_arrow), ("megatron", megatron.check_megatron)):
+        dest = out / dirname
+        if not dest.is_dir():
+            continue
+        try:
+            found = check(out, dest)
+        except (*LOAD_ERRORS, KeyError, TypeError, IndexError) as exc:
+            found = [("", f"cannot be read ({type(exc).__name__}: {exc})")]
+        problems += [Problem(f"{dirname}/{where}".rstrip("/"), message) for where, message in found]
     return problems
 
 

@@ -197,3 +197,22 @@ def test_no_warnings_for_what_is_as_asked(small_corpus, tmp_path):
     assert warnings_of(result) == []
     result = run("tokenize", small_corpus / "plain.txt", tmp_path / "work")
     assert result.exit_code == 0 and warnings_of(result) == []
+def _commands():
+    import typer
+
+    group = typer.main.get_command(app)
+    return [((), group)] + [((name,), command) for name, command in sorted(group.commands.items())]
+
+
+@pytest.mark.parametrize("path,command", _commands(), ids=lambda v: " ".join(v) or "packprep" if isinstance(v, tuple) else "")
+def test_help_at_80_columns_shows_every_option_whole(path, command):
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    words = set(result.output.replace(",", " ").split())
+    for param in command.params:
+        for name in [*param.opts, *param.secondary_opts]:
+            if name.startswith("-"):
+                assert name in words, f"`packprep {' '.join(path)} --help` cuts or hides {name}:\n{result.output}"
+    if any(param.name == "engine" for param in command.params):
+        assert "packprep[ray]" in result.output  # not eaten as rich markup

@@ -82,3 +82,19 @@ def test_train_torch_resumes_at_the_next_row(out, block_losses, tmp_path):
     assert sorted(first) == [1, 2] and sorted(second) == [3, 4]
     # Same rows in the same order with the same weights and optimizer state: the same losses.
     assert {**first, **second} == pytest.approx(block_losses, abs=1e-4)
+
+
+def test_train_torch_refuses_a_checkpoint_it_did_not_write(out, tmp_path):
+    # The README's PyTorch snippet saves a checkpoint.pt holding the sampler alone.
+    import torch
+
+    from packprep.torch import ResumableSampler
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"sampler": ResumableSampler(len(PackedDataset(out))).state_dict()}, checkpoint)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "train_torch.py"), str(out), "--steps", "1", "--checkpoint", str(checkpoint)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"{checkpoint} is not a checkpoint of this script (no model, optimizer, step); pass a new --checkpoint file"

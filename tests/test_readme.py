@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,9 +48,93 @@ def test_documented_commands_and_options_exist(where, args):
 
 
 def test_readme_python_snippets_run(small_corpus, tmp_path, monkeypatch):
-    pack(small_corpus, tmp_path / "out", config=PackConfig(seq_len=64))
-    monkeypatch.chdir(tmp_path)  # the snippets say "out/"
     snippets = blocks(ROOT / "README.md", "python")
     assert snippets
+    # The outputs the snippets open (out/icp/, out/train/, ...), packed small so they run in seconds.
+    opened = re.findall(r'(?:PackedDataset|PackedTorchDataset|convert)\("(out/[\w-]+)/?"', "".join(snippets))
+    assert opened
+    for folder in sorted(set(opened)):
+        pack(small_corpus, tmp_path / folder, config=PackConfig(seq_len=64))
+    monkeypatch.chdir(tmp_path)
     for snippet in snippets:
         exec(compile(snippet, "README.md", "exec"), {})
+
+
+# ---- the README's shell blocks, top to bottom, as written ----
+
+# `make test` runs the suite, this test included: inside the test it would recurse.
+SKIPPED_LINES = {"make test": "runs the test suite, which runs this test: it would recurse"}
+CORPUS_DOCS_PER_FILE = 30  # the copy's examples/corpus keeps this many documents of each file
+
+
+def shell_lines(path: Path) -> list[str]:
+    """Every command of the file's ```bash blocks, in order, comments cut."""
+    lines = []
+    for block in blocks(path, "bash"):
+        for line in block.splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def copy_repository(dest: Path) -> None:
+    """The repository's files without its outputs, its virtualenv and caches."""
+    skip_at_root = {".git", ".venv", "out", "work", "checkpoints", "bench-data", ".whl", ".gl", ".hypothesis", "build"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n in {"__pycache__", ".pytest_cache"} or n.endswith(".egg-info")}
+        return skipped | (skip_at_root & set(names) if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, dest, ignore=ignore, symlinks=True)
+
+
+def shrink_corpus(corpus: Path) -> None:
+    """Keep the first documents of each file: three MiniLM embeddings of 2,923 documents would
+    take minutes on a CPU, and the walkthrough's commands do not depend on the corpus size."""
+    for path in sorted(corpus.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            head = [line for _, line in zip(range(CORPUS_DOCS_PER_FILE), fh)]
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.writelines(head)
+
+
+def borrow_virtualenv(repo: Path) -> None:
+    """``repo/.venv``: the running interpreter's environment, linked, with the Makefile's
+    install stamp newer than pyproject.toml, so `make demo` runs as written and installs nothing."""
+    venv = repo / ".venv"
+    venv.mkdir()
+    for entry in Path(sys.prefix).iterdir():
+        if entry.name != ".installed":
+            (venv / entry.name).symlink_to(entry)
+    (venv / ".installed").touch()
+    stamp = (venv / ".installed").stat().st_mtime
+    os.utime(repo / "pyproject.toml", (stamp - 60, stamp - 60))
+
+
+@pytest.mark.slow
+def test_readme_shell_blocks_run_in_order(tmp_path):
+    """The README's walkthrough as a new user runs it (about 2-3 minutes on 2 cores)."""
+    if shutil.which("make") is None or not (Path(sys.prefix) / "pyvenv.cfg").is_file():
+        pytest.skip("needs make, and a virtualenv to lend the copy as .venv")
+    repo = tmp_path / "repo"
+    copy_repository(repo)
+    shrink_corpus(repo / "examples" / "corpus")
+    borrow_virtualenv(repo)
+    env = {
+        **os.environ,
+        "PATH": f"{repo / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",  # "use the tool from the virtualenv"
+        "PYTHONPATH": str(repo),  # the copy's code, whatever the virtualenv's editable install points at
+        "VIRTUAL_ENV": str(repo / ".venv"),
+    }
+    env.pop("MAKEFLAGS", None)
+    lines = shell_lines(ROOT / "README.md")
+    assert any(line.startswith("packprep pack") for line in lines) and "make demo" in lines
+    for line in lines:
+        if line in SKIPPED_LINES:
+            continue
+        start = time.perf_counter()
+        result = subprocess.run(line, shell=True, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        print(f"{time.perf_counter() - start:6.1f}s  {line}")  # pytest -s shows where the time goes
+        assert result.returncode == 0, f"README: `{line}` exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+    assert (repo / "out" / "demo" / "manifest.json").is_file()  # `make demo`'s output survived the walkthrough

@@ -289,3 +289,40 @@ def test_bad_batches_are_user_errors() -> None:
     for fn in COLLATE_MODES.values():
         with pytest.raises(PackprepError, match=r"share seq_len.*\[8, 10\]"):
             fn(mixed)
+
+
+@pytest.mark.parametrize("packing", ["split", "bestfit"])
+def test_the_hf_recipe_on_an_arrow_copy_packed_without_labels(small_corpus, tmp_path, packing) -> None:
+    """`pack --format arrow` with no --labels, then the README's Hugging Face recipe: the labels
+    the collator returns are the reader's, -100 at every segment start and all padding."""
+    datasets = pytest.importorskip("datasets")
+    from typer.testing import CliRunner
+
+    from packprep import PackedDataset
+    from packprep.cli import app
+
+    out = tmp_path / "out"
+    args = ["pack", str(small_corpus), str(out), "--format", "arrow", "--seq-len", "64", "--packing", packing, "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    ds = datasets.load_from_disk(str(out / "arrow" / "save_to_disk"))
+    # What Trainer hands its collator: the columns LlamaForCausalLM.forward takes (seq_lengths is dropped).
+    ds = ds.remove_columns([c for c in ds.column_names if c not in ("input_ids", "position_ids", "labels")])
+    reader = PackedDataset(out)
+    rows = [ds[i] for i in range(len(ds))]
+    batch = collate_position_ids(rows)
+    expected = np.concatenate([reader[i]["labels"] for i in range(len(reader))])
+    assert batch["labels"][0].tolist() == expected.tolist()
+    assert (expected == -100).sum() > len(reader)  # padding is masked, not only segment starts
+
+
+def test_an_arrow_copy_without_labels_is_a_one_line_error(small_corpus, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from packprep.config import PackConfig
+    from packprep.convert import convert
+    from packprep.pipeline import pack
+
+    out = pack(small_corpus, tmp_path / "out", config=PackConfig(seq_len=64))
+    ds = datasets.load_from_disk(str(convert(out, to="arrow", labels=False) / "save_to_disk"))
+    with pytest.raises(PackprepError, match="no labels column .* --no-labels"):
+        collate_position_ids([ds[0], ds[1]])

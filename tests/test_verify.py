@@ -247,3 +247,109 @@ def test_a_changed_document_table_file_is_caught(out):
     dropped[0] = 5
     np.save(out / "doc_dup_of.npy", dropped)
     assert Problem("doc_dup_of.npy", "sha256 does not match the manifest (the file changed after it was written)") in verify_output(out)
+
+
+# ---- the converted copies (OUT/arrow, OUT/megatron) against the npy shards ----
+
+
+@pytest.fixture
+def converted(out: Path) -> Path:
+    from packprep.convert import convert
+
+    convert(out, to="megatron")
+    convert(out, to="arrow", labels=True)
+    return out
+
+
+def test_clean_converted_copies_have_no_problems(converted):
+    assert verify_output(converted) == []
+
+
+def test_a_changed_token_in_the_megatron_copy(converted):
+    path = converted / "megatron" / "text_document.bin"
+    data = np.fromfile(path, dtype=np.uint16)  # cl100k fits uint16 in Megatron's .bin
+    data[40] ^= 0x11
+    data.tofile(path)
+    found = verify_output(converted)
+    assert len(found) == 1, found
+    assert found[0].where == "megatron/text_document.bin"
+    assert "offset" in found[0].message and "the rows hold" in found[0].message
+
+
+def test_a_shifted_boundary_in_the_megatron_index(converted):
+    from packprep.formats.megatron import _HEADER
+
+    path = converted / "megatron" / "text_document.idx"
+    raw = bytearray(path.read_bytes())
+    lengths = np.frombuffer(raw, dtype="<i4", count=2, offset=_HEADER.size).copy()
+    lengths += [1, -1]  # the same tokens, one moved from the second document to the first
+    raw[_HEADER.size : _HEADER.size + 8] = lengths.tobytes()
+    path.write_bytes(bytes(raw))
+    found = verify_output(converted)
+    assert [p.where for p in found] == ["megatron/text_document.idx"]
+    assert "sequence_lengths of sequence 0" in found[0].message
+
+
+def test_a_missing_or_stale_conversion(converted):
+    (converted / "megatron" / "packprep.json").unlink()
+    info = load_json(converted / "arrow" / "packprep.json")
+    save_json(converted / "arrow" / "packprep.json", {**info, "source_key": "another"})
+    found = {p.where: p.message for p in verify_output(converted)}
+    assert "did not finish" in found["megatron/packprep.json"]
+    assert "another output" in found["arrow/packprep.json"]
+
+
+@pytest.mark.parametrize("copy", ["parquet", "save_to_disk"])
+def test_a_changed_row_in_the_arrow_copy(converted, copy):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest = converted / "arrow"
+    if copy == "parquet":
+        path = dest / "data" / "train-00001-of-00023.parquet"
+        table = pq.read_table(path)
+    else:
+        path = dest / "save_to_disk" / "data-00001-of-00023.arrow"
+        with pa.OSFile(str(path)) as source:  # not memory-mapped: the file is rewritten below
+            table = pa.ipc.open_stream(source).read_all()
+    rows = table.column("input_ids").to_pylist()
+    rows[2][5] += 1
+    table = table.set_column(0, "input_ids", pa.array(rows, type=pa.list_(pa.int32())))
+    if copy == "parquet":
+        pq.write_table(table, path)
+    else:
+        with pa.ipc.new_stream(str(path), table.schema) as writer:
+            writer.write_table(table)
+    found = verify_output(converted)
+    assert [str(p) for p in found] == [f"arrow/{path.relative_to(dest)}: row 2: input_ids differs from the npy shard's"]
+
+
+def test_a_segment_boundary_moved_in_the_arrow_copy(converted):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in sorted((converted / "arrow" / "data").glob("*.parquet")):  # the first row of several segments
+        table = pq.read_table(path)
+        lengths = table.column("seq_lengths").to_pylist()
+        row = next((i for i, r in enumerate(lengths) if len(r) > 1), None)
+        if row is not None:
+            break
+    lengths[row][0] += 1
+    lengths[row][1] -= 1
+    pq.write_table(table.set_column(2, "seq_lengths", pa.array(lengths, type=pa.list_(pa.int32()))), path)
+    found = verify_output(converted)
+    assert [str(p) for p in found] == [f"arrow/data/{path.name}: row {row}: seq_lengths differs from the npy shard's"]
+
+
+def test_cli_reports_a_corrupt_megatron_copy(converted):
+    from typer.testing import CliRunner
+
+    from packprep.cli import app
+
+    path = converted / "megatron" / "text_document.bin"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["verify", str(converted), "-q"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "megatron/text_document.bin" in result.output

@@ -21,12 +21,17 @@ Columns, one row per packed row of length L (all ``list<int32>``):
 | ``input_ids``    | [L] the tokens                                                     |
 | ``position_ids`` | [L] restart at 0 at every segment (PackedDataset's position_ids)   |
 | ``seq_lengths``  | [S] segment lengths incl. a final padding segment: np.diff(cu_seqlens) |
-| ``labels``       | [L] only with ``labels=True``: -100 at padding and segment starts   |
+| ``labels``       | [L] unless ``labels=False``: -100 at padding and segment starts     |
 
 ``seq_lengths`` is trl's column name (``trl.pack_dataset``); its collator rebuilds the
 same position ids from it. Parquet is the portable copy (compressed, Hub-ready,
 ``load_dataset("parquet", ...)``); the IPC copy costs 4 bytes per token per column but
 opens without the conversion into the datasets cache that ``load_dataset`` does.
+
+``labels`` is written by default although a trainer could derive most of it: Trainer
+drops every column its model's ``forward`` does not take (``seq_lengths`` among them), so
+a collator sees only ``input_ids`` and ``position_ids``, and from those the padding
+segment cannot be told from a real last segment. Written labels are exact.
 """
 
 from __future__ import annotations
@@ -127,7 +132,7 @@ def write_arrow(
     out: Path,
     dest: Path,
     *,
-    labels: bool = False,
+    labels: bool = True,
     save_to_disk: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
@@ -194,3 +199,104 @@ def _write_save_to_disk_metadata(
     }
     save_json(dest / "dataset_info.json", info)
     save_json(dest / "state.json", state)
+
+
+def check_arrow(out: Path, dest: Path) -> list[tuple[str, str]]:
+    """``(where, what)`` for everything in the conversion ``dest`` that is not the npy output ``out``.
+
+    Every Parquet file and every ``save_to_disk`` IPC file is read back batch by batch and
+    compared, column by column (tokens, position ids, segment lengths, labels), with the
+    columns :func:`packed_columns` makes from the same rows of ``out``'s shards (which the
+    caller has verified); the first differing row of each file is reported.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from packprep._files import load_json
+
+    out, dest = Path(out), Path(dest)
+    manifest = read_manifest(out)
+    try:
+        info = load_json(dest / MANIFEST_NAME)
+    except (OSError, ValueError) as exc:
+        return [(MANIFEST_NAME, f"missing or unreadable ({type(exc).__name__}); the conversion did not finish")]
+    if not isinstance(info, dict) or (info.get("format"), info.get("format_version")) != (FORMAT_NAME, FORMAT_VERSION):
+        return [(MANIFEST_NAME, f"is not {FORMAT_NAME} version {FORMAT_VERSION}")]
+    if info.get("source_key") != manifest["key"]:
+        return [(MANIFEST_NAME, "converts another output (source_key differs); run `packprep convert` again")]
+    shards = [s["name"] for s in manifest["shards"]]
+    names = tuple(info.get("columns") or ())
+    if set(names) - {*COLUMNS, "labels"} or not set(COLUMNS) <= set(names):
+        return [(MANIFEST_NAME, f"columns {list(names)}; expected {list(COLUMNS)} (and labels)")]
+    files = [(name, pq.ParquetFile) for name in info.get("parquet_files") or []]
+    if info.get("save_to_disk"):
+        disk = dest / info["save_to_disk"]
+        files += [(f"{info['save_to_disk']}/{e['filename']}", _ipc_batches) for e in _state_files(disk)]
+    problems = []
+    by_kind: dict[Any, int] = {}
+    for name, opener in files:
+        by_kind[opener] = by_kind.get(opener, 0) + 1
+        k = by_kind[opener] - 1
+        if k >= len(shards):
+            problems.append((name, f"one file more than the {len(shards)} shards"))
+            continue
+        try:
+            batches = opener(str(dest / name)).iter_batches(batch_size=ROW_GROUP) if opener is pq.ParquetFile else opener(dest / name)
+            problem = _compare_batches(batches, Shard.open(out, shards[k]), names)
+        except (OSError, ValueError, pa.ArrowException) as exc:
+            problem = f"cannot be read ({type(exc).__name__}: {exc})"
+        if problem:
+            problems.append((name, problem))
+    for opener, what in [(pq.ParquetFile, "Parquet"), (_ipc_batches, "save_to_disk")]:
+        if opener is _ipc_batches and not info.get("save_to_disk"):
+            continue
+        if by_kind.get(opener, 0) < len(shards):
+            problems.append((MANIFEST_NAME if opener is pq.ParquetFile else str(info["save_to_disk"]),
+                             f"{by_kind.get(opener, 0)} {what} files for {len(shards)} shards"))
+    return problems
+
+
+def _state_files(disk: Path) -> list[dict[str, Any]]:
+    from packprep._files import load_json
+
+    return load_json(disk / "state.json")["_data_files"]
+
+
+def _ipc_batches(path: Path) -> Iterator[Any]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        yield from pa.ipc.open_stream(source)
+
+
+def _compare_batches(batches: Iterator[Any], shard: Shard, names: tuple[str, ...]) -> str | None:
+    """The first difference between a file's batches and the shard's rows, or None."""
+    rows = len(shard.row_ptr) - 1
+    r0 = 0
+    for batch in batches:
+        if tuple(batch.schema.names) != names:
+            return f"columns {batch.schema.names}; packprep.json lists {list(names)}"
+        r1 = r0 + batch.num_rows
+        if r1 > rows:
+            return f"holds more than the shard's {rows} rows"
+        row_ptr = shard.row_ptr[r0 : r1 + 1]
+        seg_length = shard.seg_length[int(row_ptr[0]) : int(row_ptr[-1])]
+        expected = packed_columns(shard.input_ids[r0:r1], row_ptr, seg_length, labels="labels" in names)
+        for name in names:
+            column = batch.column(name)
+            offsets = np.asarray(column.offsets, dtype=np.int64)
+            values = np.asarray(column.flatten())
+            want_values, want_offsets = expected[name]
+            lengths, want_lengths = np.diff(offsets), np.diff(want_offsets.astype(np.int64))
+            same_shape = np.array_equal(lengths, want_lengths)
+            if same_shape and np.array_equal(values, want_values):
+                continue
+            if not same_shape:
+                row = int(np.flatnonzero(lengths != want_lengths)[0])
+            else:
+                row = int(np.searchsorted(offsets - offsets[0], np.flatnonzero(values != want_values)[0], side="right")) - 1
+            return f"row {r0 + row}: {name} differs from the npy shard's"
+        r0 = r1
+    if r0 != rows:
+        return f"holds {r0} rows; the shard has {rows}"
+    return None

@@ -128,14 +128,10 @@ def write_megatron(out: Path, dest: Path, *, progress: Callable[[int], None] | N
 def _scatter_shard(
     shard: Shard, tokens: np.ndarray, doc_start: np.ndarray, *, progress: Callable[[int], None] | None
 ) -> None:
-    num_rows, seq_len = shard.input_ids.shape
+    num_rows = shard.input_ids.shape[0]
     for r0 in range(0, num_rows, _CHUNK_ROWS):
         r1 = min(r0 + _CHUNK_ROWS, num_rows)
-        p0, p1 = int(shard.row_ptr[r0]), int(shard.row_ptr[r1])
-        seg_rows = np.repeat(np.arange(r1 - r0), np.diff(shard.row_ptr[r0 : r1 + 1]))
-        length = np.asarray(shard.seg_length[p0:p1], dtype=np.int64)
-        src = concat_ranges(seg_rows * seq_len + shard.seg_start[p0:p1], length)
-        dst = concat_ranges(doc_start[shard.seg_doc[p0:p1]] + shard.seg_doc_offset[p0:p1], length)
+        src, dst, _ = _piece_positions(shard, r0, r1, doc_start)
         tokens[dst] = np.asarray(shard.input_ids[r0:r1]).reshape(-1)[src]
         if progress:
             progress(r1 - r0)
@@ -189,3 +185,116 @@ def read_megatron(prefix: str | Path) -> MegatronDataset:
     size = bin_path.stat().st_size
     tokens = np.memmap(bin_path, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
     return MegatronDataset(dtype, lengths, pointers, documents, tokens)
+
+
+def check_megatron(out: Path, dest: Path) -> list[tuple[str, str]]:
+    """``(where, what)`` for everything in the conversion ``dest`` that is not the npy output ``out``.
+
+    Re-derives what :func:`write_megatron` would write from ``out``'s shards (which the
+    caller has verified): the metadata, the document order, the index (lengths, pointers,
+    document indices, dtype) and every token of ``.bin``, read in chunks of rows.
+    """
+    out, dest = Path(out), Path(dest)
+    manifest = read_manifest(out)
+    problems = _check_info(dest, manifest)
+    if problems:
+        return problems
+    prefix = dest / PREFIX
+    try:
+        data = read_megatron(prefix)
+    except (OSError, ValueError, KeyError) as exc:
+        return [(f"{PREFIX}.idx", f"cannot be read ({type(exc).__name__}: {exc})")]
+    shards = [s["name"] for s in manifest["shards"]]
+    seg_doc, _ = _all_segments(out, shards)
+    order = packing_order(seg_doc)
+    lengths = np.load(out / "doc_lengths.npy")[order].astype(np.int64)
+    dtype = megatron_dtype(np.dtype(manifest["dtype"]))
+    problems += _check_index(dest, data, order, lengths, dtype)
+    if problems:
+        return problems
+    if data.tokens.size != int(lengths.sum()):
+        return [(f"{PREFIX}.bin", f"holds {data.tokens.size} tokens; the rows hold {int(lengths.sum())} (truncated or padded)")]
+    doc_start = np.zeros(int(order.max(initial=-1)) + 1, dtype=np.int64)
+    doc_start[order] = np.cumsum(lengths) - lengths
+    sequence_of = np.zeros(len(doc_start), dtype=np.int64)
+    sequence_of[order] = np.arange(len(order))
+    differ, first = 0, None
+    for name in shards:
+        shard = Shard.open(out, name)
+        for r0 in range(0, len(shard.row_ptr) - 1, _CHUNK_ROWS):
+            src, dst, doc = _piece_positions(shard, r0, min(r0 + _CHUNK_ROWS, len(shard.row_ptr) - 1), doc_start)
+            rows = np.asarray(shard.input_ids[r0 : r0 + _CHUNK_ROWS]).reshape(-1)[src]
+            bad = np.flatnonzero(np.asarray(data.tokens[dst]) != rows)
+            differ += len(bad)
+            if len(bad) and first is None:
+                i, j = int(bad[0]), int(doc[bad[0]])
+                first = (
+                    f"sequence {sequence_of[j]} (document {j}) has token {data.tokens[dst[i]]} at offset "
+                    f"{dst[i] - doc_start[j]}; the rows hold {rows[i]}"
+                )
+    if first is not None:
+        problems.append((f"{PREFIX}.bin", first + (f" ({differ} tokens differ)" if differ > 1 else "")))
+    return problems
+
+
+def _check_info(dest: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    from packprep._files import load_json
+
+    try:
+        info = load_json(dest / MANIFEST_NAME)
+    except (OSError, ValueError) as exc:
+        return [(MANIFEST_NAME, f"missing or unreadable ({type(exc).__name__}); the conversion did not finish")]
+    if not isinstance(info, dict) or (info.get("format"), info.get("format_version")) != (FORMAT_NAME, FORMAT_VERSION):
+        return [(MANIFEST_NAME, f"is not {FORMAT_NAME} version {FORMAT_VERSION}")]
+    if info.get("source_key") != manifest["key"]:
+        return [(MANIFEST_NAME, "converts another output (source_key differs); run `packprep convert` again")]
+    return []
+
+
+def _check_index(
+    dest: Path, data: MegatronDataset, order: np.ndarray, lengths: np.ndarray, dtype: np.dtype
+) -> list[tuple[str, str]]:
+    """The ``.idx`` and ``doc_index.npy`` against what the rows imply; first difference of each."""
+    idx = f"{PREFIX}.idx"
+    if data.dtype != dtype:
+        return [(idx, f"dtype {data.dtype.name}; the output's tokens convert to {dtype.name}")]
+    if len(data) != len(order):
+        return [(idx, f"{len(data)} sequences; the rows hold {len(order)} documents")]
+    problems = []
+    try:
+        doc_index = np.load(dest / "doc_index.npy", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        doc_index = None
+        problems.append(("doc_index.npy", f"cannot be read ({type(exc).__name__})"))
+    pointers = (np.cumsum(lengths) - lengths) * dtype.itemsize
+    for where, name, found, expected in [
+        ("doc_index.npy", "document", doc_index, order),
+        (idx, "sequence_lengths", data.sequence_lengths, lengths),
+        (idx, "sequence_pointers", data.sequence_pointers, pointers),
+        (idx, "document_indices", data.document_indices, np.arange(len(order) + 1)),
+    ]:
+        if found is None:
+            continue
+        if len(found) != len(expected):
+            problems.append((where, f"{len(found)} {name} entries; expected {len(expected)}"))
+            continue
+        bad = np.flatnonzero(np.asarray(found, dtype=np.int64) != expected)
+        if len(bad):
+            i = int(bad[0])
+            more = f" ({len(bad)} entries differ)" if len(bad) > 1 else ""
+            problems.append((where, f"{name} of sequence {i} is {found[i]}; the rows imply {expected[i]}{more}"))
+    return problems
+
+
+def _piece_positions(
+    shard: Shard, r0: int, r1: int, doc_start: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every token of rows r0..r1's pieces: its index in those rows' flat tokens, its index in ``.bin``, its document."""
+    seq_len = shard.input_ids.shape[1]
+    p0, p1 = int(shard.row_ptr[r0]), int(shard.row_ptr[r1])
+    seg_rows = np.repeat(np.arange(r1 - r0), np.diff(shard.row_ptr[r0 : r1 + 1]))
+    length = np.asarray(shard.seg_length[p0:p1], dtype=np.int64)
+    doc = np.asarray(shard.seg_doc[p0:p1], dtype=np.int64)
+    src = concat_ranges(seg_rows * seq_len + shard.seg_start[p0:p1], length)
+    dst = concat_ranges(doc_start[doc] + shard.seg_doc_offset[p0:p1], length)
+    return src, dst, np.repeat(doc, length)
