@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from packprep import __version__
 from packprep._files import load_json
 from packprep.bpe_openai_backend import _PARALLEL_MIN_CHARS
+from packprep.corpus import corpus_fingerprint
 from tests.conftest import make_documents, write_jsonl
 from tests.test_resume import REPO, output_digest
 
@@ -99,4 +101,11 @@ def test_manifest_records_every_option_the_version_and_the_input(corpus, tmp_pat
         "dedup": None, "semantic_threshold": None, "clusters": None, "knn": 10,
     }
     assert manifest["tokenize_config"]["text_field"] == "text" and manifest["tokenize_config"]["tokenizer"] == "cl100k"
-    assert manifest["source"]["fingerprint"] and manifest["tokenizer"]["fingerprint"]
+    # cl100k's fingerprint is the digest pinned in test_tokenizers (the cache key of every store);
+    # the corpus's follows its content, not where it lies.
+    assert manifest["tokenizer"]["fingerprint"] == "613b7b10f38bfdf378cd7add609ff675f460e46a5beca8703b4ebe67e1f3dc0e"
+    copy = shutil.copytree(corpus, tmp_path / "elsewhere")
+    assert manifest["source"]["fingerprint"] == corpus_fingerprint(copy)
+    with open(copy / "a.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"id": "one-more", "text": "x"}\n')
+    assert manifest["source"]["fingerprint"] != corpus_fingerprint(copy)
