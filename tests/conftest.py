@@ -30,6 +30,7 @@ def _import_or_fail(modname: str, *args, **kwargs):
         reason = str(skipped)
     pytest.fail(f"CI=true and {modname} does not import, so its tests would be skipped: {reason}", pytrace=False)
 
+
 SENTENCES = [
     "The mitochondria is the powerhouse of the cell and produces most of its ATP.",
     "Rust's borrow checker rejects programs that would alias mutable state.",
