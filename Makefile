@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[semantic,trainers,ray,test]"
+	$(PY) -m pip install -q -e ".[semantic,trainers,ray,test,bench]"
 	touch $(STAMP)
 
 demo: $(STAMP)

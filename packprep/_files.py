@@ -1,8 +1,11 @@
 """Small file helpers shared by the store, the writers and the reader (numpy + stdlib only).
 
-Every file packprep writes goes through :func:`atomic_path`: it is written under a
-temporary name and renamed into place, so a reader (or a resumed run) never sees a
-half-written file.
+Every file packprep writes goes through :func:`atomic_path` (or :func:`replace_durably`):
+it is written under a temporary name and renamed into place, so a reader (or a resumed
+run) never sees a half-written file. The file is fsynced before the rename and its folder
+after it: a manifest or journal entry that declares a file finished is itself written
+after that file is on disk, so a power cut cannot leave a finished-looking stage or
+shard whose bytes were still in the page cache.
 """
 
 from __future__ import annotations
@@ -28,10 +31,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
-        os.replace(tmp, path)
+        replace_durably(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_durably(tmp: Path, path: Path) -> None:
+    """``os.replace(tmp, path)``, with ``tmp``'s bytes and then the rename flushed to disk.
+
+    Without the first fsync a power cut can leave ``path`` renamed but empty (ext4 and
+    xfs delay allocation); without the second, the rename itself can be lost.
+    """
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    fsync_path(Path(path).parent)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's bytes, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)  # a read-only descriptor may fsync a file or a folder on POSIX
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def release_pages(array: np.ndarray) -> None:
@@ -124,7 +147,7 @@ class StringTableWriter:
 
     def close(self) -> None:
         self._fh.close()
-        os.replace(self._blob_tmp, self._blob_final)
+        replace_durably(self._blob_tmp, self._blob_final)
         save_npy(self._stem.with_name(self._stem.name + ".idx.npy"), np.asarray(self._offsets, dtype=np.int64))
 
     def abort(self) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from packprep._files import load_json
+from packprep._files import fsync_path, load_json
 from packprep._folders import folder_lock
 from packprep.errors import PackprepError
 from packprep.formats import npy
@@ -114,5 +114,6 @@ def _replace_folder(new: Path, dest: Path) -> None:
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         dest.rename(old)
     new.rename(dest)
+    fsync_path(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

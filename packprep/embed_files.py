@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, save_json, save_npy, sha256_file
+from packprep._files import load_json, replace_durably, save_json, save_npy, sha256_file
 from packprep.stages.embed import DEFAULT_ALIASES
 from packprep.stages.static_embed import STATIC_MODEL
 
@@ -161,7 +161,7 @@ class ChunkJournal:
         if self._vectors is not None:
             self._vectors.flush()
             self._vectors = None
-        self.files.partial.replace(self.files.vectors)
+        replace_durably(self.files.partial, self.files.vectors)
 
     def remove(self) -> None:
         self.files.journal.unlink(missing_ok=True)

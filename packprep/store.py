@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import StringTable, StringTableWriter, load_json, save_json, save_npy
+from packprep._files import StringTable, StringTableWriter, load_json, replace_durably, save_json, save_npy
 from packprep.errors import PackprepError
 
 STORE_FORMAT = "packprep-docstore"
@@ -163,7 +163,7 @@ class DocStoreWriter:
 
     def finish(self, manifest: dict[str, Any]) -> DocStore:
         self._tokens.close()
-        os.replace(self._tokens_tmp, self.path / "tokens.bin")
+        replace_durably(self._tokens_tmp, self.path / "tokens.bin")
         self._ids.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))

@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# `make` installs every extra, so on CI (.ci/run sets CI=true) a missing optional package
+# is a broken install, not a reason to skip: its tests would pass vacuously. Only
+# pytest.importorskip is turned into a failure; any other skip keeps its meaning.
+CI = os.environ.get("CI") == "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if CI:
+        pytest.importorskip = _import_or_fail
+
+
+_importorskip = pytest.importorskip
+
+
+def _import_or_fail(modname: str, *args, **kwargs):
+    """pytest.importorskip, except that a missing module fails the test (or its whole file)."""
+    try:
+        return _importorskip(modname, *args, **kwargs)
+    except pytest.skip.Exception as skipped:
+        reason = str(skipped)
+    pytest.fail(f"CI=true and {modname} does not import, so its tests would be skipped: {reason}", pytrace=False)
+
 
 SENTENCES = [
     "The mitochondria is the powerhouse of the cell and produces most of its ATP.",

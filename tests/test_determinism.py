@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -9,24 +11,55 @@ import pytest
 
 from packprep import __version__
 from packprep._files import load_json
+from packprep.bpe_openai_backend import _PARALLEL_MIN_CHARS
+from packprep.corpus import corpus_fingerprint
 from tests.conftest import make_documents, write_jsonl
 from tests.test_resume import REPO, output_digest
 
 PACKPREP = [sys.executable, "-m", "packprep.cli"]
 
+# The CLI with a spy on the bpe-openai backend: at exit it writes how many texts this
+# process sent to tokenizer worker processes, so a test can tell that --workers 2 really
+# split the work (below _PARALLEL_MIN_CHARS both settings would encode in-process).
+SPIED_PACKPREP = [sys.executable, "-c", """
+import atexit, os, sys
+from packprep import bpe_openai_backend as backend
+sent = [0]
+send = backend._EncoderProcess.send
+def spy(self, texts):
+    sent[0] += len(texts)
+    send(self, texts)
+backend._EncoderProcess.send = spy
+atexit.register(lambda: open(os.environ["SPY_FILE"], "w").write(str(sent[0])))
+sys.argv[0] = "packprep"
+from packprep.cli import main
+main()
+"""]
+
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    # 1,100 documents, ~1.2M characters: one tokenizer batch above the 1 MiB at which
+    # bpe-openai starts worker processes, so --workers 1 and 2 take different paths.
     folder = tmp_path_factory.mktemp("corpus")
-    docs = make_documents(300, seed=7)
-    write_jsonl(folder / "a.jsonl", docs[:150])
-    write_jsonl(folder / "b" / "c.jsonl", docs[150:])
+    docs = make_documents(1100, seed=7)
+    assert sum(len(d["text"]) for d in docs) > _PARALLEL_MIN_CHARS
+    write_jsonl(folder / "a.jsonl", docs[:550])
+    write_jsonl(folder / "b" / "c.jsonl", docs[550:])
     return folder
 
 
 def pack(corpus, out, *options):
     subprocess.run([*PACKPREP, "pack", str(corpus), str(out), "--quiet", *options], cwd=REPO, check=True)
     return output_digest(out)
+
+
+def pack_counting_remote_texts(corpus, out, *options) -> tuple[dict[str, str], int]:
+    """pack's output digest, and how many texts it sent to tokenizer worker processes."""
+    spy_file = out.with_name(out.name + ".sent")
+    env = {**os.environ, "SPY_FILE": str(spy_file), "PACKPREP_TOKENIZER_BACKEND": "bpe-openai"}
+    subprocess.run([*SPIED_PACKPREP, "pack", str(corpus), str(out), "--quiet", *options], cwd=REPO, env=env, check=True)
+    return output_digest(out), int(spy_file.read_text())
 
 
 @pytest.mark.parametrize(
@@ -38,9 +71,10 @@ def pack(corpus, out, *options):
     ids=["eos-split", "random-bestfit"],
 )
 def test_same_bytes_for_any_workers_and_every_run(corpus, tmp_path, options):
-    one = pack(corpus, tmp_path / "w1", *options, "--workers", "1")
-    two = pack(corpus, tmp_path / "w2", *options, "--workers", "2")
+    one, sent_by_one = pack_counting_remote_texts(corpus, tmp_path / "w1", *options, "--workers", "1")
+    two, sent_by_two = pack_counting_remote_texts(corpus, tmp_path / "w2", *options, "--workers", "2")
     again = pack(corpus, tmp_path / "again", *options)
+    assert sent_by_one == 0 and sent_by_two >= 100  # a worker process encoded a real share of the corpus
     assert one == two == again
 
 
@@ -67,4 +101,11 @@ def test_manifest_records_every_option_the_version_and_the_input(corpus, tmp_pat
         "dedup": None, "semantic_threshold": None, "clusters": None, "knn": 10,
     }
     assert manifest["tokenize_config"]["text_field"] == "text" and manifest["tokenize_config"]["tokenizer"] == "cl100k"
-    assert manifest["source"]["fingerprint"] and manifest["tokenizer"]["fingerprint"]
+    # cl100k's fingerprint is the digest pinned in test_tokenizers (the cache key of every store);
+    # the corpus's follows its content, not where it lies.
+    assert manifest["tokenizer"]["fingerprint"] == "613b7b10f38bfdf378cd7add609ff675f460e46a5beca8703b4ebe67e1f3dc0e"
+    copy = shutil.copytree(corpus, tmp_path / "elsewhere")
+    assert manifest["source"]["fingerprint"] == corpus_fingerprint(copy)
+    with open(copy / "a.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"id": "one-more", "text": "x"}\n')
+    assert manifest["source"]["fingerprint"] != corpus_fingerprint(copy)

@@ -96,8 +96,13 @@ def test_ranks_restart_at_characters_and_words_and_rare_tokens_weigh_more():
     assert ranks.tolist() == [2.0, 2.0, 3.0, 2.0, 3.0, 28006.0]
     weights = zipf_sif_weights(np.array([2.0, 3.0, 100.0, 30000.0]), 30522, 1e-4)
     assert np.all(np.diff(weights) > 0) and np.all((weights > 0) & (weights < 1))
-    harmonic = (1.0 / np.arange(2, 30524)).sum()
-    assert weights[0] == pytest.approx(1e-4 / (1e-4 + 0.5 / harmonic))
+    # By hand: p(rank 2) = (1/2) / sum(1/r, r = 2..30523) = 0.5 / (ln 30523 + 0.5772 - 1) = 0.05049,
+    # so the SIF weight a / (a + p) is 1e-4 / (1e-4 + 0.05049) = 0.001977.
+    assert weights[0] == pytest.approx(0.001977, rel=1e-3)
+    # The probabilities behind the weights, p = a (1 - w) / w, are Zipf's: p ∝ 1/rank, summing to 1.
+    every = zipf_sif_weights(np.arange(2.0, 30524.0), 30522, 1e-4)
+    p = 1e-4 * (1 - every) / every
+    assert p.sum() == pytest.approx(1.0) and p[0] / p[98] == pytest.approx(100 / 2)
 
 
 def test_embed_texts_with_static_model(model):

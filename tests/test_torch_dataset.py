@@ -213,6 +213,29 @@ def test_resumed_dataloader_yields_the_remaining_batches(packed):
     assert all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
 
 
+def test_consumed_resumes_a_prefetching_dataloader_at_the_first_untrained_row(packed):
+    ds = PackedTorchDataset(packed)
+
+    def rows(sampler, steps=None):
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=2, sampler=sampler, collate_fn=collate_block_mask, num_workers=2, prefetch_factor=2,
+        )
+        seen = []
+        for step, batch in enumerate(loader):
+            if step == steps:  # stop before training on this batch, as a checkpoint-and-exit does
+                break
+            seen += [tuple(r) for r in batch["input_ids"].tolist()]
+        return seen
+
+    uninterrupted = rows(ResumableSampler(len(ds), seed=7))
+    sampler = ResumableSampler(len(ds), seed=7)
+    trained = rows(sampler, steps=3)
+    assert len(uninterrupted) > 14 and sampler.position > len(trained)  # the workers fetched ahead: the trap is live
+    resumed = ResumableSampler(len(ds), seed=7)
+    resumed.load_state_dict(sampler.state_dict(consumed=len(trained)))
+    assert trained + rows(resumed) == uninterrupted
+
+
 def test_additive_mask_values():
     mask = block_causal_mask(np.array([0, 2, 3]), 3)
     low = torch.finfo(torch.float32).min

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import save_json, save_npy
+from packprep._files import replace_durably, save_json, save_npy
 from packprep.config import TokenizeConfig
 from packprep.engines import RAY_MAX_RETRIES
 from packprep.errors import PackprepError
@@ -227,7 +227,7 @@ def _concatenate(
         copies += [copy.remote(str(p.path / name), str(tmp), start) for p, start, size in zip(parts, starts, sizes) if size]
     ray.get(copies)
     for name in ("tokens.bin", "doc_ids.bin"):
-        os.replace(work / (name + ".tmp"), work / name)
+        replace_durably(work / (name + ".tmp"), work / name)
     save_npy(work / "doc_ids.idx.npy", _stack_offsets([np.load(p.path / "doc_ids.idx.npy") for p in parts]))
     offsets = _stack_offsets([p.offsets for p in parts])
     save_npy(work / "offsets.npy", offsets)

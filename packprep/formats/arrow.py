@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import save_json
+from packprep._files import fsync_path, save_json
 from packprep.formats.npy import Shard, read_manifest
 from packprep.reader import IGNORE_INDEX
 
@@ -167,6 +167,8 @@ def write_arrow(
                     writer.write_batch(batch)
                 if progress:
                     progress(batch.num_rows)
+    for written in [dest / f for f in parquet_files] + ([disk / f for f in arrow_files] if save_to_disk else []):
+        fsync_path(written)  # on disk before the manifest below declares them finished
     if save_to_disk:
         _write_save_to_disk_metadata(disk, names, arrow_files, fingerprint=manifest["key"][:16])
     info = {

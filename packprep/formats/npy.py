@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import atomic_path, load_json, release_pages, save_json, save_npy, sha256_file
+from packprep._files import atomic_path, load_json, release_pages, replace_durably, save_json, save_npy, sha256_file
 from packprep.stages.pack import PackPlan, fill_rows, piece_token_spans
 
 FORMAT_NAME = "packprep-npy"
@@ -101,7 +101,7 @@ def write_shard(
             on_rows(r_end - r)
     matrix.flush()
     del matrix
-    tmp.replace(path)
+    replace_durably(tmp, path)
 
     s0, s1 = int(plan.row_ptr[rows.start]), int(plan.row_ptr[rows.stop])
     arrays = {"row_ptr": plan.row_ptr[rows.start : rows.stop + 1] - s0}
