@@ -8,7 +8,8 @@ means the stage is reused):
     dedup.reason.npy      uint8 [N]  0 kept, 1 exact, 2 near (stages.dedup.REASON_*)
     dedup.dup_of.npy      int64 [N]  the kept document a dropped one duplicates, -1 if kept
     embeddings.npy        float16|float32 [N, D], L2-normalised, every document of the store
-    embed.json            manifest: model, dim, embed_tokens, key
+    embed.json            manifest: model, dim, embed_tokens, key; for the static embedder its
+                          calibration: the threshold standing for MiniLM's default (stages.static_embed.Calibration)
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def embed(
     (store.path / EMBED_MANIFEST).unlink(missing_ok=True)
 
     decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
+    calibration = None
     if static and store.num_documents:
-        embedder = _fit_static(store, embedder, decode, config, reporter)
+        embedder, calibration = _fit_static(store, embedder, decode, config, reporter)
     tmp = path.with_name(path.name + ".tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(config.dtype), shape=(store.num_documents, embedder.dim))
     with reporter.track(f"embed ({embedder.name})", total=store.num_documents, unit="docs") as advance:
@@ -129,7 +131,8 @@ def embed(
     tmp.replace(path)
     save_json(
         store.path / EMBED_MANIFEST,
-        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint},
+        {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint,
+         "calibration": calibration},
     )
     return np.load(path, mmap_mode="r")
 
@@ -142,12 +145,15 @@ def _report_distilling(reporter: Reporter) -> None:
         reporter.info("embed: distilling the static model from MiniLM (first use only, about a minute)")
 
 
-def _fit_static(store: DocStore, static: Any, decode: Any, config: EmbedConfig, reporter: Reporter) -> Any:
-    """``static`` (a stages.embed.Embedder) with its model fitted to MiniLM's vectors of a sample of ``store``."""
-    from dataclasses import replace
+def _fit_static(
+    store: DocStore, static: Any, decode: Any, config: EmbedConfig, reporter: Reporter
+) -> tuple[Any, dict[str, Any] | None]:
+    """``static`` (a stages.embed.Embedder) with its model fitted to MiniLM's vectors of a sample of ``store``,
+    and the static semantic threshold calibrated to MiniLM's on that sample (None for a one-document store)."""
+    from dataclasses import asdict, replace
 
     from packprep.stages.embed import embed_texts, first_tokens_text, load_embedder
-    from packprep.stages.static_embed import FIT, fit_sample, fit_static_model, fitted_fingerprint
+    from packprep.stages.static_embed import FIT, calibrate_static, fit_sample, fit_static_model, fitted_fingerprint
 
     sample = fit_sample(store.num_documents, size=FIT["sample"], seed=FIT["seed"])
     reporter.info(f"embed: fitting static vectors on {len(sample):,} sampled documents embedded with MiniLM")
@@ -156,7 +162,17 @@ def _fit_static(store: DocStore, static: Any, decode: Any, config: EmbedConfig, 
     with reporter.track("embed (MiniLM sample)", total=len(sample), unit="docs") as advance:
         targets = embed_texts(teacher, texts, batch_size=config.batch_size, dtype=np.float32, progress=advance)
     model = fit_static_model(static.model, texts, targets, map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
-    return replace(static, dim=model.vectors.shape[1], fingerprint=fitted_fingerprint(static.fingerprint), model=model)
+    fitted = replace(static, dim=model.vectors.shape[1], fingerprint=fitted_fingerprint(static.fingerprint), model=model)
+    if len(sample) < 2:
+        return fitted, None
+    calibration = calibrate_static(static.model, model, texts, targets, whole_store=len(sample) == store.num_documents)
+    return fitted, asdict(calibration)
+
+
+def embed_manifest(store: DocStore) -> dict[str, Any] | None:
+    """What the embed stage recorded beside ``store`` (model, calibration), or None before it ran."""
+    path = store.path / EMBED_MANIFEST
+    return load_json(path) if path.is_file() else None
 
 
 def load_embeddings(store_path: Path) -> np.ndarray | None:

@@ -230,3 +230,22 @@ def test_cli_embedder_static_refuses_a_model(tmp_path):
 
     result = CliRunner().invoke(app, ["embed", str(tmp_path), "--embedder", "static", "--model", str(tmp_path)])
     assert result.exit_code == 2 and "takes no --model" in result.output
+
+
+def test_icp_with_the_static_embedder_uses_and_records_its_calibrated_threshold(cache, tmp_path):
+    from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, PackConfig
+    from packprep.pipeline import pack
+    from packprep.reader import PackedDataset
+
+    path, _ = labelled_corpus(tmp_path / "corpus", per_topic=3)
+    out = pack(path, tmp_path / "out", config=PackConfig(strategy="icp", seq_len=64), embed_config=EmbedConfig(model="static"))
+    calibration = json.loads((out / "work" / "embed.json").read_text())["calibration"]
+    assert calibration["reference"] == DEFAULT_ICP_SEMANTIC_THRESHOLD and calibration["pairs"] > 0
+    assert calibration["method"] in ("sample", "fallback") and calibration["threshold"] > DEFAULT_ICP_SEMANTIC_THRESHOLD
+    recorded = PackedDataset(out).manifest["semantic_threshold"]
+    assert recorded == {"value": calibration["threshold"], "source": f"calibrated to MiniLM's {DEFAULT_ICP_SEMANTIC_THRESHOLD}",
+                        "embedder": "static", "calibration": calibration}
+    explicit = pack(path, tmp_path / "explicit", config=PackConfig(strategy="icp", seq_len=64, semantic_threshold=0.5),
+                    embed_config=EmbedConfig(model="static"))
+    assert PackedDataset(explicit).manifest["semantic_threshold"] == {"value": 0.5, "source": "--semantic-threshold", "embedder": "static"}
+    assert sum(PackedDataset(explicit).manifest["dropped"].values()) > 0  # 0.5 on the static scale drops related documents
