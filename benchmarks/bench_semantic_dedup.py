@@ -110,7 +110,7 @@ def compare(name: str, records: list[dict], args: argparse.Namespace) -> dict:
         dropped = set(drops(static, threshold)[0].tolist())
         row[label] = len(dropped)
         row[f"{label} also MiniLM"] = len(dropped & reference) / len(dropped) if dropped else 1.0
-        row[f"{label} ratio"] = len(dropped) / len(reference) if reference else float(len(dropped) > 0)
+        row[f"{label} ratio"] = len(dropped) / len(reference) if reference else (float("inf") if dropped else 0.0)
     row["calibration"] = calibration
     if args.show is not None:
         show_pairs(records, minilm, static, args.show)

@@ -72,7 +72,9 @@ def _store_of(ds: PackedDataset) -> Any:
         )
     store = DocStore.open(path)
     if store.manifest.get("key") != source.get("store_key"):
-        raise PackprepError(f"the document store at {path} was rebuilt after this output was packed; its texts no longer match", path=ds.path)
+        raise PackprepError(
+            f"the document store at {path} was rebuilt after this output was packed; its texts no longer match", path=ds.path
+        )
     return store
 
 
@@ -123,7 +125,8 @@ def print_dropped(listing: dict[str, Any]) -> None:
     table.add_column("kept twin: id, text", overflow="fold")
     for pair in listing["pairs"]:
         cosine = "-" if pair["cosine"] is None else f"{pair['cosine']:.4f}"
-        table.add_row(pair["reason"], cosine, *(f"[bold]{_escape(d['id'])}[/bold]: {_escape(d['text'])}" for d in (pair["dropped"], pair["kept"])))
+        both = (pair["dropped"], pair["kept"])
+        table.add_row(pair["reason"], cosine, *(f"[bold]{_escape(d['id'])}[/bold]: {_escape(d['text'])}" for d in both))
     console.print(table)
     if listing["not_shown"]:
         console.print(f"{listing['not_shown']:,} more not shown (--limit 0 lists all)")
