@@ -119,6 +119,7 @@ def test_inspect_dropped_json_and_limit(packed):
     assert pair["kept"]["text"] == RECORDS[0]["text"]
     plain = CliRunner().invoke(app, ["inspect", str(packed), "--json"])
     assert "dropped" not in json.loads(plain.output)  # only with --dropped
+    assert json.loads(plain.output)["semantic_threshold"]["value"] == 0.9
     shown = CliRunner().invoke(app, ["inspect", str(packed), "--dropped", "--limit", "1"], terminal_width=200)
     assert "1 more not shown" in shown.output
 
