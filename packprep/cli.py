@@ -324,15 +324,26 @@ def inspect(
     json_: Annotated[bool, typer.Option("--json", help="Print the statistics as one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw histograms into this PNG file.", show_default=False)] = None,
     row: Annotated[Optional[int], typer.Option("--row", help="Show row i decoded, documents coloured.", show_default=False)] = None,
+    dropped: Annotated[bool, typer.Option("--dropped", help="List dropped documents beside the kept twin, with reason and cosine (needs the document store).")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="With --dropped: list at most this many (0: all).")] = 20,
 ) -> None:
     """Statistics of a packed output: fill, padding, documents, segments, histograms."""
     from packprep import inspect as report
+    from packprep.dropped import dropped_pairs, print_dropped
 
     dataset = report.open_output(out)
     if row is not None:
         report.print_row(dataset, row)
         return
+    if limit < 0:
+        raise PackprepError(f"--limit must be 0 (all) or more, got {limit}")
+    listing = dropped_pairs(dataset, limit=limit) if dropped else None
+    if listing is not None and not json_:
+        print_dropped(listing)
+        return
     stats = report.compute_stats(dataset)
+    if listing is not None:
+        stats["dropped"] = listing
     if json_:
         print(report.stats_json(stats))
     else:

@@ -57,6 +57,7 @@ def compute_stats(ds: PackedDataset) -> dict[str, Any]:
         "skipped_records": int(store_counts.get("skipped_records", 0)),
         "dedup": bool(manifest.get("dedup_config") or manifest.get("embed_config")),
         "dropped_documents": manifest.get("dropped", {}),
+        "semantic_threshold": manifest.get("semantic_threshold"),  # value, source, embedder (None: no semantic dedup)
         **_adjacency(ds, seg_doc, packed_docs),
         "document_length": _summary(doc_lengths),
         "segment_length": _summary(seg_length),
@@ -187,6 +188,8 @@ def print_stats(stats: dict[str, Any]) -> None:
     dropped = stats["dropped_documents"]
     if stats["dedup"]:
         rows.append(("duplicates dropped", ", ".join(f"{n:,} {why}" for why, n in dropped.items())))
+        if (threshold := stats["semantic_threshold"]) and threshold["value"]:
+            rows.append(("semantic threshold", f"{threshold['value']:.4g} ({threshold['source']}, {threshold['embedder']})"))
     else:
         rows.append(("duplicates dropped", "dedup off"))
     if "adjacent_cosine" in stats:

@@ -66,7 +66,7 @@ Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice.
 ShardSize = Annotated[Optional[int], typer.Option("--shard-size", help="Rows per shard (default: about 256 MB per shard).", show_default=False)]
 DedupOpt = Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Drop exact and near duplicates (default: on for cluster/icp, off for random/eos).", show_default=False)]
 MinhashThreshold = Annotated[float, typer.Option("--minhash-threshold", help="Near-duplicate Jaccard threshold (MinHash LSH over word 3-grams of normalised text).")]
-SemanticThreshold = Annotated[Optional[float], typer.Option("--semantic-threshold", help="Drop documents whose cosine to an earlier kept one is above this (default: 0.95 for icp, off otherwise; 0: off).", show_default=False)]
+SemanticThreshold = Annotated[Optional[float], typer.Option("--semantic-threshold", help="Drop documents whose cosine to an earlier kept one is above this (icp default: 0.97 for MiniLM, calibrated for --embedder static; off otherwise; 0: off).", show_default=False)]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Embedding model for --embedder minilm: all-MiniLM-L6-v2 (bundled, the default) or a local sentence-transformers folder.", show_default=False)]
 EmbedTokens = Annotated[Optional[int], typer.Option("--embed-tokens", help="Embed each document's first N tokens (default: 256; packing a document store: what its embeddings were made with).", show_default=False)]
 Clusters = Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters for --strategy cluster (default: about sqrt(documents)).", show_default=False)]

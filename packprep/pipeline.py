@@ -330,6 +330,7 @@ def _pack(
             "counts": plan_counts(plan, num_documents=len(selection.order)),
             "store_counts": store.manifest["counts"],
             "dropped": selection.dropped_counts(),
+            "semantic_threshold": selection.semantic_threshold,
             "shards": shards,
             "doc_files": doc_files,
         },

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from packprep.config import DedupConfig, EmbedConfig, PackConfig
+from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, DedupConfig, EmbedConfig, PackConfig
 from packprep.engines import LOCAL, Engine
 from packprep.progress import Reporter, SilentReporter
 from packprep.stages.dedup import REASON_NAMES
@@ -21,6 +22,7 @@ class Selection:
     order: np.ndarray
     reason: np.ndarray
     dup_of: np.ndarray
+    semantic_threshold: dict[str, Any] | None = None  # see :func:`semantic_threshold`; manifest.json records it
 
     def dropped_counts(self) -> dict[str, int]:
         counts = np.bincount(self.reason, minlength=len(REASON_NAMES))
@@ -49,18 +51,41 @@ def select_documents(
         return Selection(order=orders.random_order(np.flatnonzero(reason == 0), seed=config.seed), reason=reason, dup_of=dup_of)
 
     embeddings = semantic.embed(store, config=embed_config, engine=engine, reporter=reporter)
-    threshold = config.effective_semantic_threshold
-    if threshold:
+    calibration = (semantic.embed_manifest(store, embed_config.model) or {}).get("calibration")
+    chosen = semantic_threshold(config, embed_config.model, calibration)
+    if chosen and chosen["value"]:
         from packprep.stages.dedup import semantic_duplicates
 
-        close = semantic_duplicates(embeddings, threshold=threshold, keep=reason == 0, k=config.knn)
+        close = semantic_duplicates(embeddings, threshold=chosen["value"], keep=reason == 0, k=config.knn)
         newly = (reason == 0) & ~close.keep
         reason[newly], dup_of[newly] = close.reason[newly], close.dup_of[newly]
-        reporter.info(f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {threshold}")
+        reporter.info(
+            f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {chosen['value']:.4g} ({chosen['source']})"
+        )
     kept = np.flatnonzero(reason == 0)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         if config.strategy == "cluster":
             order = orders.cluster_order(kept, embeddings, n_clusters=config.clusters, seed=config.seed, progress=advance)
         else:
             order = orders.icp_order(kept, embeddings, k=config.knn, seed=config.seed, progress=advance)
-    return Selection(order=order, reason=reason, dup_of=dup_of)
+    return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
+
+
+def semantic_threshold(config: PackConfig, model: str, calibration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cosine above which semantic dedup drops a document, and how it was chosen; None: no semantic dedup.
+
+    ``--semantic-threshold`` wins as given (0: off). Otherwise icp uses
+    DEFAULT_ICP_SEMANTIC_THRESHOLD, measured on MiniLM's scale; for the static embedder
+    that is the ``calibration`` its embed stage measured (``stages.static_embed.calibrate_threshold``),
+    the static cosine that reproduces MiniLM's decisions at the default on the fit sample.
+    """
+    from packprep.stages.static_embed import STATIC_MODEL
+
+    if config.semantic_threshold is not None:
+        return {"value": config.semantic_threshold, "source": "--semantic-threshold", "embedder": model}
+    if config.strategy != "icp":
+        return None
+    if model == STATIC_MODEL and calibration is not None:
+        return {"value": calibration["threshold"], "source": f"calibrated to MiniLM's {calibration['reference']}",
+                "embedder": model, "calibration": calibration}
+    return {"value": DEFAULT_ICP_SEMANTIC_THRESHOLD, "source": "default", "embedder": model}

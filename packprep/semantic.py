@@ -8,7 +8,9 @@ means the stage is reused):
     dedup.reason.npy      uint8 [N]  0 kept, 1 exact, 2 near (stages.dedup.REASON_*)
     dedup.dup_of.npy      int64 [N]  the kept document a dropped one duplicates, -1 if kept
     embeddings.npy        float16|float32 [N, D], L2-normalised, every document of the store (all-MiniLM-L6-v2)
-    embed.json            manifest: config (model, embed_tokens, ...), dim, fingerprint, key
+    embed.json            manifest: config (model, embed_tokens, ...), dim, fingerprint, key; for the
+                          static embedder its calibration: the threshold standing for MiniLM's
+                          default (stages.static_embed.Calibration)
     embeddings.static.npy, embed.static.json    the same for --embedder static; every embedder
                           has its own pair, and a journal while it runs (packprep.embed_files)
 """
@@ -123,14 +125,15 @@ def embed(
 
     journal = ChunkJournal.resume(files, key=key, chunk=stage.EMBED_CHUNK)
     decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
+    calibration = None
     if static and store.num_documents:
-        embedder = _fit_static(store, embedder, decode, config, reporter, journal=journal)
+        embedder, calibration = _fit_static(store, embedder, decode, config, reporter, journal=journal)
     _embed_chunks(store, embedder, decode, config, engine, reporter, journal=journal, on_ray=engine.ray and not static)
     journal.publish()
     save_json(
         files.manifest,
         {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint,
-         "chunk": journal.chunk, "store_key": store.manifest["key"]},
+         "chunk": journal.chunk, "store_key": store.manifest["key"], "calibration": calibration},
     )
     journal.remove()
     return np.load(files.vectors, mmap_mode="r")
@@ -178,16 +181,17 @@ def _report_distilling(reporter: Reporter) -> None:
 
 def _fit_static(
     store: DocStore, static: Any, decode: Any, config: EmbedConfig, reporter: Reporter, *, journal: ChunkJournal
-) -> Any:
-    """``static`` (a stages.embed.Embedder) with its model fitted to MiniLM's vectors of a sample of ``store``.
+) -> tuple[Any, dict[str, Any] | None]:
+    """``static`` (a stages.embed.Embedder) with its model fitted to MiniLM's vectors of a sample of ``store``,
+    and the static semantic threshold calibrated to MiniLM's on that sample (None for a one-document store).
 
-    Those vectors are the costly part (MiniLM on up to 2,000 documents), so ``journal``
+    MiniLM's vectors of the sample are the costly part (up to 2,000 documents), so ``journal``
     keeps them for a rerun after a kill; the fit itself is exact and takes seconds.
     """
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from packprep.stages.embed import embed_texts, first_tokens_text, load_embedder
-    from packprep.stages.static_embed import FIT, fit_sample, fit_static_model, fitted_fingerprint
+    from packprep.stages.static_embed import FIT, calibrate_static, fit_sample, fit_static_model, fitted_fingerprint
 
     sample = fit_sample(store.num_documents, size=FIT["sample"], seed=FIT["seed"])
     reporter.info(f"embed: fitting static vectors on {len(sample):,} sampled documents embedded with MiniLM")
@@ -201,7 +205,17 @@ def _fit_static(
     else:
         reporter.info("embed: the fit sample's MiniLM vectors of an interrupted run are reused")
     model = fit_static_model(static.model, texts, targets, map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
-    return replace(static, dim=model.vectors.shape[1], fingerprint=fitted_fingerprint(static.fingerprint), model=model)
+    fitted = replace(static, dim=model.vectors.shape[1], fingerprint=fitted_fingerprint(static.fingerprint), model=model)
+    if len(sample) < 2:
+        return fitted, None
+    calibration = calibrate_static(static.model, model, texts, targets, whole_store=len(sample) == store.num_documents)
+    return fitted, asdict(calibration)
+
+
+def embed_manifest(store: DocStore, model: str) -> dict[str, Any] | None:
+    """What the embed stage of ``model`` recorded beside ``store`` (model, calibration), or None before it ran."""
+    path = EmbedFiles.of(store.path, model).manifest
+    return load_json(path) if path.is_file() else None
 
 
 def load_embeddings(store_path: Path, model: str = "all-MiniLM-L6-v2") -> np.ndarray | None:

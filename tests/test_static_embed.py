@@ -235,3 +235,38 @@ def test_cli_embedder_static_refuses_a_model(tmp_path):
 
     result = CliRunner().invoke(app, ["embed", str(tmp_path), "--embedder", "static", "--model", str(tmp_path)])
     assert result.exit_code == 2 and "takes no --model" in result.output
+
+
+def test_icp_with_the_static_embedder_uses_and_records_its_calibrated_threshold(cache, tmp_path):
+    from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, PackConfig
+    from packprep.pipeline import pack
+    from packprep.reader import PackedDataset
+
+    path, _ = labelled_corpus(tmp_path / "corpus", per_topic=3)
+    out = pack(path, tmp_path / "out", config=PackConfig(strategy="icp", seq_len=64), embed_config=EmbedConfig(model="static"))
+    calibration = json.loads((out / "work" / "embed.static.json").read_text())["calibration"]
+    assert calibration["reference"] == DEFAULT_ICP_SEMANTIC_THRESHOLD and calibration["pairs"] > 0
+    assert calibration["method"] in ("sample", "fallback") and calibration["threshold"] > DEFAULT_ICP_SEMANTIC_THRESHOLD
+    recorded = PackedDataset(out).manifest["semantic_threshold"]
+    assert recorded == {"value": calibration["threshold"], "source": f"calibrated to MiniLM's {DEFAULT_ICP_SEMANTIC_THRESHOLD}",
+                        "embedder": "static", "calibration": calibration}
+    explicit = pack(path, tmp_path / "explicit", config=PackConfig(strategy="icp", seq_len=64, semantic_threshold=0.5),
+                    embed_config=EmbedConfig(model="static"))
+    assert PackedDataset(explicit).manifest["semantic_threshold"] == {"value": 0.5, "source": "--semantic-threshold", "embedder": "static"}
+    assert sum(PackedDataset(explicit).manifest["dropped"].values()) > 0  # 0.5 on the static scale drops related documents
+
+
+def test_calibration_pairs_of_a_partial_sample_come_from_documents_the_fit_did_not_see(model, minilm, labelled_texts):
+    from packprep.stages.static_embed import calibrate_static, held_out_pair_cosines, neighbour_pair_cosines, static_embed
+
+    targets = embed_texts(minilm, labelled_texts, dtype=np.float32)
+    fitted = fit_static_model(model, labelled_texts, targets, map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
+    k = FIT["calibration"]["k"]
+    inside = neighbour_pair_cosines(static_embed(fitted, labelled_texts), targets, k=k)
+    held = held_out_pair_cosines(model, labelled_texts, targets, k=k, map_ridge=FIT["map_ridge"], token_ridge=FIT["token_ridge"])
+    # Pairs inside each half only: 2 halves of 12 documents hold at most 2 x (12 x 11 / 2) pairs.
+    assert len(held[0]) == len(held[1]) and 0 < len(held[0]) <= 132
+    assert np.all(np.abs(held[0]) <= 1 + 1e-6) and not np.isin(held[0], inside[0]).all()  # another model's cosines
+    partial = calibrate_static(model, fitted, labelled_texts, targets, whole_store=False)
+    whole = calibrate_static(model, fitted, labelled_texts, targets, whole_store=True)
+    assert (partial.pairs, whole.pairs) == (len(held[0]), len(inside[0]))

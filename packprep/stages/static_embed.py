@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD
 from packprep.errors import PackprepError
 
 STATIC_MODEL = "static"
@@ -63,7 +64,15 @@ RECIPE = {"version": 2, "pooling": "mean", "pca_dims": 256, "sif_coefficient": 1
 _META = "static.json"
 # sample: documents MiniLM embeds for the fit; the ridges were chosen on held-out documents
 # of examples/corpus (map_ridge 0.001 overfits 250 documents; 10 underfits 2,000).
-FIT = {"version": 1, "sample": 2000, "seed": 0, "map_ridge": 3.0, "token_ridge": 0.01}
+# calibration (calibrate_threshold): the static threshold standing for MiniLM's default,
+# measured on the same sample's neighbour pairs; k as in dedup's kNN graph. The fallback,
+# for samples with under min_pairs pairs above the default, is the largest value measured
+# for reference 0.97 on PyPI summaries and package READMEs (0.993, 0.994), rounded up
+# (benchmarks/bench_semantic_dedup.py).
+FIT = {
+    "version": 2, "sample": 2000, "seed": 0, "map_ridge": 3.0, "token_ridge": 0.01,
+    "calibration": {"reference": DEFAULT_ICP_SEMANTIC_THRESHOLD, "k": 10, "precision": 0.9, "min_pairs": 5, "fallback": 0.995},
+}
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,136 @@ def fit_static_model(
     empty = model.empty.astype(np.float64) @ mapping
     return StaticModel(
         vectors=fitted.astype(np.float32), empty=(empty / np.linalg.norm(empty)).astype(np.float32), tokenizer=model.tokenizer
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The static threshold that stands for ``reference`` on the reference model's scale."""
+
+    threshold: float  # cosine under the static model; dedup drops pairs strictly above it
+    reference: float  # the reference model's threshold it reproduces
+    method: str  # "sample": measured on the pairs; "fallback": too few pairs above ``reference``
+    pairs: int  # sampled pairs it was measured on
+    reference_above: int  # of those, pairs the reference model puts above ``reference``
+    static_above: int  # pairs above ``threshold`` under the static model
+    agree: int  # pairs above both thresholds
+
+
+def neighbour_pair_cosines(static: np.ndarray, reference: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float64 [P], float64 [P]): the cosines under each model of every pair that is among either model's ``k`` nearest.
+
+    ``static`` (float [n, D]) and ``reference`` (float [n, H]) embed the same n documents,
+    L2-normalised. Dedup only ever compares a document with its nearest neighbours, so
+    these are the pairs whose order the threshold has to reproduce.
+    """
+    from packprep.stages.order import knn_graph
+
+    if len(static) < 2:
+        return np.zeros(0), np.zeros(0)
+    pairs = []
+    for vectors in (static, reference):
+        neighbours, _ = knn_graph(np.asarray(vectors, dtype=np.float32), k=min(k, len(vectors) - 1))
+        rows = np.repeat(np.arange(len(vectors)), neighbours.shape[1])
+        pairs.append(np.stack([rows, neighbours.ravel()], axis=1)[neighbours.ravel() >= 0])
+    both = np.concatenate(pairs)
+    both = np.unique(np.sort(both, axis=1), axis=0)  # (i, j) and (j, i) are one pair
+    both = both[both[:, 0] != both[:, 1]]
+    cosine = lambda v: np.einsum("ij,ij->i", *(np.asarray(v[both[:, c]], np.float64) for c in (0, 1)))  # noqa: E731
+    return cosine(static), cosine(reference)
+
+
+def calibrate_static(
+    model: StaticModel, fitted: StaticModel, texts: Sequence[str], targets: np.ndarray, *, whole_store: bool,
+    fit: dict[str, Any] = FIT,
+) -> Calibration:
+    """The static threshold standing for ``fit["calibration"]["reference"]`` on the reference's scale.
+
+    ``model``: the distilled model; ``fitted``: it fitted to ``targets`` (the reference's
+    vectors of ``texts``, the fit sample). ``whole_store``: the sample is every document
+    of the store, so ``fitted``'s own vectors are what dedup will compare; otherwise
+    most documents are ones the fit never saw, and the pairs come from cross-fitting.
+    """
+    rule = fit["calibration"]
+    if whole_store:
+        pairs = neighbour_pair_cosines(static_embed(fitted, texts), targets, k=rule["k"])
+    else:
+        pairs = held_out_pair_cosines(model, texts, targets, k=rule["k"], map_ridge=fit["map_ridge"], token_ridge=fit["token_ridge"])
+    return calibrate_threshold(*pairs, reference=rule["reference"], precision=rule["precision"],
+                               min_pairs=rule["min_pairs"], fallback=rule["fallback"])
+
+
+def held_out_pair_cosines(
+    model: StaticModel, texts: Sequence[str], targets: np.ndarray, *, k: int, map_ridge: float, token_ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`neighbour_pair_cosines` of documents the static model was not fitted on.
+
+    The fit reproduces its own sample closely, so in-sample cosines understate how far
+    static drifts from the reference on the rest of a corpus. Two-fold cross-fitting:
+    a model fitted on every other document of ``texts`` (with ``targets``) embeds the
+    remaining half, and the reverse; pairs are taken inside each half, under one model.
+    """
+    halves = (np.arange(0, len(texts), 2), np.arange(1, len(texts), 2))
+    static, reference = [], []
+    for fit_on, held in (halves, halves[::-1]):
+        if len(fit_on) == 0 or len(held) < 2:
+            continue
+        fitted = fit_static_model(model, [texts[i] for i in fit_on], targets[fit_on], map_ridge=map_ridge, token_ridge=token_ridge)
+        pairs = neighbour_pair_cosines(static_embed(fitted, [texts[i] for i in held]), targets[held], k=k)
+        static.append(pairs[0])
+        reference.append(pairs[1])
+    return (np.concatenate(static), np.concatenate(reference)) if static else (np.zeros(0), np.zeros(0))
+
+
+def calibrate_threshold(
+    static_cosine: np.ndarray,
+    reference_cosine: np.ndarray,
+    *,
+    reference: float,
+    precision: float = 0.9,
+    min_pairs: int = 0,
+    fallback: float | None = None,
+) -> Calibration:
+    """The static cosine above which pairs are duplicates, so that the static model agrees with the reference's ``> reference``.
+
+    ``static_cosine`` and ``reference_cosine`` (float [P]) are the same pairs' cosines
+    under each model. Ranked by static cosine, the cut keeps the fewer of
+    - as many pairs above it as the reference puts above ``reference`` (the same count), and
+    - the most pairs of which at least ``precision`` are above ``reference`` for the reference too,
+    so it never drops more than the reference and rarely what the reference keeps. When
+    static is a monotone function of the reference (a compressed space) the two agree
+    and the cut reproduces the reference's decisions exactly. With no pair above
+    ``reference`` it is the highest static cosine: nothing sampled is dropped.
+
+    Fewer than ``min_pairs`` pairs above ``reference`` say little about where the cut
+    belongs (a small sample of a large corpus rarely holds both copies of a duplicate):
+    then the cut is at least ``fallback`` (``method`` "fallback").
+    """
+    s = np.asarray(static_cosine, dtype=np.float64)
+    r = np.asarray(reference_cosine, dtype=np.float64)
+    if s.shape != r.shape or s.ndim != 1:
+        raise ValueError(f"need the same pairs under both models, got {s.shape} and {r.shape}")
+    order = np.argsort(-s, kind="stable")
+    ranked, hits = s[order], r[order] > reference
+    reference_above = int(hits.sum())
+    share = np.cumsum(hits) / np.arange(1, len(s) + 1)
+    precise = np.flatnonzero(share >= precision)
+    top = min(reference_above, int(precise[-1]) + 1 if len(precise) else 0)
+    if len(s) == 0:
+        threshold = 1.0 if fallback is None else float(fallback)  # nothing measured: drop nothing but the fallback's
+    elif top == 0:
+        threshold = float(ranked[0])
+    elif top == len(s):
+        threshold = float(np.nextafter(ranked[-1], -np.inf))
+    else:
+        threshold = float((ranked[top - 1] + ranked[top]) / 2)
+    method = "sample"
+    if reference_above < min_pairs and fallback is not None and fallback >= threshold:
+        threshold, method = float(fallback), "fallback"
+    above = s > threshold
+    return Calibration(
+        threshold=threshold, reference=float(reference), method=method, pairs=len(s), reference_above=reference_above,
+        static_above=int(above.sum()), agree=int((above & (r > reference)).sum()),
     )
 
 
