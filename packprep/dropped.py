@@ -3,9 +3,10 @@
 The output holds the decisions (``doc_dropped.npy``, ``doc_dup_of.npy``, ``doc_ids``);
 the texts and embeddings live in the document store its manifest names
 (``source.store``, ``OUT/work`` for a raw corpus), so that store must still be there.
-The similarity shown is the cosine of the store's embeddings (semantic outputs, or
-any store that was embedded); without embeddings there is none to show for exact
-and near pairs (exact pairs have the same normalised text).
+Two similarities are shown: the cosine of the store's embeddings (semantic outputs, or
+any store that was embedded), and for exact and near pairs the exact Jaccard of the two
+texts' normalised word shingles (``stages.dedup.text_jaccard``): what MinHash estimated
+when it compared them against ``--minhash-threshold``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from packprep.errors import PackprepError
 from packprep.reader import PackedDataset
-from packprep.stages.dedup import REASON_NAMES
+from packprep.stages.dedup import DEFAULT_SHINGLE, REASON_NAMES, REASON_SEMANTIC, text_jaccard
 
 DEFAULT_LIMIT = 20
 _PREVIEW_TOKENS = 64
@@ -42,10 +43,13 @@ def dropped_pairs(ds: PackedDataset, *, limit: int | None = DEFAULT_LIMIT) -> di
     order = np.lexsort((*keys, -reason[dropped].astype(np.int64))) if len(dropped) else np.zeros(0, np.int64)
     shown = order if not limit else order[:limit]
     decode = _decoder(store)
+    shingle = (ds.manifest.get("dedup_config") or {}).get("shingle", DEFAULT_SHINGLE)
     pairs = [
         {
             "reason": REASON_NAMES[int(reason[dropped[k]])],
             "cosine": None if cosine is None else round(float(cosine[k]), 4),
+            "jaccard": _jaccard(store, decode, int(dropped[k]), int(dup_of[dropped[k]]), shingle)
+            if reason[dropped[k]] != REASON_SEMANTIC else None,
             "dropped": _document(ds, store, decode, int(dropped[k])),
             "kept": _document(ds, store, decode, int(dup_of[dropped[k]])),
         }
@@ -103,6 +107,11 @@ def _decoder(store: Any) -> Any:
     return tokenizer_from_manifest(store.manifest["tokenizer"]).decode
 
 
+def _jaccard(store: Any, decode: Any, left: int, right: int, shingle: int) -> float:
+    texts = [decode(store.tokens[store.offsets[d] : store.offsets[d + 1]].tolist()) for d in (left, right)]
+    return round(text_jaccard(*texts, shingle=shingle), 4)
+
+
 def _document(ds: PackedDataset, store: Any, decode: Any, index: int) -> dict[str, Any]:
     start = int(store.offsets[index])
     end = min(int(store.offsets[index + 1]), start + _PREVIEW_TOKENS)
@@ -124,12 +133,14 @@ def print_dropped(listing: dict[str, Any]) -> None:
     table = Table(title=title, caption="semantic first, lowest cosine first: the closest calls", show_lines=True)
     table.add_column("reason")
     table.add_column("cosine" if not listing["embedder"] else f"cosine ({listing['embedder']})", justify="right")
+    table.add_column("jaccard", justify="right")
     table.add_column("dropped: id, text", overflow="fold")
     table.add_column("kept twin: id, text", overflow="fold")
     for pair in listing["pairs"]:
         cosine = "-" if pair["cosine"] is None else f"{pair['cosine']:.4f}"
+        jaccard = "-" if pair["jaccard"] is None else f"{pair['jaccard']:.4f}"
         both = (pair["dropped"], pair["kept"])
-        table.add_row(pair["reason"], cosine, *(f"[bold]{_escape(d['id'])}[/bold]: {_escape(d['text'])}" for d in both))
+        table.add_row(pair["reason"], cosine, jaccard, *(f"[bold]{_escape(d['id'])}[/bold]: {_escape(d['text'])}" for d in both))
     console.print(table)
     if listing["not_shown"]:
         console.print(f"{listing['not_shown']:,} more not shown (--limit 0 lists all)")

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from packprep.cli import app
-from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, PackConfig
+from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, DedupConfig, PackConfig
 from packprep.pipeline import pack
 from packprep.selection import semantic_threshold
 from packprep.stages.static_embed import calibrate_threshold, neighbour_pair_cosines
@@ -138,3 +138,17 @@ def test_inspect_dropped_without_the_store_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["inspect", str(out), "--dropped"])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "document store" in result.output and "is gone" in result.output
+
+
+def test_inspect_dropped_gives_near_pairs_their_exact_jaccard(tmp_path):
+    """A near copy (one word of 30 changed) is listed with the Jaccard MinHash estimated, computed exactly."""
+    words = [f"word{i}" for i in range(30)]
+    edited = words[:15] + ["changed"] + words[16:]
+    records = [{"id": "orig", "text": " ".join(words)}, {"id": "copy", "text": " ".join(edited)},
+               {"id": "other", "text": "Something else entirely, about bread and flour."}]
+    out = pack(write_jsonl(tmp_path / "c.jsonl", records), tmp_path / "out",
+               config=PackConfig(strategy="eos", seq_len=32, dedup=True), dedup_config=DedupConfig(minhash_threshold=0.7))
+    (pair,) = json.loads(CliRunner().invoke(app, ["inspect", str(out), "--dropped", "--json"]).output)["dropped"]["pairs"]
+    assert pair["reason"] == "near" and (pair["dropped"]["id"], pair["kept"]["id"]) == ("copy", "orig")
+    # 28 word 3-grams each; the changed word is in 3 of them: 25 shared of 31 distinct.
+    assert pair["jaccard"] == round(25 / 31, 4) and pair["cosine"] is None
