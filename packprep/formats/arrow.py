@@ -45,12 +45,13 @@ from typing import Any
 import numpy as np
 
 from packprep._files import fsync_path, save_json
+from packprep.formats import CONVERSION_MANIFEST, read_conversion_info
 from packprep.formats.npy import Shard, read_manifest
 from packprep.reader import IGNORE_INDEX
 
 FORMAT_NAME = "packprep-arrow"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "packprep.json"
+MANIFEST_NAME = CONVERSION_MANIFEST
 SAVE_TO_DISK_DIR = "save_to_disk"
 ROW_GROUP = 1000  # rows per Parquet row group and per Arrow record batch (~8 MB per column at L=2048)
 COLUMNS = ("input_ids", "position_ids", "seq_lengths")
@@ -214,18 +215,11 @@ def check_arrow(out: Path, dest: Path) -> list[tuple[str, str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from packprep._files import load_json
-
     out, dest = Path(out), Path(dest)
     manifest = read_manifest(out)
-    try:
-        info = load_json(dest / MANIFEST_NAME)
-    except (OSError, ValueError) as exc:
-        return [(MANIFEST_NAME, f"missing or unreadable ({type(exc).__name__}); the conversion did not finish")]
-    if not isinstance(info, dict) or (info.get("format"), info.get("format_version")) != (FORMAT_NAME, FORMAT_VERSION):
-        return [(MANIFEST_NAME, f"is not {FORMAT_NAME} version {FORMAT_VERSION}")]
-    if info.get("source_key") != manifest["key"]:
-        return [(MANIFEST_NAME, "converts another output (source_key differs); run `packprep convert` again")]
+    info, problems = read_conversion_info(dest, manifest["key"], format_name=FORMAT_NAME, format_version=FORMAT_VERSION)
+    if info is None:
+        return problems
     shards = [s["name"] for s in manifest["shards"]]
     names = tuple(info.get("columns") or ())
     if set(names) - {*COLUMNS, "labels"} or not set(COLUMNS) <= set(names):

@@ -42,12 +42,13 @@ from typing import Any
 import numpy as np
 
 from packprep._files import atomic_path, save_json, save_npy
+from packprep.formats import CONVERSION_MANIFEST, read_conversion_info
 from packprep.formats.npy import Shard, read_manifest
 from packprep.stages.pack import concat_ranges
 
 FORMAT_NAME = "packprep-megatron"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "packprep.json"
+MANIFEST_NAME = CONVERSION_MANIFEST
 PREFIX = "text_document"  # Megatron's preprocess_data.py names outputs <prefix>_text_document
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -196,7 +197,7 @@ def check_megatron(out: Path, dest: Path) -> list[tuple[str, str]]:
     """
     out, dest = Path(out), Path(dest)
     manifest = read_manifest(out)
-    problems = _check_info(dest, manifest)
+    problems = read_conversion_info(dest, manifest["key"], format_name=FORMAT_NAME, format_version=FORMAT_VERSION)[1]
     if problems:
         return problems
     prefix = dest / PREFIX
@@ -235,20 +236,6 @@ def check_megatron(out: Path, dest: Path) -> list[tuple[str, str]]:
     if first is not None:
         problems.append((f"{PREFIX}.bin", first + (f" ({differ} tokens differ)" if differ > 1 else "")))
     return problems
-
-
-def _check_info(dest: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    from packprep._files import load_json
-
-    try:
-        info = load_json(dest / MANIFEST_NAME)
-    except (OSError, ValueError) as exc:
-        return [(MANIFEST_NAME, f"missing or unreadable ({type(exc).__name__}); the conversion did not finish")]
-    if not isinstance(info, dict) or (info.get("format"), info.get("format_version")) != (FORMAT_NAME, FORMAT_VERSION):
-        return [(MANIFEST_NAME, f"is not {FORMAT_NAME} version {FORMAT_VERSION}")]
-    if info.get("source_key") != manifest["key"]:
-        return [(MANIFEST_NAME, "converts another output (source_key differs); run `packprep convert` again")]
-    return []
 
 
 def _check_index(
