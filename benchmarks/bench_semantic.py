@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -88,8 +89,10 @@ def bench_corpus(corpus: Path, seq_len: int, work: Path, embed_config: EmbedConf
     print("-" * len(header))
     for strategy, packing in RUNS:
         config = PackConfig(strategy="eos" if strategy == "random" else strategy, seq_len=seq_len, packing=packing, dedup=True)
+        out = work / f"{strategy}-{packing}"
+        shutil.rmtree(out, ignore_errors=True)  # an output with the same options would be reused, whatever the code
         start = time.perf_counter()
-        out = pack(store.path, work / f"{strategy}-{packing}", config=config, embed_config=embed_config, overwrite=True)
+        pack(store.path, out, config=config, embed_config=embed_config)
         seconds = time.perf_counter() - start
         ds = PackedDataset(out)
         stats = compute_stats(ds)

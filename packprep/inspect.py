@@ -1,7 +1,9 @@
 """Statistics, tables and plots over a packed output (``packprep inspect``).
 
 All numbers come from the boundary arrays (no token matrix is read), so inspecting
-a large output takes seconds.
+a large output takes seconds; where the store has embeddings, the adjacency figures
+add a k = 2 nearest-neighbour search over the packed documents (for the bound:
+instant at thousands of documents, minutes at a million).
 """
 
 from __future__ import annotations
