@@ -1,6 +1,6 @@
 """Build a second labelled corpus offline: CPython standard-library docstrings, labelled by topic.
 
-    .venv/bin/python benchmarks/make_docstring_corpus.py [--out bench-data/stdlib-docstrings.jsonl]
+    .venv/bin/python benchmarks/make_docstring_corpus.py [--out bench-data/stdlib-docstrings/docstrings.jsonl]
 
 One JSON line per module, class or function docstring of at least ``--min-chars``
 characters (default 150) from the running interpreter's standard library (tests
@@ -53,7 +53,7 @@ def docstrings(path: Path, module: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench-data/stdlib-docstrings.jsonl"))
+    parser.add_argument("--out", type=Path, default=Path("bench-data/stdlib-docstrings/docstrings.jsonl"))
     parser.add_argument("--min-chars", type=int, default=150)
     args = parser.parse_args()
     root = Path(sysconfig.get_paths()["stdlib"])
