@@ -71,19 +71,28 @@ def _move_run(path, pos, s, e, q, flip):
 
 
 @jit
-def local_search(path, x, neighbours, max_span, work_budget):  # noqa: PLR0912, PLR0915 - one numba loop
+def local_search(path, x, neighbours, max_span, work_budget):
     """2-opt and Or-opt (runs of 1 to 3) on the path array, in place; returns the number of moves.
     A move may shift at most ``max_span`` positions; the search stops once ``work_budget``
     positions were shifted in all."""
-    m, k = neighbours.shape
-    eps = 1e-6  # a move must gain more than rounding noise, so the search cannot cycle
+    m = len(path)
     pos = np.empty(m, dtype=np.int64)
     for i in range(m):
         pos[path[i]] = i
     queue = path.copy()  # FIFO ring of dirty nodes, all dirty at first, in path order
     queued = np.ones(m, dtype=np.bool_)
-    head, size = 0, m
+    return _search(path, pos, x, neighbours, max_span, work_budget, queue, queued, m)[0]
+
+
+@jit
+def _search(path, pos, x, neighbours, max_span, work_budget, queue, queued, size):  # noqa: PLR0912, PLR0915
+    """The search of :func:`local_search` from the ``size`` dirty documents at the head of
+    ``queue``; returns (moves, total gain, lowest and highest position changed)."""
+    m, k = neighbours.shape
+    eps = 1e-6  # a move must gain more than rounding noise, so the search cannot cycle
+    head = 0
     work, moves = 0, 0
+    total, changed_lo, changed_hi = 0.0, m, -1
     touched = np.full(6, -1, dtype=np.int64)
     while size > 0 and work < work_budget:
         a = queue[head]
@@ -118,6 +127,8 @@ def local_search(path, x, neighbours, max_span, work_budget):  # noqa: PLR0912, 
                     lo, hi = lo, hi - 1
                 if gain > eps and hi - lo <= max_span:
                     touched[0], touched[1], touched[2], touched[3] = a, b, c, d
+                    total += gain
+                    changed_lo, changed_hi = min(changed_lo, lo), max(changed_hi, hi)
                     _reverse(path, pos, lo, hi)
                     work += hi - lo + 1
                     moved = True
@@ -149,6 +160,8 @@ def local_search(path, x, neighbours, max_span, work_budget):  # noqa: PLR0912, 
                                 flip = False
                             touched[0], touched[1], touched[2], touched[3] = a, other, c, d
                             touched[4], touched[5] = p, n
+                            total += gain
+                            changed_lo, changed_hi = min(changed_lo, s, q + 1), max(changed_hi, e, q)
                             _move_run(path, pos, s, e, q, flip)
                             work += span + length
                             moved = True
@@ -167,7 +180,7 @@ def local_search(path, x, neighbours, max_span, work_budget):  # noqa: PLR0912, 
                         queue[(head + size) % m] = u
                         queued[u] = True
                         size += 1
-    return moves
+    return moves, total, changed_lo, changed_hi
 
 
 @jit
@@ -324,3 +337,50 @@ def or_opt_linked(path, x, neighbours, similarities, max_run):  # noqa: PLR0912,
         path[i] = start
         start = nxt[start]
     return moves
+
+
+@jit
+def kicked_search(path, x, neighbours, max_span, kicks, width):
+    """Iterated local search, in place: for each row of ``kicks`` (start, three cut points
+    inside a stretch of ``width``), swap two adjacent pieces of that stretch (a double
+    bridge, which 2-opt and short Or-opt moves cannot undo in one step), search again
+    from the documents around it, and keep the result only if the path gained; returns
+    how many kicks were kept."""
+    m = len(path)
+    pos = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        pos[path[i]] = i
+    queue = np.empty(m, dtype=np.int64)
+    queued = np.zeros(m, dtype=np.bool_)
+    saved = path.copy()
+    kept = 0
+    for row in range(kicks.shape[0]):
+        s, a, b, c = kicks[row, 0], kicks[row, 1], kicks[row, 2], kicks[row, 3]
+        before = 0.0
+        for i in range(s - 1, s + width):
+            before += _sim(x, _at(path, i), _at(path, i + 1))
+        piece = path[s : s + width].copy()
+        t = s
+        for part in ((0, a), (b, c), (a, b), (c, width)):
+            for i in range(part[0], part[1]):
+                path[t] = piece[i]
+                pos[path[t]] = t
+                t += 1
+        after = 0.0
+        for i in range(s - 1, s + width):
+            after += _sim(x, _at(path, i), _at(path, i + 1))
+        size = 0
+        for i in range(max(0, s - 1), min(m, s + width + 1)):
+            queue[size] = path[i]
+            queued[path[i]] = True
+            size += 1
+        moves, gain, lo, hi = _search(path, pos, x, neighbours, max_span, 1 << 62, queue, queued, size)
+        lo, hi = min(lo, s), max(hi, s + width - 1)
+        if after - before + gain > 1e-6:
+            kept += 1
+            saved[lo : hi + 1] = path[lo : hi + 1]
+        else:
+            path[lo : hi + 1] = saved[lo : hi + 1]
+            for i in range(lo, hi + 1):
+                pos[path[i]] = i
+    return kept

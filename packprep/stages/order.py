@@ -143,7 +143,7 @@ def icp_order(
     _check_rows(embeddings, idx)
     x = _rows(embeddings, idx)  # float32: knn_graph searches it and the local search reads it, one copy
     neighbours, similarities = knn_graph(x, k=k, exact_max=exact_max, seed=seed, progress=progress)
-    return idx[improve_path(icp_walk(neighbours, similarities, seed=seed), x, neighbours, similarities)]
+    return idx[improve_path(icp_walk(neighbours, similarities, seed=seed), x, neighbours, similarities, seed=seed)]
 
 
 def adjacent_cosine(order: np.ndarray, embeddings: np.ndarray) -> float:
