@@ -1,7 +1,9 @@
 """Statistics, tables and plots over a packed output (``packprep inspect``).
 
 All numbers come from the boundary arrays (no token matrix is read), so inspecting
-a large output takes seconds.
+a large output takes seconds; where the store has embeddings, the adjacency figures
+add a k = 2 nearest-neighbour search over the packed documents (for the bound:
+instant at thousands of documents, minutes at a million).
 """
 
 from __future__ import annotations
@@ -71,31 +73,83 @@ def compute_stats(ds: PackedDataset) -> dict[str, Any]:
 
 
 def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) -> dict[str, Any]:
-    """Mean cosine of documents side by side in a row, and of the same documents in a random order.
+    """How related the documents that share a row are, next to a random order of the same documents.
+
+    - ``adjacent_cosine``: mean cosine of documents side by side in a row (``adjacent_pairs`` pairs);
+    - ``adjacent_cosine_bound``: the most any order could reach (each document's two best
+      neighbour similarities, summed, halved, per adjacent pair: path_search.path_bound),
+      and ``adjacent_cosine_bound_ratio`` = adjacent_cosine / bound;
+    - ``row_pair_cosine``: mean cosine over all pairs of documents in the same row (``row_pairs``);
+    - ``*_random``: the same figures for the same documents in a random order (the
+      side-by-side one over one shuffled sequence, the in-row one over the same rows
+      filled with shuffled documents).
 
     Needs the embeddings stored beside the output's document store (any semantic
     strategy leaves them there); the keys are absent otherwise.
     """
     from packprep.semantic import load_embeddings
-    from packprep.stages.order import adjacent_cosine
+    from packprep.stages.order import adjacent_cosine, knn_graph
+    from packprep.stages.path_search import path_bound
 
     store_path = ds.manifest.get("source", {}).get("store")
     embedder = (ds.manifest.get("embed_config") or {}).get("model")  # the embeddings this output was ordered by
     embeddings = load_embeddings(Path(store_path), *([embedder] if embedder else [])) if store_path else None
     if embeddings is None or len(packed_docs) < 2:
         return {}
+    row_starts = _row_starts(ds)
     same_row = np.ones(len(seg_doc), dtype=bool)
-    same_row[_row_starts(ds)] = False  # a row's first segment has no left neighbour in the row
+    same_row[row_starts] = False  # a row's first segment has no left neighbour in the row
     left, right = seg_doc[np.flatnonzero(same_row) - 1], seg_doc[same_row]
     within_rows = float(_pair_cosine(embeddings, left, right)) if len(left) else float("nan")
     # A stream of its own: the eos/random packing itself uses default_rng(seed), and the
     # baseline must not be that very permutation.
-    shuffled = np.random.default_rng([int(ds.manifest["seed"]), 2]).permutation(packed_docs)
+    rng = np.random.default_rng([int(ds.manifest["seed"]), 2])
+    shuffled = rng.permutation(packed_docs)
+    random_adjacent = float(adjacent_cosine(shuffled, embeddings))
+    bound = path_bound(knn_graph(np.asarray(embeddings[packed_docs], dtype=np.float32), k=2)[1])
+    row_of = np.repeat(np.arange(len(row_starts)), np.diff(np.append(row_starts, len(seg_doc))))
+    pair_sum, pairs = _row_pair_cosine(embeddings, seg_doc, row_of)
+    # the random rows: the same slots, filled with the documents in a random order
+    pair_sum_random, _ = _row_pair_cosine(embeddings, seg_doc[rng.permutation(len(seg_doc))], row_of)
     return {
         "adjacent_pairs": int(len(left)),
         "adjacent_cosine": within_rows,
-        "adjacent_cosine_random": float(adjacent_cosine(shuffled, embeddings)),
+        "adjacent_cosine_random": random_adjacent,
+        "adjacent_cosine_bound": bound,
+        "adjacent_cosine_bound_ratio": within_rows / bound,
+        "adjacent_cosine_random_bound_ratio": random_adjacent / bound,
+        "row_pairs": pairs,
+        "row_pair_cosine": pair_sum / pairs if pairs else float("nan"),
+        "row_pair_cosine_random": pair_sum_random / pairs if pairs else float("nan"),
     }
+
+
+def _row_pair_cosine(embeddings: np.ndarray, seg_doc: np.ndarray, row_of: np.ndarray, chunk: int = 65536) -> tuple[float, int]:
+    """Sum of cosines over all pairs of distinct documents sharing a row, and the number of pairs.
+
+    A row's pairs sum to (|sum of its vectors|^2 - sum of their squared norms) / 2, so no
+    pair is formed; rows are taken in chunks of about ``chunk`` segments.
+    """
+    keep = np.ones(len(seg_doc), dtype=bool)
+    order = np.lexsort((seg_doc, row_of))
+    dup = (np.diff(row_of[order]) == 0) & (np.diff(seg_doc[order]) == 0)
+    keep[order[1:][dup]] = False  # a document counts once per row
+    docs, rows = seg_doc[keep], row_of[keep]
+    counts = np.bincount(rows, minlength=int(row_of.max()) + 1 if len(row_of) else 0)
+    pairs = int((counts * (counts - 1) // 2).sum())
+    total = 0.0
+    start = 0
+    while start < len(docs):
+        stop = min(len(docs), start + chunk)
+        while stop < len(docs) and rows[stop] == rows[stop - 1]:
+            stop += 1  # whole rows only
+        vectors = np.asarray(embeddings[docs[start:stop]], dtype=np.float64)
+        local = rows[start:stop] - rows[start]
+        sums = np.zeros((int(local[-1]) + 1, vectors.shape[1]))
+        np.add.at(sums, local, vectors)
+        total += float((np.einsum("ij,ij->", sums, sums) - np.einsum("ij,ij->", vectors, vectors)) / 2)
+        start = stop
+    return total, pairs
 
 
 def _pair_cosine(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 65536) -> float:
@@ -195,6 +249,15 @@ def print_stats(stats: dict[str, Any]) -> None:
     if "adjacent_cosine" in stats:
         rows.append(("adjacent cosine (in rows)", f"{stats['adjacent_cosine']:.4f} over {stats['adjacent_pairs']:,} pairs"))
         rows.append(("adjacent cosine (random order)", f"{stats['adjacent_cosine_random']:.4f}"))
+        rows.append((
+            "adjacent cosine bound / ratio",
+            f"{stats['adjacent_cosine_bound']:.4f} / {stats['adjacent_cosine_bound_ratio']:.3f} "
+            f"(random {stats['adjacent_cosine_random_bound_ratio']:.3f})",
+        ))
+        rows.append((
+            "in-row pair cosine",
+            f"{stats['row_pair_cosine']:.4f} over {stats['row_pairs']:,} pairs (random {stats['row_pair_cosine_random']:.4f})",
+        ))
     for what, value in rows:
         overview.add_row(what, value)
     console.print(overview)

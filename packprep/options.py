@@ -60,7 +60,7 @@ EosId = Annotated[Optional[int], typer.Option("--eos-id", help="Override the tok
 BosId = Annotated[Optional[int], typer.Option("--bos-id", help="Override the tokenizer's BOS id.", show_default=False)]
 OnErrorOpt = Annotated[OnError, typer.Option("--on-error", help="'raise': stop at the first bad record; 'skip': skip and count them.")]
 StrategyOpt = Annotated[Strategy, typer.Option("--strategy", help="Document order and separators.")]
-PackingOpt = Annotated[Packing, typer.Option("--packing", help="'split': cut the stream at the window; 'bestfit': whole documents, best-fit decreasing, padded.")]
+PackingOpt = Annotated[Packing, typer.Option("--packing", help="'split': cut the stream at the window; 'bestfit': whole documents, padded (best-fit decreasing; along the order for cluster/icp).")]
 SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
 ShardSize = Annotated[Optional[int], typer.Option("--shard-size", help="Rows per shard (default: about 256 MB per shard).", show_default=False)]

@@ -293,7 +293,10 @@ def _pack(
         store, config=config, dedup_config=dedup_config, embed_config=embed_config, engine=engine, reporter=reporter
     )
     sequence_lengths = store.lengths() + sep_len
-    plan = pack_plan(sequence_lengths, selection.order, seq_len=config.seq_len, packing=config.packing)
+    # A semantic order is the point of cluster/icp: bestfit then packs along it, not by length.
+    plan = pack_plan(
+        sequence_lengths, selection.order, seq_len=config.seq_len, packing=config.packing, keep_order=config.semantic
+    )
     if config.packing == "bestfit" or config.semantic:
         # Best fit opens rows longest-document first, and semantic orders put one topic in
         # consecutive rows: shuffle rows (the documents inside a row stay together).

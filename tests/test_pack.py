@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from packprep.stages.pack import bestfit_pack, fill_rows, pack, permute_rows, split_pack
+from packprep.stages.pack import bestfit_pack, fill_rows, ordered_bestfit_pack, pack, permute_rows, split_pack
 
 
 def plan_lists(plan):
@@ -50,6 +50,35 @@ def test_bestfit_prefers_the_row_opened_first_among_equal_rooms():
     plan = bestfit_pack(np.array([4, 4, 4]), np.arange(3), seq_len=8)
     assert plan.row_ptr.tolist() == [0, 2, 3]
     assert plan.seg_doc.tolist() == [0, 1, 2]
+
+
+def test_ordered_bestfit_keeps_neighbours_in_the_order_together():
+    lengths = np.array([4, 4, 2, 2, 6, 6])
+    order = np.arange(6)  # a semantic order: 0-1 and 2-3 are neighbours
+    # best fit decreasing sorts by length and pairs each 6 with a 2 from elsewhere in the order
+    assert [sorted(r) for r in np.split(bestfit_pack(lengths, order, seq_len=8).seg_doc, [2, 4])] == [[2, 4], [3, 5], [0, 1]]
+    # along the order (window 2): 0+1 fill a row, 2+3 share one, the 6s find no room and go alone
+    plan = ordered_bestfit_pack(lengths, order, seq_len=8, window=2, lookahead=0)
+    assert plan_lists(plan) == {
+        "row_ptr": [0, 2, 4, 5, 6],
+        "seg_start": [0, 4, 0, 2, 0, 0],
+        "seg_length": [4, 4, 2, 2, 6, 6],
+        "seg_doc": [0, 1, 2, 3, 4, 5],
+        "seg_doc_offset": [0, 0, 0, 0, 0, 0],
+    }
+    assert pack(lengths, order, seq_len=8, packing="bestfit", keep_order=True).seg_doc.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_ordered_bestfit_fills_a_closing_row_from_just_ahead():
+    lengths = np.array([5, 6, 7, 3, 2])
+    # window 1: 5 opens row0 (room 3); 6 does not fit, so row0 closes, taking the longest of
+    # the next two pieces that fits (3, doc 3 pulled forward); 6 opens row1 (room 2); 7
+    # closes row1, which takes the 2 (doc 4, within the two ahead); 7 opens row2.
+    plan = ordered_bestfit_pack(lengths, np.arange(5), seq_len=8, window=1, lookahead=2)
+    assert [plan.seg_doc[a:b].tolist() for a, b in zip(plan.row_ptr[:-1], plan.row_ptr[1:])] == [[0, 3], [1, 4], [2]]
+    assert plan.row_fill().tolist() == [8, 8, 7]
+    with pytest.raises(ValueError, match="window"):
+        ordered_bestfit_pack(lengths, np.arange(5), seq_len=8, window=0)
 
 
 def test_fill_rows_writes_tokens_separators_and_padding():

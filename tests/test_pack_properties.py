@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packprep.stages.pack import PackPlan, fill_rows, pack, permute_rows
+from packprep.stages.pack import PackPlan, fill_rows, ordered_bestfit_pack, pack, permute_rows
 
 SEP_ID = 0  # store tokens are 1..T, so the separator and the padding are told apart from them
 PAD_ID = -1
@@ -20,8 +20,9 @@ PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 
 
 @st.composite
-def packing_inputs(draw, packing: str | None = None) -> dict:
-    """A store of token counts, a separator length, an order over (a subset of) the documents."""
+def packing_inputs(draw, packing: str | None = None, keep_order: bool | None = None) -> dict:
+    """A store of token counts, a separator length, an order over (a subset of) the documents;
+    ``keep_order``: bestfit along the order (what cluster/icp use) instead of by length."""
     seq_len = draw(st.integers(2, 200))
     sep_len = draw(st.sampled_from([0, 1]))
     exact_fit = seq_len - sep_len  # tokens whose sequence (with separator) is exactly seq_len
@@ -48,6 +49,7 @@ def packing_inputs(draw, packing: str | None = None) -> dict:
         "num_tokens": np.asarray(num_tokens, dtype=np.int64),
         "order": np.asarray(order, dtype=np.int64),
         "packing": packing or draw(st.sampled_from(["split", "bestfit"])),
+        "keep_order": draw(st.booleans()) if keep_order is None else keep_order,
     }
 
 
@@ -58,7 +60,7 @@ def make_store(num_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def plan_for(case: dict) -> PackPlan:
     sequence_lengths = case["num_tokens"] + case["sep_len"]
-    return pack(sequence_lengths, case["order"], seq_len=case["seq_len"], packing=case["packing"])
+    return pack(sequence_lengths, case["order"], seq_len=case["seq_len"], packing=case["packing"], keep_order=case["keep_order"])
 
 
 def filled(plan: PackPlan, tokens: np.ndarray, offsets: np.ndarray, sep_len: int) -> np.ndarray:
@@ -153,11 +155,7 @@ def test_split_fills_every_row_but_the_last_and_keeps_the_stream_order(case):
     assert stream.tolist() == expected
 
 
-@PROPERTY_SETTINGS
-@given(packing_inputs("bestfit"))
-def test_bestfit_splits_only_documents_longer_than_a_row(case):
-    plan, seq_len = plan_for(case), case["seq_len"]
-    sequence_lengths = case["num_tokens"] + case["sep_len"]
+def assert_only_long_documents_split(plan: PackPlan, sequence_lengths: np.ndarray, seq_len: int) -> None:
     for doc, pieces in pieces_by_doc(plan).items():
         if sequence_lengths[doc] <= seq_len:
             assert len(pieces) == 1
@@ -166,11 +164,72 @@ def test_bestfit_splits_only_documents_longer_than_a_row(case):
             assert len(pieces) == -(-int(sequence_lengths[doc]) // seq_len)
             assert lengths[:-1] == [seq_len] * (len(lengths) - 1)
             assert 1 <= lengths[-1] <= seq_len
+
+
+@PROPERTY_SETTINGS
+@given(packing_inputs("bestfit", keep_order=False))
+def test_bestfit_splits_only_documents_longer_than_a_row(case):
+    plan, seq_len = plan_for(case), case["seq_len"]
+    sequence_lengths = case["num_tokens"] + case["sep_len"]
+    assert_only_long_documents_split(plan, sequence_lengths, seq_len)
     # Any-fit: a row is opened only when the piece fits no open row, so no two rows could be merged.
     fill = np.sort(plan.row_fill())
     if len(fill) >= 2:
         assert fill[0] + fill[1] > seq_len
     assert plan_rows(plan) == reference_bestfit(sequence_lengths, case["order"], seq_len)
+
+
+@PROPERTY_SETTINGS
+@given(packing_inputs("bestfit", keep_order=True), st.integers(1, 4), st.integers(0, 8))
+def test_ordered_bestfit_splits_only_long_documents_and_follows_the_order(case, window, lookahead):
+    seq_len = case["seq_len"]
+    sequence_lengths = case["num_tokens"] + case["sep_len"]
+    plan = ordered_bestfit_pack(sequence_lengths, case["order"], seq_len=seq_len, window=window, lookahead=lookahead)
+    assert_only_long_documents_split(plan, sequence_lengths, seq_len)
+    assert plan_rows(plan) == reference_ordered_bestfit(sequence_lengths, case["order"], seq_len, window, lookahead)
+
+
+def reference_ordered_bestfit(
+    sequence_lengths: np.ndarray, order: np.ndarray, seq_len: int, window: int, lookahead: int
+) -> list[list[tuple[int, int, int]]]:
+    """ordered_bestfit_pack as its docstring states it, the slow obvious way."""
+    pieces = [
+        (doc, offset, min(seq_len, int(sequence_lengths[doc]) - offset))
+        for doc in order.tolist()
+        for offset in range(0, int(sequence_lengths[doc]), seq_len)
+    ]
+    rows: list[list[int]] = []  # piece indices
+    rooms: list[int] = []
+    open_rows: list[int] = []
+    placed = [False] * len(pieces)
+    for i, piece in enumerate(pieces):
+        if placed[i]:
+            continue
+        fits = [r for r in open_rows if rooms[r] >= piece[2]]
+        if fits:
+            row = min(fits, key=lambda r: (rooms[r], open_rows.index(r)))
+        else:
+            if len(open_rows) == window:
+                oldest = open_rows.pop(0)
+                while True:  # fill the closing row from the next pieces, longest first
+                    ahead = [j for j in range(i + 1, min(i + 1 + lookahead, len(pieces))) if not placed[j]]
+                    ahead = [j for j in ahead if pieces[j][2] <= rooms[oldest]]
+                    if not ahead:
+                        break
+                    j = max(ahead, key=lambda j: (pieces[j][2], -j))
+                    rows[oldest].append(j)
+                    rooms[oldest] -= pieces[j][2]
+                    placed[j] = True
+            rows.append([])
+            rooms.append(seq_len)
+            open_rows.append(len(rows) - 1)
+            row = len(rows) - 1
+        rows[row].append(i)
+        rooms[row] -= piece[2]
+        placed[i] = True
+        if rooms[row] == 0:
+            open_rows.remove(row)
+    return [[pieces[j] for j in sorted(row)] for row in rows]
 
 
 def plan_rows(plan: PackPlan) -> list[list[tuple[int, int, int]]]:

@@ -164,3 +164,33 @@ def test_dedup_command_reports_planted_duplicates(tmp_path):
     assert result.exit_code == 0, result.output
     reason = np.load(store.path / "dedup.reason.npy")
     assert reason.tolist() == [0, 1, 0]
+
+
+def test_icp_with_bestfit_keeps_topics_together(corpus, tmp_path):
+    """bestfit packs along the icp order: rows hold documents of one topic, as with split."""
+    path, topic_of = corpus
+    config = PackConfig(strategy="icp", seq_len=256, packing="bestfit", semantic_threshold=0, dedup=False)
+    ds = PackedDataset(pack(path, tmp_path / "icp-bestfit", config=config))
+    stats = compute_stats(ds)
+    assert stats["split_documents"] == 0 and stats["num_documents"] == 40
+    # best-fit decreasing, which re-sorted by length, gave 0.74 here
+    assert topic_share(ds, topic_of) >= 0.85
+
+
+def test_inspect_reports_the_bound_and_in_row_pairs(corpus, tmp_path):
+    path, _ = corpus
+    out = pack(path, tmp_path / "icp", config=PackConfig(strategy="icp", seq_len=128, semantic_threshold=0, dedup=False))
+    stats = compute_stats(PackedDataset(out))
+    assert 0 < stats["adjacent_cosine"] <= stats["adjacent_cosine_bound"] + 1e-6
+    assert stats["adjacent_cosine_bound_ratio"] == pytest.approx(stats["adjacent_cosine"] / stats["adjacent_cosine_bound"])
+    assert stats["adjacent_cosine_bound_ratio"] >= stats["adjacent_cosine_random_bound_ratio"] + 0.3
+    assert stats["row_pairs"] > stats["adjacent_pairs"]  # rows hold more than two documents
+    assert stats["row_pair_cosine"] >= stats["row_pair_cosine_random"] + 0.2
+    result = CliRunner().invoke(app, ["inspect", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    for key in ("adjacent_cosine", "adjacent_cosine_random", "adjacent_cosine_bound", "adjacent_cosine_bound_ratio",
+                "adjacent_cosine_random_bound_ratio", "row_pair_cosine", "row_pair_cosine_random", "row_pairs"):
+        assert key in shown
+    result = CliRunner().invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 0 and "bound" in result.output and "in-row pair cosine" in result.output
