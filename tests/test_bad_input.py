@@ -212,7 +212,10 @@ def test_configs_check_themselves_so_notebooks_get_the_cli_errors(make, message)
 
 
 def test_a_semantic_threshold_of_0_still_means_off(tmp_path, good_corpus):
-    assert PackConfig(strategy="icp", semantic_threshold=0.0).effective_semantic_threshold == 0.0
+    from packprep.selection import semantic_threshold
+
+    chosen = semantic_threshold(PackConfig(strategy="icp", semantic_threshold=0.0), "all-MiniLM-L6-v2", None)
+    assert chosen["value"] == 0.0 and chosen["source"] == "--semantic-threshold"  # 0 passes the range check, and is off
     with pytest.raises(PackprepError, match="--workers must be at least 1"):
         pack(good_corpus, tmp_path / "out", workers=0)
     assert not (tmp_path / "out").exists()
