@@ -324,7 +324,7 @@ def inspect(
     json_: Annotated[bool, typer.Option("--json", help="Print the statistics as one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw histograms into this PNG file.", show_default=False)] = None,
     row: Annotated[Optional[int], typer.Option("--row", help="Show row i decoded, documents coloured.", show_default=False)] = None,
-    dropped: Annotated[bool, typer.Option("--dropped", help="List dropped documents beside the kept twin, with reason and cosine (needs the document store).")] = False,
+    dropped: Annotated[bool, typer.Option("--dropped", help="List dropped documents beside the kept twin, with reason, cosine and Jaccard (needs the document store).")] = False,
     limit: Annotated[int, typer.Option("--limit", help="With --dropped: list at most this many (0: all).")] = 20,
 ) -> None:
     """Statistics of a packed output: fill, padding, documents, segments, histograms."""
