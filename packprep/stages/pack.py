@@ -107,34 +107,10 @@ def bestfit_pack(sequence_lengths: np.ndarray, order: np.ndarray, *, seq_len: in
     "fewer truncations" packing use; it leaves the least padding of the simple rules.
     """
     _check_seq_len(seq_len)
-    order = np.asarray(order, dtype=np.int64)
-    lengths = np.asarray(sequence_lengths, dtype=np.int64)[order]
-    pieces = -(-lengths // seq_len)
-    piece_doc_pos = np.repeat(np.arange(len(order)), pieces)
-    piece_rank = np.arange(len(piece_doc_pos)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    piece_offset = piece_rank * seq_len
-    piece_length = np.minimum(lengths[piece_doc_pos] - piece_offset, seq_len)
-
+    pieces = _DocumentPieces.cut(sequence_lengths, order, seq_len)
     # Longest first; the stable sort keeps the given order among equal lengths.
-    by_length = np.argsort(-piece_length, kind="stable")
-    piece_row = _best_fit_rows(piece_length[by_length], seq_len)
-
-    # Segments ordered by row, then by placement inside the row.
-    seg_order = np.argsort(piece_row, kind="stable")
-    placed = by_length[seg_order]
-    seg_row = piece_row[seg_order]
-    seg_length = piece_length[placed]
-    num_rows = int(piece_row.max()) + 1 if len(piece_row) else 0
-    row_ptr = _row_ptr(seg_row, num_rows)
-    seg_start = _starts_within_rows(seg_length, row_ptr)
-    return PackPlan(
-        seq_len=seq_len,
-        row_ptr=row_ptr,
-        seg_start=seg_start,
-        seg_length=seg_length,
-        seg_doc=order[piece_doc_pos[placed]],
-        seg_doc_offset=piece_offset[placed],
-    )
+    by_length = np.argsort(-pieces.length, kind="stable")
+    return pieces.plan(seq_len, by_length, _best_fit_rows(pieces.length[by_length], seq_len))
 
 
 def ordered_bestfit_pack(
@@ -158,27 +134,49 @@ def ordered_bestfit_pack(
     _check_seq_len(seq_len)
     if window < 1:
         raise ValueError(f"window must be at least 1, got {window}")
-    order = np.asarray(order, dtype=np.int64)
-    lengths = np.asarray(sequence_lengths, dtype=np.int64)[order]
-    pieces = -(-lengths // seq_len)
-    piece_doc_pos = np.repeat(np.arange(len(order)), pieces)
-    piece_rank = np.arange(len(piece_doc_pos)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    piece_offset = piece_rank * seq_len
-    piece_length = np.minimum(lengths[piece_doc_pos] - piece_offset, seq_len)
-    piece_row = _windowed_best_fit_rows(piece_length, seq_len, window, lookahead)
-    seg_order = np.argsort(piece_row, kind="stable")  # by row, then by placement inside the row
-    seg_row = piece_row[seg_order]
-    seg_length = piece_length[seg_order]
-    num_rows = int(piece_row.max()) + 1 if len(piece_row) else 0
-    row_ptr = _row_ptr(seg_row, num_rows)
-    return PackPlan(
-        seq_len=seq_len,
-        row_ptr=row_ptr,
-        seg_start=_starts_within_rows(seg_length, row_ptr),
-        seg_length=seg_length,
-        seg_doc=order[piece_doc_pos[seg_order]],
-        seg_doc_offset=piece_offset[seg_order],
-    )
+    pieces = _DocumentPieces.cut(sequence_lengths, order, seq_len)
+    placement = np.arange(len(pieces.length))  # placed in the given order
+    return pieces.plan(seq_len, placement, _windowed_best_fit_rows(pieces.length, seq_len, window, lookahead))
+
+
+@dataclass(frozen=True)
+class _DocumentPieces:
+    """Documents cut into pieces of at most ``seq_len`` tokens (only longer ones are cut).
+
+    ``order``: int64 [M] the documents; per piece (int64 [P]): ``doc_pos`` its document's
+    position in ``order``, ``offset`` its first token inside that document, ``length``.
+    """
+
+    order: np.ndarray
+    doc_pos: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+
+    @classmethod
+    def cut(cls, sequence_lengths: np.ndarray, order: np.ndarray, seq_len: int) -> _DocumentPieces:
+        order = np.asarray(order, dtype=np.int64)
+        lengths = np.asarray(sequence_lengths, dtype=np.int64)[order]
+        pieces = -(-lengths // seq_len)
+        doc_pos = np.repeat(np.arange(len(order)), pieces)
+        offset = (np.arange(len(doc_pos)) - np.repeat(np.cumsum(pieces) - pieces, pieces)) * seq_len
+        return cls(order=order, doc_pos=doc_pos, offset=offset, length=np.minimum(lengths[doc_pos] - offset, seq_len))
+
+    def plan(self, seq_len: int, placement: np.ndarray, rows: np.ndarray) -> PackPlan:
+        """The plan of pieces placed in ``placement`` order (int [P] piece indices), ``rows[i]``
+        the row of piece ``placement[i]``: segments by row, then by placement inside the row."""
+        seg_order = np.argsort(rows, kind="stable")
+        placed = placement[seg_order]
+        seg_length = self.length[placed]
+        num_rows = int(rows.max()) + 1 if len(rows) else 0
+        row_ptr = _row_ptr(rows[seg_order], num_rows)
+        return PackPlan(
+            seq_len=seq_len,
+            row_ptr=row_ptr,
+            seg_start=_starts_within_rows(seg_length, row_ptr),
+            seg_length=seg_length,
+            seg_doc=self.order[self.doc_pos[placed]],
+            seg_doc_offset=self.offset[placed],
+        )
 
 
 def _windowed_best_fit_rows(piece_lengths: np.ndarray, seq_len: int, window: int, lookahead: int) -> np.ndarray:
