@@ -19,6 +19,7 @@ import numpy as np
 from packprep.errors import PackprepError
 from packprep.reader import PackedDataset
 from packprep.stages.dedup import DEFAULT_SHINGLE, REASON_NAMES, REASON_SEMANTIC, text_jaccard
+from packprep.stages.order import pair_cosines
 
 DEFAULT_LIMIT = 20
 _PREVIEW_TOKENS = 64
@@ -37,7 +38,7 @@ def dropped_pairs(ds: PackedDataset, *, limit: int | None = DEFAULT_LIMIT) -> di
     dropped = np.flatnonzero(reason)
     store = _store_of(ds)
     embeddings, embedder = _embeddings_of(store, len(reason), (ds.manifest.get("embed_config") or {}).get("model"))
-    cosine = _pair_cosine(embeddings, dropped, dup_of[dropped]) if embeddings is not None else None
+    cosine = pair_cosines(embeddings, dropped, dup_of[dropped]) if embeddings is not None else None
     # Semantic (3) before near (2) before exact (1); inside a reason, the lowest cosine first.
     keys = (dropped,) if cosine is None else (dropped, cosine)
     order = np.lexsort((*keys, -reason[dropped].astype(np.int64))) if len(dropped) else np.zeros(0, np.int64)
@@ -92,13 +93,6 @@ def _embeddings_of(store: Any, n: int, model: str | None) -> tuple[np.ndarray | 
     if embeddings is None or len(embeddings) != n:
         return None, None
     return embeddings, (embed_manifest(store, model) or {}).get("model")
-
-
-def _pair_cosine(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """float64 [P]: cosine of rows ``left[p]`` and ``right[p]`` (the rows are unit length)."""
-    a = np.asarray(embeddings[left], dtype=np.float64)
-    b = np.asarray(embeddings[right], dtype=np.float64)
-    return np.einsum("ij,ij->i", a, b)
 
 
 def _decoder(store: Any) -> Any:

@@ -88,7 +88,7 @@ def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) 
     strategy leaves them there); the keys are absent otherwise.
     """
     from packprep.semantic import load_embeddings
-    from packprep.stages.order import adjacent_cosine, knn_graph
+    from packprep.stages.order import adjacent_cosine, knn_graph, pair_cosines
     from packprep.stages.path_search import path_bound
 
     store_path = ds.manifest.get("source", {}).get("store")
@@ -100,7 +100,7 @@ def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) 
     same_row = np.ones(len(seg_doc), dtype=bool)
     same_row[row_starts] = False  # a row's first segment has no left neighbour in the row
     left, right = seg_doc[np.flatnonzero(same_row) - 1], seg_doc[same_row]
-    within_rows = float(_pair_cosine(embeddings, left, right)) if len(left) else float("nan")
+    within_rows = float(pair_cosines(embeddings, left, right).mean()) if len(left) else float("nan")
     # A stream of its own: the eos/random packing itself uses default_rng(seed), and the
     # baseline must not be that very permutation.
     rng = np.random.default_rng([int(ds.manifest["seed"]), 2])
@@ -150,15 +150,6 @@ def _row_pair_cosine(embeddings: np.ndarray, seg_doc: np.ndarray, row_of: np.nda
         total += float((np.einsum("ij,ij->", sums, sums) - np.einsum("ij,ij->", vectors, vectors)) / 2)
         start = stop
     return total, pairs
-
-
-def _pair_cosine(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 65536) -> float:
-    total = 0.0
-    for start in range(0, len(left), chunk):
-        a = np.asarray(embeddings[left[start : start + chunk]], dtype=np.float32)
-        b = np.asarray(embeddings[right[start : start + chunk]], dtype=np.float32)
-        total += float(np.einsum("ij,ij->", a, b))
-    return total / len(left)
 
 
 def _row_starts(ds: PackedDataset) -> np.ndarray:

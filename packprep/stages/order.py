@@ -150,6 +150,18 @@ def icp_order(
     return idx[improve_path(walk, x, neighbours, similarities, seed=seed, max_kicks=max_kicks)]
 
 
+def pair_cosines(embeddings: np.ndarray, left: np.ndarray, right: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """float64 [P]: the dot product of rows ``left[p]`` and ``right[p]`` of ``embeddings``
+    (their cosine: the embeddings are L2-normalised), gathered ``chunk`` pairs at a time so a
+    memmap of any size is read in bounded pieces."""
+    out = np.empty(len(left), dtype=np.float64)
+    for start in range(0, len(left), chunk):
+        a = np.asarray(embeddings[left[start : start + chunk]], dtype=np.float64)
+        b = np.asarray(embeddings[right[start : start + chunk]], dtype=np.float64)
+        out[start : start + chunk] = np.einsum("ij,ij->i", a, b)
+    return out
+
+
 def adjacent_cosine(order: np.ndarray, embeddings: np.ndarray) -> float:
     """Mean cosine similarity of consecutive documents in ``order`` (NaN if fewer than 2)."""
     order = _as_indices(order)
