@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from packprep.text_cuts import PIECE_CHARS, encode_in_pieces
 from packprep.tokenizers import _flatten, _TiktokenTokenizer
 
 # Below this many characters a batch is encoded in-process: sending text to a worker
@@ -53,7 +54,11 @@ class _BpeOpenAICl100k(_TiktokenTokenizer):
         return fast
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        texts = list(texts)
+        # A huge text goes in pieces cut where cl100k's regex cuts anyway (text_cuts), a
+        # group of pieces at a time over all processes: same ids, memory bounded by a group.
+        return encode_in_pieces(list(texts), self._encode_spread, group_chars=self._processes * 4 * PIECE_CHARS)
+
+    def _encode_spread(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._processes == 1 or not sys.executable or sum(map(len, texts)) < _PARALLEL_MIN_CHARS:
             return _bpe_openai_encode(texts)
         if not self._workers:
@@ -171,7 +176,15 @@ def _bpe_openai_bindings() -> Any:
 
 
 def _bpe_openai_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """encode_ordinary of each text (flat uint32 [T], int64 lengths [N]); runs in workers too."""
+    """encode_ordinary of each text (flat uint32 [T], int64 lengths [N]); runs in workers too.
+
+    A text over ``text_cuts.PIECE_CHARS`` is encoded in pieces cut where cl100k's regex
+    cuts anyway: same ids, without a list of Python ints as long as the document.
+    """
+    return encode_in_pieces(texts, _encode_whole)
+
+
+def _encode_whole(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     tokenizer = _bpe_openai_cl100k()
     lists = []
     for text in texts:
