@@ -22,6 +22,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,9 +31,10 @@ from typing import Any, Literal
 
 import orjson
 
-from packprep._files import load_json
-from packprep._folders import packprep_folder_kind
+from packprep.io import load_json
 from packprep.errors import PackprepError
+from packprep.formats import npy
+from packprep.store import MANIFEST_NAME as STORE_MANIFEST, STORE_FORMAT
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt", ".md")
 _CHUNK = 1 << 20  # 1 MiB: per-chunk Python overhead vanishes, memory stays flat
@@ -41,6 +43,7 @@ _TABLE_BATCH_ROWS = 1024  # parquet rows per batch; bounded so 100 KB documents 
 _MAX_FIRST_ERRORS = 5
 _MISSING = object()
 _SKIP_HINT = "or pass --on-error skip"
+_COUNT_CHUNK = 8 << 20  # byte_ranges counts newlines this much at a time
 _WHOLE_JSON_MAX = 256 << 20  # a pretty-printed file is parsed whole to say what it is, up to this size
 
 
@@ -139,7 +142,7 @@ def _walk(folder: Path, listing: CorpusListing, seen: set[str]) -> None:
             (listing.sources if _suffix(entry.name) else listing.unsupported).append(Path(entry.path))
 
 
-def _root(path: Path) -> Path:
+def corpus_root(path: Path) -> Path:
     """The folder that ids and fingerprints are relative to: the corpus folder, or a single file's parent."""
     return path if path.is_dir() else path.parent
 
@@ -218,15 +221,38 @@ def iter_documents(
     """
     path = Path(path)
     sources = list_corpus_files(path)
-    root = _root(path)
-    reader = _Reader(text_field, id_field, on_error, counters if counters is not None else ReadCounters())
+    root = corpus_root(path)
+    counters = counters if counters is not None else ReadCounters()
     for source in sources:
-        for doc in _read_source(source, root, reader):
-            reader.counters.records += 1
-            yield doc
+        yield from read_source(source, root, text_field=text_field, id_field=id_field, on_error=on_error, counters=counters)
 
 
-def _read_source(source: Path, root: Path, reader: _Reader) -> Iterator[tuple[str, str]]:
+def read_source(
+    source: Path,
+    root: Path,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    on_error: Literal["raise", "skip"] = "raise",
+    counters: ReadCounters | None = None,
+    byte_range: tuple[int, int, int] | None = None,
+) -> Iterator[tuple[str, str]]:
+    """``(doc_id, text)`` of one corpus source (a file, or a saved dataset folder) as :func:`iter_documents`
+    reads it; ids are relative to ``root`` (:func:`corpus_root`). Both engines read through this.
+
+    ``byte_range``: ``(start, end, first_line)`` from :func:`source_parts`: only the lines of a plain
+    ``.jsonl`` in bytes [start, end), numbered from ``first_line``, with the same parsing, ids and errors.
+    """
+    reader = _Reader(text_field, id_field, on_error, counters if counters is not None else ReadCounters())
+    for doc in _read_source(source, root, reader, byte_range):
+        reader.counters.records += 1
+        yield doc
+
+
+def _read_source(source: Path, root: Path, reader: _Reader, byte_range: tuple[int, int, int] | None) -> Iterator[tuple[str, str]]:
+    if byte_range is not None:
+        yield from _read_jsonl(source, source.relative_to(root).as_posix(), reader, suffix=".jsonl", byte_range=byte_range)
+        return
     if source.is_dir():
         for arrow in _hf_arrow_files(source):
             yield from _read_arrow(arrow, arrow.relative_to(root).as_posix(), reader)
@@ -259,6 +285,49 @@ def _chunks(path: Path, suffix: str) -> Iterator[bytes]:
         yield from _decompress(path, lambda: zlib.decompressobj(wbits=31))  # 31: gzip header and trailer
 
 
+def _file_range(path: Path, begin: int, end: int) -> Iterator[bytes]:
+    """Bytes [begin, end) of ``path`` in chunks of about a MiB."""
+    with open(path, "rb") as fh:
+        fh.seek(begin)
+        while begin < end and (chunk := fh.read(min(_CHUNK, end - begin))):
+            begin += len(chunk)
+            yield chunk
+
+
+def source_parts(sources: list[Path], range_bytes: int) -> list[tuple[Path, tuple[int, int, int] | None]]:
+    """The reads that cover ``sources`` in corpus order: ``(source, None)`` for a whole source, and
+    ``(source, (start, end, first_line))`` for each byte range of a plain ``.jsonl`` larger than
+    ``range_bytes`` (:func:`read_source` reads either). The Ray engine runs one task per part."""
+    parts: list[tuple[Path, tuple[int, int, int] | None]] = []
+    for source in sources:
+        big = source.is_file() and _suffix(source.name) == ".jsonl" and source.stat().st_size > range_bytes
+        ranges = byte_ranges(source, range_bytes) if big else []
+        parts += [(source, span) for span in ranges] if len(ranges) > 1 else [(source, None)]
+    return parts
+
+
+def byte_ranges(path: Path, range_bytes: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first_line)``: consecutive byte ranges covering ``path``, about ``range_bytes`` each (sizes
+    evened out), every one but the last ending just after a newline; ``first_line`` is the 1-based line number
+    of the range's first line. Reads the file up to its last cut, counting newlines."""
+    size = path.stat().st_size
+    step = -(-size // max(1, -(-size // max(1, range_bytes))))  # ceil(size / number of ranges)
+    cuts, lines_before = [0], [0]
+    target, pos, newlines = step, 0, 0
+    with open(path, "rb") as fh:
+        while target < size and (chunk := fh.read(_COUNT_CHUNK)):
+            while target < size and (at := chunk.find(b"\n", max(target - 1 - pos, 0))) >= 0:
+                cuts.append(pos + at + 1)
+                lines_before.append(newlines + chunk.count(b"\n", 0, at + 1))
+                target = cuts[-1] + step
+            newlines += chunk.count(b"\n")
+            pos += len(chunk)
+    if cuts[-1] >= size:  # the file ends with the newline of the last cut: no empty range after it
+        cuts.pop()
+        lines_before.pop()
+    return [(start, end, lines + 1) for start, end, lines in zip(cuts, cuts[1:] + [size], lines_before)]
+
+
 def _decompress(path: Path, new_stream: Callable[[], Any]) -> Iterator[bytes]:
     # Our own loop instead of gzip.open / zstd stream_reader: GzipFile.read(n) drops the lines it
     # had decoded when it hits a truncated end, and zstandard's stream_reader ends silently at a
@@ -288,13 +357,23 @@ def _stream_errors(suffix: str) -> tuple[type[BaseException], ...]:
     return ()
 
 
-def _read_jsonl(path: Path, rel: str, reader: _Reader, *, suffix: str) -> Iterator[tuple[str, str]]:
+def _read_jsonl(
+    path: Path, rel: str, reader: _Reader, *, suffix: str, byte_range: tuple[int, int, int] | None = None
+) -> Iterator[tuple[str, str]]:
     loads, decode_error, document = orjson.loads, orjson.JSONDecodeError, reader.document
-    lineno, first = 0, True
+    lineno, first, shift = 0, True, 0
+    chunks = _chunks(path, suffix)
+    if byte_range is not None:
+        start, end, first_line = byte_range
+        # A range after the first is read from the newline before it: _lines then starts with an
+        # empty line (skipped), and strips a BOM only where the file starts, as a whole-file read.
+        begin = start - 1 if start else 0
+        chunks, first, shift = _file_range(path, begin, end), start == 0, first_line - 1 - (start - begin)
     try:
-        for lineno, line in _lines(_chunks(path, suffix), reader.counters):
+        for lineno, line in _lines(chunks, reader.counters):
             if not line or line.isspace():
                 continue
+            lineno += shift
             try:
                 record = loads(line)
             except decode_error as exc:
@@ -508,7 +587,7 @@ def corpus_fingerprint(path: str | Path) -> str:
     Contents rather than mtimes: a copied or re-downloaded corpus keeps its cached stages, an edited one does not.
     """
     path = Path(path)
-    root = _root(path)
+    root = corpus_root(path)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(b"packprep-corpus-v1\0")
     for source in list_corpus_files(path):
@@ -522,3 +601,25 @@ def corpus_fingerprint(path: str | Path) -> str:
                     digest.update(chunk)
     return digest.hexdigest()
 
+
+def packprep_folder_kind(folder: Path) -> str | None:
+    """``"output"`` or ``"store"`` when packprep wrote ``folder`` (finished or interrupted), else None.
+
+    Decided by what the manifest says, not by file names alone: a corpus may well hold a ``manifest.json``.
+    """
+    if _declares(folder / npy.MANIFEST_NAME, npy.FORMAT_NAME) or (folder / npy.JOURNAL_NAME).is_file():
+        return "output"
+    if _declares(folder / STORE_MANIFEST, STORE_FORMAT) or (folder / "tokens.bin.tmp").is_file():
+        return "store"  # finished, or being written (DocStoreWriter's temporary token file)
+    return None
+
+
+def _declares(manifest: Path, format_name: str) -> bool:
+    """Whether the JSON file ``manifest`` says ``"format": format_name`` near its start (where
+    packprep writes it), read without parsing what may be a large file of someone else's."""
+    try:
+        with open(manifest, "rb") as fh:
+            head = fh.read(1 << 12)
+    except OSError:
+        return False
+    return re.search(rb'"format"\s*:\s*"' + re.escape(format_name.encode()) + rb'"', head) is not None

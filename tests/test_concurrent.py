@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from packprep._folders import OWNER_NAME
+from packprep.io import OWNER_NAME
 from tests.conftest import make_documents, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]

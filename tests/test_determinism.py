@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from packprep import __version__
-from packprep._files import load_json
-from packprep.bpe_openai_backend import _PARALLEL_MIN_CHARS
+from packprep.io import load_json
+from packprep.tokenizers.bpe_openai import _PARALLEL_MIN_CHARS
 from packprep.corpus import corpus_fingerprint
 from tests.conftest import make_documents, write_jsonl
 from tests.test_resume import REPO, output_digest
@@ -23,7 +23,7 @@ PACKPREP = [sys.executable, "-m", "packprep.cli"]
 # split the work (below _PARALLEL_MIN_CHARS both settings would encode in-process).
 SPIED_PACKPREP = [sys.executable, "-c", """
 import atexit, os, sys
-from packprep import bpe_openai_backend as backend
+from packprep.tokenizers import bpe_openai as backend
 sent = [0]
 send = backend._EncoderProcess.send
 def spy(self, texts):

@@ -245,7 +245,7 @@ def test_embeddings_of_two_embedders_sit_side_by_side(static_stub, work, tmp_pat
     again = cli("embed", work)
     assert again.exit_code == 0 and "reusing the stored embeddings" in again.output
     assert {name: (work / name).stat().st_mtime_ns for name in files} == files
-    from packprep.semantic import load_embeddings  # what inspect reads: the embedder the output names
+    from packprep.store.embeddings import load_embeddings  # what inspect reads: the embedder the output names
 
     assert np.array_equal(load_embeddings(work, "static"), np.load(work / "embeddings.static.npy"))
     assert np.array_equal(load_embeddings(work), np.load(work / "embeddings.npy"))
@@ -267,7 +267,7 @@ def sha(path) -> str:
 
 
 def test_static_fit_is_not_redone_after_an_interrupt(static_stub, work, tmp_path, monkeypatch):
-    from packprep import semantic
+    from packprep.pipeline import semantic
     from packprep.config import EmbedConfig
     from packprep.pipeline import tokenize
     from packprep.store import DocStore

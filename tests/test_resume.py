@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from packprep._files import load_json, sha256_file
+from packprep.io import load_json, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 PACKPREP = [sys.executable, "-m", "packprep.cli"]

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from packprep.cli import app
 from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, DedupConfig, PackConfig
 from packprep.pipeline import pack
-from packprep.selection import semantic_threshold
+from packprep.pipeline.selection import semantic_threshold
 from packprep.stages.static_embed import calibrate_threshold, neighbour_pair_cosines
 from tests.conftest import write_jsonl
 

@@ -28,14 +28,14 @@ PACKAGE = "packprep"
 # Bottom to top. A module may import modules of its own layer and of the layers before it.
 # A name ending in "." is a package prefix: every module under it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundations", ["errors", "progress", "io", "config"]),
-    ("readers of raw input and of WORK", ["corpus", "store", "tokenizers."]),
-    ("pure stages", ["stages."]),
+    ("foundations", ["version", "errors", "progress", "io", "config"]),
+    ("pure stages: arrays in, arrays out", ["stages."]),
+    ("tokenizers", ["tokenizers."]),
+    ("files: raw input, WORK, outputs", ["corpus", "store.", "formats.", "reader"]),
     ("engines: compute only", ["engines."]),
-    ("output formats", ["formats.", "reader"]),
     ("pipeline: load, stage, save, cache", ["pipeline."]),
-    ("reading a finished output", ["verify.", "inspect", "dropped", "torch"]),
-    ("the public API and the CLI", ["__init__", "__main__", "options", "cli"]),
+    ("reading a finished output", ["verify.", "inspect.", "torch"]),
+    ("the public API and the CLI", ["__init__", "__main__", "convert", "options", "cli"]),
 ]
 
 

@@ -18,7 +18,7 @@ def read_conversion_info(
     version made from the output whose key is ``source_key``; else ``(None, problems)``,
     each problem a ``(file, what is wrong)`` pair.
     """
-    from packprep._files import load_json
+    from packprep.io import load_json
 
     try:
         info = load_json(Path(dest) / CONVERSION_MANIFEST)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import fsync_path, save_json
+from packprep.io import fsync_path, save_json
 from packprep.formats import CONVERSION_MANIFEST, read_conversion_info
 from packprep.formats.npy import Shard, read_manifest
 from packprep.reader import IGNORE_INDEX
@@ -253,7 +253,7 @@ def check_arrow(out: Path, dest: Path) -> list[tuple[str, str]]:
 
 
 def _state_files(disk: Path) -> list[dict[str, Any]]:
-    from packprep._files import load_json
+    from packprep.io import load_json
 
     return load_json(disk / "state.json")["_data_files"]
 

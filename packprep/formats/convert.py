@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from packprep._files import fsync_path, load_json
-from packprep._folders import folder_lock
+from packprep.io import fsync_path, load_json
+from packprep.io import folder_lock
 from packprep.errors import PackprepError
 from packprep.formats import npy
 

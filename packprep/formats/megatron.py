@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import atomic_path, save_json, save_npy
+from packprep.io import atomic_path, save_json, save_npy
 from packprep.formats import CONVERSION_MANIFEST, read_conversion_info
 from packprep.formats.npy import Shard, read_manifest
 from packprep.stages.pack import concat_ranges

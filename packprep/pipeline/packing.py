@@ -1,4 +1,4 @@
-"""The stages wired to disk: what the CLI calls and what notebooks call (``packprep.pack``).
+"""The pack stage wired to disk: a corpus or document store into shards (what ``packprep.pack`` runs).
 
 Each function loads its inputs, runs the pure stage functions and saves the result
 atomically with a manifest; a stage whose manifest already records the same key
@@ -8,188 +8,25 @@ atomically with a manifest; a stage whose manifest already records the same key
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packprep import __version__
-from packprep._folders import (
-    WORK_DIRNAME,
-    claim_folder,
-    clear_output,
-    finished_with_key,
-    folder_lock,
-    is_output_file,
-    is_store_file,
-    refuse_file,
-    removed_on_error,
-)
-from packprep.corpus import SUPPORTED_SUFFIXES, CorpusListing, list_corpus_files, scan_corpus
-from packprep.config import (
-    DEFAULT_ID_FIELD,
-    DedupConfig,
-    EmbedConfig,
-    PackConfig,
-    TokenizeConfig,
-    as_dict,
-    check_workers,
-    stage_key,
-)
-from packprep.engines import LOCAL, Engine
+from packprep.version import __version__
+from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, check_workers, stage_key
+from packprep.corpus import list_corpus_files
+from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
 from packprep.formats import npy
+from packprep.io import folder_lock, refuse_file
+from packprep.pipeline.folders import WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
+from packprep.pipeline.selection import select_documents
+from packprep.pipeline.semantic import HeldEmbedder, held_embed_config
+from packprep.pipeline.tokenizing import tokenize
 from packprep.progress import Reporter, SilentReporter
-from packprep.selection import select_documents
-from packprep.semantic import HeldEmbedder, held_embed_config
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
-from packprep.store import DocStore, DocStoreWriter, is_store
-
-_BATCH_DOCS = 2048
-_BATCH_CHARS = 8 << 20  # ~8 MB of text per tokenizer call keeps memory flat with huge documents
-
-
-def tokenize(
-    corpus: str | Path,
-    work: str | Path,
-    *,
-    config: TokenizeConfig = TokenizeConfig(),
-    overwrite: bool = False,
-    workers: int | None = None,
-    engine: Engine = LOCAL,
-    reporter: Reporter = SilentReporter(),
-) -> DocStore:
-    """Stream ``corpus`` through the tokenizer into a document store at ``work``.
-
-    ``workers``: tokenizer workers (default: all cores); ``engine``: here or on Ray. The
-    store depends on neither.
-    """
-    check_workers(workers)
-    warn_unread_files(scan_corpus(corpus), corpus, reporter)  # fails early on a missing path or nothing to read
-    corpus, work = Path(corpus), Path(work)
-    if engine.ray:
-        from packprep.engines.ray_engine import tokenize_on_ray
-
-        with removed_on_error(work), folder_lock(work):
-            return tokenize_on_ray(corpus, work, config=config, overwrite=overwrite, address=engine.address, reporter=reporter)
-    with removed_on_error(work), folder_lock(work):
-        return _tokenize(corpus, work, config, overwrite, workers, reporter)
-
-
-def _tokenize(
-    corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, workers: int | None, reporter: Reporter
-) -> DocStore:
-    from packprep.corpus import ReadCounters, iter_documents
-    from packprep.tokenizers import load_tokenizer, smallest_token_dtype
-
-    tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=workers)
-    key, fingerprint = tokenize_key(corpus, config, tokenizer)
-    if finished_with_key(work, key):
-        reporter.info(f"tokenize: reusing the document store in {work}")
-        return DocStore.open(work)
-    claim_folder(work, overwrite=overwrite, ours=is_store_file)
-
-    counters = ReadCounters()
-    documents = iter_documents(
-        corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters
-    )
-    with DocStoreWriter(work, dtype=smallest_token_dtype(tokenizer.vocab_size)) as writer, reporter.track(
-        "tokenize", unit="docs"
-    ) as advance:
-        dropped_empty = tokenize_into(writer, documents, tokenizer, progress=advance)
-        counts = {"records": counters.records, "dropped_empty": dropped_empty, "skipped_records": counters.skipped}
-        if writer.num_documents == 0:
-            raise no_documents_error(corpus, counts)
-        store = writer.finish(store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts))
-    report_read(reporter, config, counts, with_id=counters.with_id, first_errors=counters.first_errors)
-    return store
-
-
-def warn_unread_files(listing: CorpusListing, corpus: str | Path, reporter: Reporter) -> None:
-    if listing.unsupported:
-        n, example = len(listing.unsupported), listing.unsupported[0]
-        reporter.warn(
-            f"{corpus}: {n} file{'s' if n > 1 else ''} of other types not read (e.g. {example}); "
-            f"corpus files are {', '.join(SUPPORTED_SUFFIXES)}"
-        )
-
-
-def report_read(
-    reporter: Reporter, config: TokenizeConfig, counts: dict[str, int], *, with_id: int, first_errors: list[str]
-) -> None:
-    """What a tokenize run passed over (both engines say the same)."""
-    if counts["skipped_records"]:
-        reporter.info(f"tokenize: skipped {counts['skipped_records']} bad records, e.g. {first_errors[0]}")
-    if counts["dropped_empty"]:
-        reporter.info(f"tokenize: dropped {counts['dropped_empty']} empty or whitespace-only documents")
-    # Only a field the user named: without ids, path:line is the documented default for "id".
-    if counts["records"] and not with_id and config.id_field != DEFAULT_ID_FIELD:
-        reporter.warn(f"--id-field '{config.id_field}': no record has this field; ids are path:line instead")
-
-
-def tokenize_key(corpus: Path, config: TokenizeConfig, tokenizer: Any) -> tuple[str, str]:
-    """The tokenize stage's cache key and the corpus fingerprint it includes.
-
-    Neither the engine nor the worker count is part of it: every engine writes the same
-    store, so each reuses a store another made.
-    """
-    from packprep.corpus import corpus_fingerprint
-    from packprep.stages.dedup import EXACT_HASH
-
-    fingerprint = corpus_fingerprint(corpus)
-    # EXACT_HASH names how text_hash.npy was computed: a store hashed another way is re-tokenised, not reused.
-    key = stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint(), text_hash=EXACT_HASH)
-    return key, fingerprint
-
-
-def tokenize_into(
-    writer: DocStoreWriter, documents: Iterable[tuple[str, str]], tokenizer: Any, *, progress: Any = None
-) -> int:
-    """Tokenize ``(id, text)`` pairs batch by batch into ``writer``; return how many were empty.
-
-    Empty documents (no text, only whitespace, or no tokens) are dropped and counted; every
-    kept one is stored with the hash of its normalised text, which exact dedup uses later.
-    Both engines call this.
-    """
-    from packprep.stages.dedup import normalized_text_hash
-
-    dropped_empty = 0
-    for batch in _batches(documents):
-        # A whitespace-only text tokenizes to a few space tokens: a document with nothing to learn from.
-        batch_kept = [(doc_id, text) for doc_id, text in batch if text and not text.isspace()]
-        flat, lengths = tokenizer.encode_batch([text for _, text in batch_kept])
-        keep = lengths > 0
-        dropped_empty += len(batch) - int(keep.sum())
-        kept = list(itertools.compress(batch_kept, keep))
-        hashes = np.array([normalized_text_hash(text) for _, text in kept], dtype=np.uint64)
-        writer.append(flat, lengths[keep], [doc_id for doc_id, _ in kept], hashes)
-        if progress is not None:
-            progress(len(batch), tokens=len(flat))
-    return dropped_empty
-
-
-def store_manifest(
-    key: str, config: TokenizeConfig, tokenizer: Any, *, corpus: Path, fingerprint: str, counts: dict[str, int]
-) -> dict[str, Any]:
-    """What ``store.json`` records about a tokenize run (identical for both engines)."""
-    return {
-        "key": key,
-        "packprep_version": __version__,
-        "config": as_dict(config),
-        "tokenizer": _tokenizer_info(tokenizer, config.tokenizer),
-        "source": {"path": str(corpus), "fingerprint": fingerprint},
-        "counts": counts,
-    }
-
-
-def no_documents_error(corpus: Path, counts: dict[str, int]) -> PackprepError:
-    return PackprepError(
-        f"no non-empty documents ({counts['records']} records read, {counts['dropped_empty']} empty, "
-        f"{counts['skipped_records']} skipped)",
-        path=corpus,
-    )
+from packprep.store import DocStore, is_store
 
 
 def pack(
@@ -204,7 +41,7 @@ def pack(
     labels: bool | None = None,
     overwrite: bool = False,
     workers: int | None = None,
-    engine: Engine = LOCAL,
+    engine: Engine | Backend = LOCAL,
     reporter: Reporter = SilentReporter(),
 ) -> Path:
     """Pack a corpus (tokenized first, cached in ``out/work``) or a document store into shards at ``out``.
@@ -218,7 +55,7 @@ def pack(
     pack never re-embeds a store with an embedder other than the one it was embedded with;
     a raw corpus gets the default MiniLM.
     """
-    from packprep.convert import FORMATS, convert
+    from packprep.formats.convert import FORMATS, convert
 
     check_workers(workers)
     if format != "npy" and format not in FORMATS:
@@ -246,7 +83,7 @@ def _pack(
     embed_config: EmbedConfig | HeldEmbedder,
     overwrite: bool,
     workers: int | None,
-    engine: Engine,
+    engine: Engine | Backend,
     reporter: Reporter,
 ) -> Path:
     from_store = is_store(source)
@@ -366,26 +203,3 @@ def _separator(strategy: str, tokenizer: dict[str, Any]) -> int | None:
     return int(tokenizer["eos_id"])
 
 
-def _tokenizer_info(tokenizer: Any, tokenizer_spec: str) -> dict[str, Any]:
-    spec = Path(tokenizer_spec)
-    return {
-        "spec": str(spec.resolve()) if spec.exists() else tokenizer_spec,
-        "name": tokenizer.name,
-        "vocab_size": int(tokenizer.vocab_size),
-        "eos_id": tokenizer.eos_id,
-        "bos_id": tokenizer.bos_id,
-        "fingerprint": tokenizer.fingerprint(),
-    }
-
-
-def _batches(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
-    batch: list[tuple[str, str]] = []
-    chars = 0
-    for doc in documents:
-        batch.append(doc)
-        chars += len(doc[1])
-        if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch

@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 
 from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, DedupConfig, EmbedConfig, PackConfig
-from packprep.engines import LOCAL, Engine
+from packprep.engines import LOCAL, Backend, Engine
 from packprep.progress import Reporter, SilentReporter
 from packprep.stages.dedup import REASON_NAMES
 from packprep.store import DocStore
+from packprep.store.embeddings import embed_manifest
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,10 @@ def select_documents(
     config: PackConfig,
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig = EmbedConfig(),
-    engine: Engine = LOCAL,
+    engine: Engine | Backend = LOCAL,
     reporter: Reporter = SilentReporter(),
 ) -> Selection:
-    from packprep import semantic
+    from packprep.pipeline import semantic
     from packprep.stages import order as orders
 
     n = store.num_documents
@@ -51,7 +52,7 @@ def select_documents(
         return Selection(order=orders.random_order(np.flatnonzero(reason == 0), seed=config.seed), reason=reason, dup_of=dup_of)
 
     embeddings = semantic.embed(store, config=embed_config, engine=engine, reporter=reporter)
-    calibration = (semantic.embed_manifest(store, embed_config.model) or {}).get("calibration")
+    calibration = (embed_manifest(store.path, embed_config.model) or {}).get("calibration")
     chosen = semantic_threshold(config, embed_config.model, calibration)
     if chosen and chosen["value"]:
         from packprep.stages.dedup import semantic_duplicates

@@ -18,7 +18,7 @@ Checks, in order (docs/format.md is the contract):
    beside its writer in ``packprep.formats``).
 
 This module checks the structure (1-3, the boundaries of 4, and 5); the checks of what the rows hold
-(tokens, padding, separators, coverage, the store) are in :mod:`packprep.verify_contents`.
+(tokens, padding, separators, coverage, the store) are in :mod:`packprep.verify.contents`.
 
 Everything is vectorised per shard, and token matrices are read in chunks of rows, so memory stays
 bounded by the segment arrays of the corpus (a few int64 per piece) plus one chunk.
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, sha256_file
+from packprep.io import load_json, sha256_file
 from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.store import DocStore
-from packprep.verify_contents import LOAD_ERRORS, Output, Problem, coverage_problems, store_problems, token_problems
+from packprep.verify.contents import LOAD_ERRORS, Output, Problem, coverage_problems, store_problems, token_problems
 
 __all__ = ["Problem", "verify_output"]
 

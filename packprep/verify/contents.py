@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import StringTable, release_pages, sha256_file
+from packprep.io import StringTable, release_pages, sha256_file
 from packprep.stages.pack import concat_ranges, piece_token_spans
 from packprep.store import DocStore
 
