@@ -282,9 +282,11 @@ def convert(
     """Convert an existing output to another trainer format without repacking."""
     from packprep.formats.convert import convert as run
 
+    from packprep.formats import labels_ignored
+
     reporter = _reporter(quiet)
-    if labels and to is not o.ConvertFormat.arrow:
-        reporter.warn(f"--labels adds a column to the arrow copy only; ignored with --to {to.value}")
+    if warning := labels_ignored(to.value, labels, "--to"):
+        reporter.warn(warning)
     with reporter.track(f"convert to {to.value}", total=_rows_of(out), unit="rows") as advance:
         written = run(out, to=to.value, dest=dest, labels=labels is not False, progress=advance)
     if not quiet:
@@ -299,6 +301,7 @@ def verify(
     quiet: o.Quiet = False,
 ) -> None:
     """Check checksums, shapes, dtypes, boundaries, token ids, coverage and the converted copies; exit 1 on any problem."""
+    from packprep.formats import CONVERSIONS
     from packprep.verify import verify_output
 
     total = _rows_of(out)
@@ -312,7 +315,7 @@ def verify(
         raise typer.Exit(1)
     if not quiet:
         checked = "tokens, boundaries and coverage" + (f", against the store {against}" if against else "")
-        copies = [name for name in ("arrow", "megatron") if (out / name).is_dir()]
+        copies = [name for name in CONVERSIONS if (out / name).is_dir()]
         checked += "".join(f", {out / name} against the shards" for name in copies)
         print(f"ok: {out} ({total:,} rows; checksums, {checked})", file=sys.stderr)
 

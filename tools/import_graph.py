@@ -28,8 +28,9 @@ PACKAGE = "packprep"
 # Bottom to top. A module may import modules of its own layer and of the layers before it.
 # A name ending in "." is a package prefix: every module under it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundations", ["version", "errors", "progress", "io", "config"]),
-    ("pure stages: arrays in, arrays out", ["stages."]),
+    ("foundations", ["version", "errors", "progress", "io"]),
+    ("pure stages: arrays in, arrays out; the strategy registry", ["stages."]),
+    ("configs, validated against the registries", ["config"]),
     ("tokenizers", ["tokenizers."]),
     ("files: raw input, WORK, outputs", ["corpus", "store.", "formats.", "reader"]),
     ("engines: compute only", ["engines."]),

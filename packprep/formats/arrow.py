@@ -296,3 +296,13 @@ def _compare_batches(batches: Iterator[Any], shard: Shard, names: tuple[str, ...
     if r0 != rows:
         return f"holds {r0} rows; the shard has {rows}"
     return None
+
+
+def write(out: Path, dest: Path, *, labels: bool, progress: Callable[[int], None] | None = None) -> None:
+    """The registry's writer (``formats.CONVERSIONS``): :func:`write_arrow`."""
+    write_arrow(out, dest, labels=labels, progress=progress)
+
+
+def check(out: Path, dest: Path) -> list[tuple[str, str]]:
+    """The registry's checker (``formats.CONVERSIONS``): :func:`check_arrow`."""
+    return check_arrow(out, dest)

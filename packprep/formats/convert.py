@@ -20,9 +20,8 @@ from typing import Any
 from packprep.io import fsync_path, load_json
 from packprep.io import folder_lock
 from packprep.errors import PackprepError
-from packprep.formats import npy
+from packprep.formats import CONVERSIONS, npy
 
-FORMATS = ("arrow", "megatron")
 _MANIFEST_NAME = "packprep.json"  # the same name in both formats
 
 
@@ -40,8 +39,8 @@ def convert(
     recipe's ``collate_position_ids`` needs it; Megatron derives labels itself).
     ``progress`` is called with the number of rows converted, once per batch.
     """
-    if to not in FORMATS:
-        raise PackprepError(f"unknown format {to!r}; expected one of {', '.join(FORMATS)}")
+    if to not in CONVERSIONS:
+        raise PackprepError(f"unknown format {to!r}; expected one of {', '.join(CONVERSIONS)}")
     out = Path(out)
     dest = out / to if dest is None else Path(dest)
     manifest = _source_manifest(out)
@@ -62,14 +61,7 @@ def _convert(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        if to == "arrow":
-            from packprep.formats.arrow import write_arrow
-
-            write_arrow(out, tmp, labels=labels, progress=progress)
-        else:
-            from packprep.formats.megatron import write_megatron
-
-            write_megatron(out, tmp, progress=progress)
+        CONVERSIONS[to].write(out, tmp, labels=labels, progress=progress)
         _replace_folder(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,7 +87,7 @@ def _up_to_date(dest: Path, *, to: str, key: str, labels: bool) -> bool:
         return False
     info = load_json(path)
     same = info.get("format") == f"packprep-{to}" and info.get("source_key") == key
-    return same and (to != "arrow" or ("labels" in info["columns"]) == labels)
+    return same and (not CONVERSIONS[to].takes_labels or ("labels" in info["columns"]) == labels)
 
 
 def _check_replaceable(dest: Path) -> None:

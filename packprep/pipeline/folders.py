@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from packprep.errors import PackprepError
-from packprep.formats import npy
+from packprep.formats import CONVERSIONS, npy
 from packprep.io import LOCK_FILES, FolderBusyError, load_json, refuse_file
 
 WORK_DIRNAME = "work"
@@ -24,7 +24,7 @@ def finished_with_key(folder: Path, key: str, *, manifest: str = "store.json") -
         return False
 
 
-CONVERTED_DIRNAMES = ("arrow", "megatron")  # packprep convert writes OUT/<format>
+CONVERTED_DIRNAMES = tuple(CONVERSIONS)  # packprep convert writes OUT/<format>
 
 
 def is_output_file(path: Path) -> bool:

@@ -18,7 +18,7 @@ from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig
 from packprep.corpus import list_corpus_files
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
-from packprep.formats import npy
+from packprep.formats import FORMATS, labels_ignored, npy
 from packprep.io import folder_lock, refuse_file
 from packprep.pipeline.folders import WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
 from packprep.pipeline.selection import select_documents
@@ -26,6 +26,7 @@ from packprep.pipeline.semantic import HeldEmbedder, held_embed_config
 from packprep.pipeline.tokenizing import tokenize
 from packprep.progress import Reporter, SilentReporter
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
+from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore, is_store
 
 
@@ -55,13 +56,13 @@ def pack(
     pack never re-embeds a store with an embedder other than the one it was embedded with;
     a raw corpus gets the default MiniLM.
     """
-    from packprep.formats.convert import FORMATS, convert
+    from packprep.formats.convert import convert
 
     check_workers(workers)
-    if format != "npy" and format not in FORMATS:
-        raise PackprepError(f"unknown format {format!r}; expected one of npy, {', '.join(FORMATS)}")
-    if labels and format != "arrow":
-        reporter.warn(f"--labels adds a column to the arrow copy only; ignored with --format {format}")
+    if format not in FORMATS:
+        raise PackprepError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if warning := labels_ignored(format, labels, "--format"):
+        reporter.warn(warning)
     source, out = Path(source), Path(out)
     refuse_file(out)
     # A store given as the source gets its dedup and embeddings written into it: hold it too.
@@ -196,7 +197,7 @@ def plan_counts(plan: PackPlan, *, num_documents: int) -> dict[str, Any]:
 
 
 def _separator(strategy: str, tokenizer: dict[str, Any]) -> int | None:
-    if strategy == "random":
+    if not STRATEGIES[strategy].separator:
         return None
     if tokenizer["eos_id"] is None:
         raise PackprepError(f"tokenizer {tokenizer['name']} has no EOS token; pass --eos-id for --strategy {strategy}")

@@ -60,8 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD
 from packprep.errors import PackprepError
+from packprep.stages.strategies import DEFAULT_ICP_SEMANTIC_THRESHOLD
 
 STATIC_MODEL = "static"
 RECIPE = {"version": 2, "pooling": "mean", "pca_dims": 256, "sif_coefficient": 1e-4, "ranks": "bert-vocabulary"}

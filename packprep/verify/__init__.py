@@ -106,16 +106,16 @@ def verify_output(
 
 
 def converted_problems(out: Path) -> list[Problem]:
-    """The converted copies in ``OUT/arrow`` and ``OUT/megatron`` (when present) against the npy shards."""
-    from packprep.formats import arrow, megatron
+    """The converted copies in ``OUT/<format>`` (``formats.CONVERSIONS``, when present) against the npy shards."""
+    from packprep.formats import CONVERSIONS
 
     problems = []
-    for dirname, check in (("arrow", arrow.check_arrow), ("megatron", megatron.check_megatron)):
+    for dirname, conversion in CONVERSIONS.items():
         dest = out / dirname
         if not dest.is_dir():
             continue
         try:
-            found = check(out, dest)
+            found = conversion.check(out, dest)
         except (*LOAD_ERRORS, KeyError, TypeError, IndexError) as exc:
             found = [("", f"cannot be read ({type(exc).__name__}: {exc})")]
         problems += [Problem(f"{dirname}/{where}".rstrip("/"), message) for where, message in found]
