@@ -89,7 +89,7 @@ class PackConfig:
     seed: int = 0
     rows_per_shard: int | None = None  # None: about 256 MB of tokens per shard
     dedup: bool | None = None  # None: on for cluster/icp, off for random/eos
-    semantic_threshold: float | None = None  # None: the strategy's default for the embedder (selection.semantic_threshold)
+    semantic_threshold: float | None = None  # None: the strategy's default for the embedder (pipeline.selection.semantic_threshold)
     clusters: int | None = None  # None: about sqrt(number of documents)
     knn: int = 10
 

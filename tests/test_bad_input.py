@@ -429,6 +429,7 @@ class RecordingReporter(packprep.progress.SilentReporter):
         self.lines.append(f"warning: {message}")
 
 
+@pytest.mark.slow
 def test_ray_drops_whitespace_documents_warns_and_reads_pretty_json_as_locally(tmp_path):
     """Whitespace-only documents, an --id-field no record has, other files, and a pretty-printed
     .jsonl read in byte ranges (the Ray engine's own JSONL loop): the same store, lines and errors."""

@@ -78,6 +78,7 @@ def test_same_bytes_for_any_workers_and_every_run(corpus, tmp_path, options):
     assert one == two == again
 
 
+@pytest.mark.slow
 def test_icp_same_bytes_for_any_workers(tmp_path):
     # Embedding runs torch matmuls whose thread count could change the last bits.
     folder = tmp_path / "corpus"

@@ -45,6 +45,7 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
+@pytest.mark.slow
 def test_packaged_model_is_described_for_manifests(embedder):
     assert (embedder.name, embedder.dim) == (DEFAULT_MODEL, 384)
     assert len(embedder.fingerprint) == 64 and int(embedder.fingerprint, 16) >= 0
@@ -52,6 +53,7 @@ def test_packaged_model_is_described_for_manifests(embedder):
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
 
 
+@pytest.mark.slow
 def test_output_shape_dtype_and_unit_norm(embedder):
     calls: list[int] = []
     vectors = embed_texts(embedder, TEXTS, batch_size=3, progress=calls.append)
@@ -64,6 +66,7 @@ def test_output_shape_dtype_and_unit_norm(embedder):
     assert embed_texts(embedder, []).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_order_is_preserved_despite_length_sorting(embedder):
     # TEXTS is deliberately not sorted by length, so batching permutes it internally.
     batched = embed_texts(embedder, TEXTS, batch_size=3, dtype=np.float32)
@@ -73,6 +76,7 @@ def test_order_is_preserved_despite_length_sorting(embedder):
     assert np.array_equal(batched, embed_texts(embedder, TEXTS, batch_size=3, dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_similar_sentences_are_closer_than_unrelated_ones(embedder):
     v = _f32(
         embed_texts(embedder, PAIRED_TEXTS)
@@ -100,6 +104,7 @@ def test_first_tokens_text_truncates_and_is_lazy():
         next(first_tokens_text(decode, tokens, offsets, np.array([0]), max_tokens=0))
 
 
+@pytest.mark.slow
 def test_embed_documents_fills_a_memmap(embedder, tmp_path):
     words = "the cat sat on a mat stocks fell sharply today as investors sold shares".split()
     decode = lambda ids: " ".join(words[i] for i in ids)  # noqa: E731
@@ -251,6 +256,7 @@ def test_embeddings_of_two_embedders_sit_side_by_side(static_stub, work, tmp_pat
     assert np.array_equal(load_embeddings(work), np.load(work / "embeddings.npy"))
 
 
+@pytest.mark.slow
 def test_a_raw_corpus_without_embedder_gets_minilm(tmp_path):
     from tests.conftest import make_documents, write_jsonl
 

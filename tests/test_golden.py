@@ -88,6 +88,7 @@ def test_golden_from_corpus(strategy, packing, fmt, tmp_path):
     check(f"{strategy}-{packing}-{fmt}", folder_hashes(out, replace=replacements(tmp_path)))
 
 
+@pytest.mark.slow  # the static embedder's fit embeds a sample with MiniLM
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("packing", PACKINGS)
 @pytest.mark.parametrize("strategy", ("cluster", "icp"))
@@ -99,6 +100,7 @@ def test_golden_from_store(strategy, packing, fmt, semantic_store, tmp_path):
     check(f"{strategy}-{packing}-{fmt}", folder_hashes(out, replace=replace))
 
 
+@pytest.mark.slow
 def test_golden_store_files(semantic_store, tmp_path):
     """The store with what the cluster/icp packs cached in it (dedup.*, embeddings.static.npy, embed.static.json)."""
     pack(semantic_store, tmp_path / "out", config=PackConfig(strategy="icp", seq_len=SEQ_LEN), embed_config=STATIC)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a local Ray and runs every stage on it: make test-fast leaves it out
+
 ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
 
 from tests.conftest import make_documents, write_jsonl  # noqa: E402

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # SIGKILLed CLI runs and their reruns: make test-fast leaves it out
+
 from packprep.io import load_json, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]

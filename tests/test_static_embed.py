@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # distils and fits the static embedder against MiniLM: make test-fast leaves it out
+
 from packprep.config import EmbedConfig
 from packprep.pipeline import tokenize
 from packprep.pipeline.semantic import embed

@@ -36,12 +36,13 @@ class Backend(Protocol):
     """The compute an engine offers the pipeline; every method gives the same bytes on every engine."""
 
     def tokenize(
-        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any,
-        manifest: Callable[[dict[str, int], int], dict[str, Any]], reporter: Reporter,
+        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
+        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
     ) -> tuple[DocStore, ReadSummary]:
         """Read ``corpus`` and write its document store into ``work`` (claimed by the pipeline);
-        ``manifest(counts, num_documents)`` gives what ``store.json`` records (and raises when
-        nothing was read)."""
+        ``manifest(counts, num_documents, fingerprint)`` gives what ``store.json`` records (and
+        raises when nothing was read). ``fingerprint``: ``corpus.corpus_fingerprint(corpus)``,
+        or None for the engine to compute (the local engine does while it reads)."""
 
     def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
         """The ``stages.dedup.DedupResult`` of exact and near dedup of ``store``."""

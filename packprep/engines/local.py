@@ -23,23 +23,26 @@ class LocalEngine:
         return self
 
     def tokenize(
-        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any,
-        manifest: Callable[[dict[str, int], int], dict[str, Any]], reporter: Reporter,
+        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
+        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
     ) -> tuple[DocStore, ReadSummary]:
-        from packprep.corpus import ReadCounters, iter_documents
+        from packprep.corpus import Fingerprint, ReadCounters, corpus_root, iter_documents
         from packprep.stages.tokenize import tokenize_into
         from packprep.tokenizers import smallest_token_dtype
 
         counters = ReadCounters()
+        reading = Fingerprint(corpus_root(corpus)) if fingerprint is None else None  # one pass: hashed as read
         documents = iter_documents(
-            corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters
+            corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters,
+            fingerprint=reading,
         )
         with DocStoreWriter(work, dtype=smallest_token_dtype(tokenizer.vocab_size)) as writer, reporter.track(
             "tokenize", unit="docs"
         ) as advance:
             dropped_empty = tokenize_into(writer, documents, tokenizer, progress=advance)
             counts = {"records": counters.records, "dropped_empty": dropped_empty, "skipped_records": counters.skipped}
-            store = writer.finish(manifest(counts, writer.num_documents))
+            fingerprint = reading.hexdigest() if reading is not None else fingerprint
+            store = writer.finish(manifest(counts, writer.num_documents, fingerprint))
         return store, ReadSummary(counts, with_id=counters.with_id, first_errors=counters.first_errors)
 
     def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:

@@ -56,12 +56,16 @@ class RayEngine:
         return self
 
     def tokenize(
-        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any,
-        manifest: Callable[[dict[str, int], int], dict[str, Any]], reporter: Reporter,
+        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
+        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
     ) -> tuple[DocStore, ReadSummary]:
-        from packprep.corpus import corpus_root, list_corpus_files, source_parts
+        from packprep.corpus import corpus_fingerprint, corpus_root, list_corpus_files, source_parts
         from packprep.tokenizers import smallest_token_dtype
 
+        if fingerprint is None:
+            # The tasks read the corpus on other workers, in parallel: the digest (a stream over every
+            # file in order) is taken here, in a pass of its own.
+            fingerprint = corpus_fingerprint(corpus)
         ray = connect(self.address)
         dtype = smallest_token_dtype(tokenizer.vocab_size)
         blocks = work / BLOCKS_DIRNAME
@@ -73,7 +77,7 @@ class RayEngine:
                 "dropped_empty": sum(s["dropped_empty"] for s in summaries),
                 "skipped_records": sum(s["skipped"] for s in summaries),
             }
-            recorded = manifest(counts, sum(s["num_documents"] for s in summaries))
+            recorded = manifest(counts, sum(s["num_documents"] for s in summaries), fingerprint)
             copy = ray.remote(max_retries=RAY_MAX_RETRIES)(copy_range)  # idempotent: a retry rewrites the same bytes
 
             def copy_in_tasks(copies: list[tuple[str, str, int]]) -> None:
@@ -130,7 +134,7 @@ def dedup_on_ray(
     num_tasks: int | None = None,
     reporter: Reporter = SilentReporter(),
 ) -> Any:
-    """The ``stages.dedup.DedupResult`` that ``semantic.dedup`` computes locally, with MinHash and LSH on Ray.
+    """The ``stages.dedup.DedupResult`` that the local engine computes, with MinHash and LSH on Ray.
 
     Exact dedup (a sort of N uint64 hashes) stays on the driver. ``num_tasks``: document
     ranges (balanced by tokens) for the MinHash tasks, and as many shuffle reducers;
@@ -184,7 +188,7 @@ def embed_on_ray(
     progress: Any = None,
     on_chunk: Any = None,
 ) -> None:
-    """Fill ``out`` (``config.dtype`` [N, D], e.g. the memmap ``semantic.embed`` opens) as the local engine does.
+    """Fill ``out`` (``config.dtype`` [N, D], e.g. the memmap ``pipeline.semantic.embed`` opens) as the local engine does.
 
     A pool of actors each loads the model once; chunk i is documents [i*chunk, (i+1)*chunk)
     (default ``stages.embed.EMBED_CHUNK``), embedded exactly as ``stages.embed.embed_documents``

@@ -24,7 +24,6 @@ import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
 from packprep.engines import LOCAL, Backend, Engine
-from packprep.engines.local import LocalEngine
 from packprep.io import cached_manifest
 from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
@@ -60,7 +59,7 @@ def embed(
 ) -> np.ndarray:
     """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap.
 
-    Each embedder has its own files (``embed_files``), so switching embedders keeps the
+    Each embedder has its own files (``store.embeddings``), so switching embedders keeps the
     other's vectors. Finished chunks are journaled as they are written: a killed run's
     rerun embeds only the rest and writes the same bytes.
 
@@ -91,7 +90,7 @@ def embed(
     if static and store.num_documents:
         embedder, calibration = _fit_static(store, embedder, decode, config, reporter, journal=journal)
     # The static model exists only in this process (fitted just now), and runs at thousands of documents per second.
-    backend = LocalEngine() if static else engine.backend()
+    backend = LOCAL.backend() if static else engine.backend()
     _embed_chunks(store, embedder, decode, config, backend, reporter, journal=journal)
     journal.publish()
     files.save_manifest(

@@ -13,13 +13,13 @@ from typing import Any
 
 from packprep.version import __version__
 from packprep.config import DEFAULT_ID_FIELD, TokenizeConfig, as_dict, check_workers, stage_key
-from packprep.corpus import SUPPORTED_SUFFIXES, CorpusListing, scan_corpus
+from packprep.corpus import SUPPORTED_SUFFIXES, CorpusListing, corpus_fingerprint, scan_corpus
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
 from packprep.io import folder_lock
 from packprep.pipeline.folders import claim_folder, finished_with_key, removed_on_error
 from packprep.progress import Reporter, SilentReporter
-from packprep.store import BLOCKS_DIRNAME, DocStore, is_store_file
+from packprep.store import BLOCKS_DIRNAME, MANIFEST_NAME, DocStore, is_store_file
 
 
 def tokenize(
@@ -51,19 +51,26 @@ def _tokenize(
     from packprep.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=workers)
-    key, fingerprint = tokenize_key(corpus, config, tokenizer)
-    if finished_with_key(work, key):
-        reporter.info(f"tokenize: reusing the document store in {work}")
-        return DocStore.open(work)
+    fingerprint = None
+    # Only a finished store can be reused, and only then is the corpus fingerprint needed before
+    # reading: otherwise the engine computes it while it reads, and the corpus is read once.
+    if (work / MANIFEST_NAME).is_file():
+        fingerprint = corpus_fingerprint(corpus)
+        if finished_with_key(work, tokenize_key(config, tokenizer, fingerprint)):
+            reporter.info(f"tokenize: reusing the document store in {work}")
+            return DocStore.open(work)
     shutil.rmtree(work / BLOCKS_DIRNAME, ignore_errors=True)  # an interrupted run's blocks; claim_folder would call them foreign
     claim_folder(work, overwrite=overwrite, ours=is_store_file)
 
-    def manifest(counts: dict[str, int], num_documents: int) -> dict[str, Any]:
+    def manifest(counts: dict[str, int], num_documents: int, fingerprint: str) -> dict[str, Any]:
         if num_documents == 0:
             raise no_documents_error(corpus, counts)
+        key = tokenize_key(config, tokenizer, fingerprint)
         return store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts)
 
-    store, read = backend.tokenize(corpus, work, config=config, tokenizer=tokenizer, manifest=manifest, reporter=reporter)
+    store, read = backend.tokenize(
+        corpus, work, config=config, tokenizer=tokenizer, fingerprint=fingerprint, manifest=manifest, reporter=reporter
+    )
     report_read(reporter, config, read.counts, with_id=read.with_id, first_errors=read.first_errors)
     return store
 
@@ -90,19 +97,16 @@ def report_read(
         reporter.warn(f"--id-field '{config.id_field}': no record has this field; ids are path:line instead")
 
 
-def tokenize_key(corpus: Path, config: TokenizeConfig, tokenizer: Any) -> tuple[str, str]:
-    """The tokenize stage's cache key and the corpus fingerprint it includes.
+def tokenize_key(config: TokenizeConfig, tokenizer: Any, fingerprint: str) -> str:
+    """The tokenize stage's cache key, from the corpus ``fingerprint`` (``corpus.corpus_fingerprint``).
 
     Neither the engine nor the worker count is part of it: every engine writes the same
     store, so each reuses a store another made.
     """
-    from packprep.corpus import corpus_fingerprint
     from packprep.stages.dedup import EXACT_HASH
 
-    fingerprint = corpus_fingerprint(corpus)
     # EXACT_HASH names how text_hash.npy was computed: a store hashed another way is re-tokenised, not reused.
-    key = stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint(), text_hash=EXACT_HASH)
-    return key, fingerprint
+    return stage_key("tokenize", config, corpus=fingerprint, tokenizer=tokenizer.fingerprint(), text_hash=EXACT_HASH)
 
 
 def store_manifest(

@@ -31,7 +31,7 @@ _TEXT_CHUNK_TOKENS = 1 << 18  # tokens decoded per chunk: ~1M characters, ~40 MB
 MAX_FULL_PAIRS_RUN = 64  # LSH buckets larger than this are linked as a star, not all pairs
 
 
-# Part of the document store's cache key (pipeline.tokenize_key): changing exact_normal_form
+# Part of the document store's cache key (pipeline.tokenizing.tokenize_key): changing exact_normal_form
 # must change it, so that a store hashed the old way is re-tokenised rather than reused.
 EXACT_HASH = "blake2b64(nfkc-casefold-whitespace)/2"
 
