@@ -369,6 +369,7 @@ BIG_DOC_BYTES = 100_000_000
 BIG_DOC_MAX_RSS = 2 << 30  # measured 0.97 GiB for this document (tokenize holds its ids as Python ints); 2 GiB flags a regression
 
 
+@pytest.mark.slow
 def test_a_100_mb_document_packs_with_bounded_memory(tmp_path):
     """One document of 100 MB of short words: packs (one split document, every row full but the last).
 

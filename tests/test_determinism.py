@@ -70,6 +70,7 @@ def pack_counting_remote_texts(corpus, out, *options) -> tuple[dict[str, str], i
     ],
     ids=["eos-split", "random-bestfit"],
 )
+@pytest.mark.slow
 def test_same_bytes_for_any_workers_and_every_run(corpus, tmp_path, options):
     one, sent_by_one = pack_counting_remote_texts(corpus, tmp_path / "w1", *options, "--workers", "1")
     two, sent_by_two = pack_counting_remote_texts(corpus, tmp_path / "w2", *options, "--workers", "2")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from packprep.errors import PackprepError
-from packprep.stages import embed
+from packprep.stages import embed, model_files
 from packprep.stages.embed import DEFAULT_MODEL, embed_documents, embed_texts, first_tokens_text, load_embedder
 
 TEXTS = [
@@ -49,7 +49,7 @@ def _f32(a: np.ndarray) -> np.ndarray:
 def test_packaged_model_is_described_for_manifests(embedder):
     assert (embedder.name, embedder.dim) == (DEFAULT_MODEL, 384)
     assert len(embedder.fingerprint) == 64 and int(embedder.fingerprint, 16) >= 0
-    assert embedder.fingerprint == embed._fingerprint(embed._packaged_model_dir())  # stable across calls
+    assert embedder.fingerprint == model_files.model_fingerprint(model_files.packaged_model_dir())  # stable across calls
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
 
 
@@ -127,9 +127,10 @@ def test_embed_documents_fills_a_memmap(embedder, tmp_path):
         embed_documents(embedder, decode, tokens, offsets, doc_indices, out=np.zeros((2, embedder.dim), np.float16))
 
 
+@pytest.mark.slow
 def test_local_model_folder_loads_with_the_network_off(tmp_path, monkeypatch):
     folder = tmp_path / "my-model"
-    source = embed._packaged_model_dir()
+    source = model_files.packaged_model_dir()
     for path in source.rglob("*"):  # a copy made of symlinks: same files, a different folder
         if path.is_file():
             link = folder / path.relative_to(source)
@@ -142,10 +143,11 @@ def test_local_model_folder_loads_with_the_network_off(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     loaded = load_embedder(str(folder))
     assert loaded.name == str(folder.resolve()) and loaded.dim == 384
-    assert loaded.fingerprint == embed._fingerprint(source)
+    assert loaded.fingerprint == model_files.model_fingerprint(source)
     assert embed_texts(loaded, ["Hello"]).shape == (1, 384)
 
 
+@pytest.mark.slow
 def test_bad_model_paths_are_user_errors(tmp_path):
     with pytest.raises(PackprepError, match="not found") as missing:
         load_embedder(str(tmp_path / "nope"))
@@ -164,12 +166,12 @@ def test_bad_model_paths_are_user_errors(tmp_path):
 def test_fingerprint_sees_config_changes_and_skips_hidden_files(tmp_path):
     (tmp_path / "config.json").write_text('{"hidden_size": 384}')
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 100)
-    before = embed._fingerprint(tmp_path)
+    before = model_files.model_fingerprint(tmp_path)
     (tmp_path / ".cache").mkdir()
     (tmp_path / ".cache" / "lock").write_text("x")
-    assert embed._fingerprint(tmp_path) == before
+    assert model_files.model_fingerprint(tmp_path) == before
     (tmp_path / "config.json").write_text('{"hidden_size": 768}')
-    assert embed._fingerprint(tmp_path) != before
+    assert model_files.model_fingerprint(tmp_path) != before
 
 
 # ---------------------------------------------------------------------------- which embeddings a pack uses
@@ -182,7 +184,7 @@ def static_stub(tmp_path, monkeypatch) -> None:
     from packprep.stages import static_embed
     from tests.conftest import SENTENCES
 
-    source = embed._packaged_model_dir()
+    source = model_files.packaged_model_dir()
     tokenizer = static_embed._plain_tokenizer(source / "tokenizer.json")
     ids = np.concatenate([e.ids for e in tokenizer.encode_batch(SENTENCES, add_special_tokens=False)] + [[0, 100, 101, 102, 103]])
     distilled = static_embed.distill(source, token_ids=ids)

@@ -148,6 +148,7 @@ def test_bpe_openai_ids_equal_tiktoken_on_varied_text_and_the_example_corpus():
     assert fast.decode(flat[: lengths[1]]) == texts[1]
 
 
+@pytest.mark.slow
 def test_bpe_openai_worker_processes_give_the_same_ids():
     from packprep.tokenizers.bpe_openai import _PARALLEL_MIN_CHARS
 
@@ -164,6 +165,7 @@ def test_bpe_openai_worker_processes_give_the_same_ids():
     assert small_flat.tolist() == [15339, 1917] and small_lengths.tolist() == [2, 0]
 
 
+@pytest.mark.slow
 def test_bpe_openai_worker_that_died_is_replaced():
     texts = _examples_texts()
     fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=2)

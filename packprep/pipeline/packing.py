@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from packprep.version import __version__
-from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, check_workers, stage_key
+from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
 from packprep.corpus import list_corpus_files
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
@@ -23,7 +23,8 @@ from packprep.io import folder_lock, refuse_file
 from packprep.pipeline.folders import WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
 from packprep.pipeline.selection import select_documents
 from packprep.pipeline.semantic import HeldEmbedder, held_embed_config
-from packprep.pipeline.tokenizing import tokenize
+from packprep.pipeline.run import Run
+from packprep.pipeline.tokenizing import tokenize_in
 from packprep.progress import Reporter, SilentReporter
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
 from packprep.stages.strategies import STRATEGIES
@@ -58,7 +59,7 @@ def pack(
     """
     from packprep.formats.convert import convert
 
-    check_workers(workers)
+    run = Run.of(engine, reporter, workers)
     if format not in FORMATS:
         raise PackprepError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     if warning := labels_ignored(format, labels, "--format"):
@@ -68,7 +69,7 @@ def pack(
     # A store given as the source gets its dedup and embeddings written into it: hold it too.
     writes_store = is_store(source) and (config.run_dedup or config.semantic)
     with removed_on_error(out), folder_lock(out), folder_lock(source) if writes_store else contextlib.nullcontext():
-        _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, workers, engine, reporter)
+        _pack(source, out, config, tokenize_config, dedup_config, embed_config, overwrite, run)
         if format != "npy":
             with reporter.track(f"convert to {format}", total=npy.read_manifest(out)["counts"]["num_sequences"], unit="rows") as advance:
                 convert(out, to=format, labels=labels is not False, progress=advance)
@@ -83,20 +84,16 @@ def _pack(
     dedup_config: DedupConfig,
     embed_config: EmbedConfig | HeldEmbedder,
     overwrite: bool,
-    workers: int | None,
-    engine: Engine | Backend,
-    reporter: Reporter,
+    run: Run,
 ) -> Path:
+    reporter = run.reporter
     from_store = is_store(source)
     if from_store:
         store = DocStore.open(source)
     else:
         list_corpus_files(source)  # a missing or unreadable corpus fails before OUT is touched
         claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
-        store = tokenize(
-            source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, workers=workers, engine=engine,
-            reporter=reporter,
-        )
+        store = tokenize_in(source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, run=run)
 
     if isinstance(embed_config, HeldEmbedder):
         if from_store and config.semantic:
@@ -127,9 +124,7 @@ def _pack(
     if config.seq_len <= sep_len:
         raise PackprepError(f"--seq-len {config.seq_len} leaves no room next to the {sep_len}-token separator")
 
-    selection = select_documents(
-        store, config=config, dedup_config=dedup_config, embed_config=embed_config, engine=engine, reporter=reporter
-    )
+    selection = select_documents(store, config=config, dedup_config=dedup_config, embed_config=embed_config, run=run)
     sequence_lengths = store.lengths() + sep_len
     # A semantic order is the point of cluster/icp: bestfit then packs along it, not by length.
     plan = pack_plan(

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, PackConfig
-from packprep.engines import LOCAL, Backend, Engine
-from packprep.progress import Reporter, SilentReporter
+from packprep.pipeline.run import Run
 from packprep.stages.dedup import REASON_NAMES
 from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore
@@ -37,22 +36,22 @@ def select_documents(
     config: PackConfig,
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig = EmbedConfig(),
-    engine: Engine | Backend = LOCAL,
-    reporter: Reporter = SilentReporter(),
+    run: Run = Run(),
 ) -> Selection:
     from packprep.pipeline import semantic
 
+    reporter = run.reporter
     n = store.num_documents
     reason = np.zeros(n, dtype=np.uint8)
     dup_of = np.full(n, -1, dtype=np.int64)
     if config.run_dedup:
-        found = semantic.dedup(store, config=dedup_config, engine=engine, reporter=reporter)
+        found = semantic.dedup_in(store, config=dedup_config, run=run)
         reason, dup_of = found.reason.copy(), found.dup_of.copy()
     strategy = STRATEGIES[config.strategy]
     if not strategy.needs_embeddings:
         return Selection(order=strategy.order(np.flatnonzero(reason == 0), None, config, None), reason=reason, dup_of=dup_of)
 
-    embeddings = semantic.embed(store, config=embed_config, engine=engine, reporter=reporter)
+    embeddings = semantic.embed_in(store, config=embed_config, run=run)
     calibration = (embed_manifest(store.path, embed_config.model) or {}).get("calibration")
     chosen = semantic_threshold(config, embed_config.model, calibration)
     if chosen and chosen["value"]:

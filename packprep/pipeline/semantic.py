@@ -26,20 +26,28 @@ from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.io import cached_manifest
 from packprep.errors import PackprepError
+from packprep.pipeline.run import Run
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
 from packprep.store.cached import DEDUP_MANIFEST, Dedup, load_dedup, save_dedup
 from packprep.store.embeddings import ChunkJournal, EmbedFiles, finished_manifests
 
-__all__ = ["Dedup", "HeldEmbedder", "dedup", "embed", "held_embed_config"]
+__all__ = ["Dedup", "HeldEmbedder", "dedup", "dedup_in", "embed", "embed_in", "held_embed_config"]
+
 
 def dedup(
     store: DocStore, *, config: DedupConfig = DedupConfig(), engine: Engine | Backend = LOCAL, reporter: Reporter = SilentReporter()
 ) -> Dedup:
     """Exact (normalised-text hash) and near (MinHash LSH over the decoded, normalised text) dedup of
     ``store``; cached in its folder."""
+    return dedup_in(store, config=config, run=Run.of(engine, reporter))
+
+
+def dedup_in(store: DocStore, *, config: DedupConfig, run: Run) -> Dedup:
+    """:func:`dedup` as a step of a larger ``run``."""
     from packprep.stages.shingles import NORMALIZATION
 
+    reporter = run.reporter
     key = stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
     cached = cached_manifest(store.path / DEDUP_MANIFEST, key)
     if cached is not None:
@@ -47,7 +55,7 @@ def dedup(
         return load_dedup(store.path, cached)
     (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
 
-    result = engine.backend().dedup(store, config=config, reporter=reporter)
+    result = run.backend.dedup(store, config=config, reporter=reporter)
     manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
     save_dedup(store.path, result, manifest)
     reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
@@ -68,10 +76,16 @@ def embed(
     and embeds every document in this process, whatever the engine: it runs at
     thousands of documents per second and the fitted model exists only here.
     """
+    return embed_in(store, config=config, run=Run.of(engine, reporter))
+
+
+def embed_in(store: DocStore, *, config: EmbedConfig, run: Run) -> np.ndarray:
+    """:func:`embed` as a step of a larger ``run``."""
     from packprep.stages import embed as stage
     from packprep.stages.static_embed import STATIC_MODEL, fitted_fingerprint
     from packprep.tokenizers import tokenizer_from_manifest
 
+    reporter = run.reporter
     static = config.model == STATIC_MODEL
     if static:
         _report_distilling(reporter)
@@ -90,7 +104,7 @@ def embed(
     if static and store.num_documents:
         embedder, calibration = _fit_static(store, embedder, decode, config, reporter, journal=journal)
     # The static model exists only in this process (fitted just now), and runs at thousands of documents per second.
-    backend = LOCAL.backend() if static else engine.backend()
+    backend = LOCAL.backend() if static else run.backend
     _embed_chunks(store, embedder, decode, config, backend, reporter, journal=journal)
     journal.publish()
     files.save_manifest(

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from packprep.version import __version__
-from packprep.config import DEFAULT_ID_FIELD, TokenizeConfig, as_dict, check_workers, stage_key
+from packprep.config import DEFAULT_ID_FIELD, TokenizeConfig, as_dict, stage_key
 from packprep.corpus import SUPPORTED_SUFFIXES, CorpusListing, corpus_fingerprint, scan_corpus
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
 from packprep.io import folder_lock
 from packprep.pipeline.folders import claim_folder, finished_with_key, removed_on_error
+from packprep.pipeline.run import Run
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import BLOCKS_DIRNAME, MANIFEST_NAME, DocStore, is_store_file
 
@@ -37,20 +38,22 @@ def tokenize(
     ``workers``: tokenizer workers (default: all cores); ``engine``: here or on Ray. The
     store depends on neither.
     """
-    check_workers(workers)
-    warn_unread_files(scan_corpus(corpus), corpus, reporter)  # fails early on a missing path or nothing to read
+    return tokenize_in(corpus, work, config=config, overwrite=overwrite, run=Run.of(engine, reporter, workers))
+
+
+def tokenize_in(corpus: str | Path, work: str | Path, *, config: TokenizeConfig, overwrite: bool, run: Run) -> DocStore:
+    """:func:`tokenize` as a step of a larger ``run`` (``pack`` calls it)."""
+    warn_unread_files(scan_corpus(corpus), corpus, run.reporter)  # fails early on a missing path or nothing to read
     corpus, work = Path(corpus), Path(work)
     with removed_on_error(work), folder_lock(work):
-        return _tokenize(corpus, work, config, overwrite, workers, engine.backend(), reporter)
+        return _tokenize(corpus, work, config, overwrite, run)
 
 
-def _tokenize(
-    corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, workers: int | None, backend: Backend,
-    reporter: Reporter,
-) -> DocStore:
+def _tokenize(corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, run: Run) -> DocStore:
     from packprep.tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=workers)
+    reporter = run.reporter
+    tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=run.workers)
     fingerprint = None
     # Only a finished store can be reused, and only then is the corpus fingerprint needed before
     # reading: otherwise the engine computes it while it reads, and the corpus is read once.
@@ -68,7 +71,7 @@ def _tokenize(
         key = tokenize_key(config, tokenizer, fingerprint)
         return store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts)
 
-    store, read = backend.tokenize(
+    store, read = run.backend.tokenize(
         corpus, work, config=config, tokenizer=tokenizer, fingerprint=fingerprint, manifest=manifest, reporter=reporter
     )
     report_read(reporter, config, read.counts, with_id=read.with_id, first_errors=read.first_errors)
