@@ -215,6 +215,7 @@ def embedder_of(out) -> str:
 ICP = ["--strategy", "icp", "--seq-len", "128", "-q"]
 
 
+@pytest.mark.slow  # MiniLM distils the stub and embeds the fit sample
 def test_pack_of_a_store_uses_the_embedder_it_was_embedded_with(static_stub, work, tmp_path):
     from pathlib import Path
 
@@ -229,6 +230,7 @@ def test_pack_of_a_store_uses_the_embedder_it_was_embedded_with(static_stub, wor
     assert not (work / "embeddings.npy").exists() and not (work / "embed.json").exists()  # MiniLM never ran
 
 
+@pytest.mark.slow  # MiniLM distils the stub and embeds the fit sample
 def test_embeddings_of_two_embedders_sit_side_by_side(static_stub, work, tmp_path):
     from pathlib import Path
 
@@ -274,6 +276,7 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # MiniLM distils the stub and embeds the fit sample
 def test_static_fit_is_not_redone_after_an_interrupt(static_stub, work, tmp_path, monkeypatch):
     from packprep.pipeline import semantic
     from packprep.config import EmbedConfig

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from packprep.version import __version__
 from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
 from packprep.corpus import list_corpus_files
 from packprep.engines import LOCAL, Backend, Engine
@@ -29,6 +28,7 @@ from packprep.progress import Reporter, SilentReporter
 from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
 from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore, is_store
+from packprep.version import __version__
 
 
 def pack(

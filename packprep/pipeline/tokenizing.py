@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from packprep.version import __version__
 from packprep.config import DEFAULT_ID_FIELD, TokenizeConfig, as_dict, stage_key
 from packprep.corpus import SUPPORTED_SUFFIXES, CorpusListing, corpus_fingerprint, scan_corpus
 from packprep.engines import LOCAL, Backend, Engine
@@ -21,6 +20,7 @@ from packprep.pipeline.folders import claim_folder, finished_with_key, removed_o
 from packprep.pipeline.run import Run
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import BLOCKS_DIRNAME, MANIFEST_NAME, DocStore, is_store_file
+from packprep.version import __version__
 
 
 def tokenize(
