@@ -61,7 +61,7 @@ class BpeOpenAICl100k(TiktokenTokenizer):
 
     def _encode_spread(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._processes == 1 or not sys.executable or sum(map(len, texts)) < _PARALLEL_MIN_CHARS:
-            return _bpe_openai_encode(texts)
+            return encode_in_process(texts)
         if not self._workers:
             self._workers = [_EncoderProcess() for _ in range(self._processes - 1)]
         parts = _split_by_chars(texts, self._processes)
@@ -72,7 +72,7 @@ class BpeOpenAICl100k(TiktokenTokenizer):
         try:
             for worker, i in zip(self._workers, remote):
                 worker.send(parts[i])
-            encoded[local] = _bpe_openai_encode(parts[local])
+            encoded[local] = encode_in_process(parts[local])
             for worker, i in zip(self._workers, remote):
                 encoded[i] = worker.receive()
         except BaseException:  # a reply left unread would answer the next batch: start afresh
@@ -139,7 +139,7 @@ def _serve_encoder() -> None:
             texts = pickle.load(requests)
         except EOFError:
             return
-        pickle.dump(_bpe_openai_encode(texts), replies, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(encode_in_process(texts), replies, protocol=pickle.HIGHEST_PROTOCOL)
         replies.flush()
 
 
@@ -176,7 +176,7 @@ def _bpe_openai_bindings() -> Any:
     raise ImportError("No module named 'bpe_openai'")
 
 
-def _bpe_openai_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode_in_process(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """encode_ordinary of each text (flat uint32 [T], int64 lengths [N]); runs in workers too.
 
     A text over ``text_cuts.PIECE_CHARS`` is encoded in pieces cut where cl100k's regex

@@ -152,7 +152,7 @@ def encode_in_pieces(
     pieces are encoded in groups of about ``group_chars`` characters and their ids appended
     to one growing uint32 buffer, so memory holds the ids once plus one group's worth.
     """
-    if all(len(text) <= max_chars for text in texts):
+    if max(map(len, texts), default=0) <= max_chars:
         return encode(texts)
     flat = array.array("I")
     lengths = np.zeros(len(texts), dtype=np.int64)
