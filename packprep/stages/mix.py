@@ -1,0 +1,124 @@
+"""Mixtures: which documents of each source make up the train output, and which are held out.
+
+Pure functions over arrays. Documents of all sources are one flat set: ``lengths`` int64 [N]
+(tokens each document adds to the output) and ``source`` int64 [N] (0 .. S-1).
+
+- :func:`val_mask`: the held-out split, by a stable hash of (source name, document id), so a
+  document's side never depends on which other documents exist (a source that grows moves
+  none of its old documents between train and val).
+- :func:`mix`: the train selection. A source's target is its share of the total; it gets as
+  many whole passes over its documents as fit in the target, then a seeded sample of
+  documents for the remainder (so down-sampling is the zero-pass case).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_SALT = 0x6D6978  # "mix": the sampling streams are their own, apart from every other use of the seed
+
+
+def split_hashes(source_name: str, doc_ids: Sequence[str]) -> np.ndarray:
+    """uint64 [N]: blake2b-64 of ``"{source_name}\\0{doc_id}"`` for each id; the same in every process."""
+    prefix = source_name.encode("utf-8") + b"\0"
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(prefix + i.encode("utf-8"), digest_size=8).digest(), "little") for i in doc_ids),
+        dtype=np.uint64, count=len(doc_ids),
+    )
+
+
+def val_mask(hashes: np.ndarray, *, fraction: float | None = None, documents: int | None = None) -> np.ndarray:
+    """bool [N]: True for the held-out (val) documents of one source, from its :func:`split_hashes`.
+
+    ``fraction``: a document is val when its hash, read as a fraction of 2**64, is below it; each
+    document decides alone, so adding documents never moves another. ``documents``: the N
+    documents with the lowest hashes (an added document moves one only when its own hash is lower).
+    """
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    if documents is not None:
+        mask = np.zeros(len(hashes), dtype=bool)
+        mask[np.argsort(hashes, kind="stable")[:documents]] = True
+        return mask
+    if not fraction:
+        return np.zeros(len(hashes), dtype=bool)
+    # A fraction of 2**64 as an integer: below 2**64 since fraction < 1, exact at the boundary.
+    threshold = int(fraction * 2.0**64)
+    return hashes < np.uint64(min(threshold, 2**64 - 1))
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """``picks`` int64 [M]: indices into the documents, one per copy in the train output (a
+    repeated document appears once per copy), grouped by source, each group ascending within a pass.
+    Per source, int64 [S]: ``target`` tokens, ``tokens`` picked, ``available`` tokens,
+    ``documents`` picked (copies), ``unique`` distinct documents picked, ``passes`` whole passes."""
+
+    picks: np.ndarray
+    target: np.ndarray
+    tokens: np.ndarray
+    available: np.ndarray
+    documents: np.ndarray
+    unique: np.ndarray
+    passes: np.ndarray
+
+    @property
+    def shares(self) -> np.ndarray:
+        """float64 [S]: each source's share of the picked tokens."""
+        total = self.tokens.sum()
+        return self.tokens / total if total else np.zeros(len(self.tokens))
+
+    @property
+    def repeats(self) -> np.ndarray:
+        """int64 [S]: copies beyond the first of every picked document."""
+        return self.documents - self.unique
+
+
+def mix(
+    lengths: np.ndarray, source: np.ndarray, weights: Sequence[float], *, tokens: int | None = None, seed: int = 0
+) -> Mixture:
+    """Pick the train documents: each source's tokens are ``weights[s] / sum(weights)`` of the total.
+
+    ``tokens``: the total; None means the largest total that repeats no source (the source with the
+    fewest tokens for its share is taken whole). Each source's pick is within one document's
+    length of its target: whole passes, then the prefix of a seeded permutation of its
+    documents whose token count is closest to the remainder. Raises ``ValueError`` when a
+    source with a weight has no tokens (the caller words that for its user).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    source = np.asarray(source, dtype=np.int64)
+    shares = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    num_sources = len(shares)
+    available = np.bincount(source, weights=lengths, minlength=num_sources).astype(np.int64)
+    if (available <= 0).any():
+        raise ValueError(f"sources {np.flatnonzero(available <= 0).tolist()} have no tokens")
+    if tokens is None:
+        limiting = int(np.argmin(available / shares))
+        target = np.minimum(np.floor(shares * (available[limiting] / shares[limiting])).astype(np.int64), available)
+        target[limiting] = available[limiting]
+    else:
+        target = np.round(shares * tokens).astype(np.int64)
+
+    picks, picked, documents, unique, passes = [], np.zeros(num_sources, np.int64), [], [], []
+    for s in range(num_sources):
+        docs = np.flatnonzero(source == s)
+        full, remainder = divmod(int(target[s]), int(available[s]))
+        perm = np.random.default_rng([seed, _SALT, s]).permutation(len(docs))
+        cum = np.cumsum(lengths[docs[perm]])
+        k = int(np.searchsorted(cum, remainder))  # cum[k] >= remainder: take k or k + 1 documents, the closer
+        if remainder and k < len(cum) and (k == 0 or cum[k] - remainder < remainder - cum[k - 1]):
+            k += 1
+        sample = np.sort(docs[perm[:k]])
+        picks += [docs] * full + [sample]
+        picked[s] = full * available[s] + (int(cum[k - 1]) if k else 0)
+        documents.append(full * len(docs) + k)
+        unique.append(len(docs) if full else k)
+        passes.append(full)
+    return Mixture(
+        picks=np.concatenate(picks) if picks else np.zeros(0, np.int64), target=target, tokens=picked,
+        available=available, documents=np.array(documents, np.int64), unique=np.array(unique, np.int64),
+        passes=np.array(passes, np.int64),
+    )
