@@ -47,6 +47,10 @@ PACK_KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,), "embedder": (str,), "embed_tokens": (int,), "clusters": (int,), "knn": (int,),
     "format": (str,), "labels": (bool,), "workers": (int,), "engine": (str,), "ray_address": (str,),
 }
+PACK_CHOICES = {  # the CLI's choices (options.py)
+    "strategy": ("random", "eos", "cluster", "icp"), "packing": ("split", "bestfit"), "on_error": ("raise", "skip"),
+    "format": ("npy", "arrow", "megatron"), "engine": ("local", "ray"), "embedder": ("minilm", "static"),
+}
 _TOP_KEYS = ("cache", "pack", "mix", "source", "split", "decontaminate")
 _MIX_KEYS = ("tokens",)
 _SOURCE_KEYS = ("name", "path", "weight", "text_field", "id_field", "id_prefix")
@@ -121,6 +125,8 @@ def load_recipe(path: str | Path) -> Recipe:
     _check_keys(pack, tuple(PACK_KEYS), fail, table="pack")
     for key, value in pack.items():
         _check_type(value, PACK_KEYS[key], fail, table="pack", key=key)
+        if key in PACK_CHOICES and value not in PACK_CHOICES[key]:
+            raise fail(f"{key} must be one of {', '.join(PACK_CHOICES[key])}, got {value!r}", "pack", key)
 
     mix = _table(data, "mix", fail)
     _check_keys(mix, _MIX_KEYS, fail, table="mix")

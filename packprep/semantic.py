@@ -66,11 +66,22 @@ def dedup(
         result = dedup_on_ray(store, config=config, address=engine.address, reporter=reporter)
     else:
         result = _dedup_here(store, config, reporter)
+    found = record_dedup(store, config=config, result=result)
+    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
+    return found
+
+
+def record_dedup(store: DocStore, *, config: DedupConfig, result: Any) -> Dedup:
+    """Store ``result`` (a ``stages.dedup.DedupResult``) as ``store``'s dedup under ``config``: what
+    :func:`dedup` then returns. A recipe records the drops it decided across sources this way."""
+    from packprep.stages.shingles import NORMALIZATION
+
+    key = stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
+    (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
     for name in _DEDUP_ARRAYS:
         save_npy(store.path / f"dedup.{name}.npy", getattr(result, name))
     manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
     save_json(store.path / DEDUP_MANIFEST, manifest)
-    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
     return _load_dedup(store.path, manifest)
 
 
