@@ -76,7 +76,8 @@ def pack_recipe(
     with removed_on_error(out), folder_lock(out):
         claim_folder(out, overwrite=overwrite, ours=lambda p: p.name in ("train", "val") or is_output_file(p), keep={WORK_DIRNAME})
         work = out / WORK_DIRNAME
-        stores = [_source_store(s, recipe, tokenize_config, work, workers, engine, reporter) for s in recipe.sources]
+        opened: dict[Path, DocStore] = {}  # sources that share a corpus and options share one store
+        stores = [_source_store(s, recipe, tokenize_config, work, workers, engine, reporter, opened) for s in recipe.sources]
         pool = _pool(recipe, stores, work / "pool", reporter)
         sources = np.load(pool.path / SOURCES_FILE)
         if config.run_dedup:
@@ -119,17 +120,22 @@ def pack_recipe(
 
 
 def _source_store(source: Any, recipe: Recipe, config: TokenizeConfig, work: Path, workers: int | None,
-                  engine: Engine, reporter: Reporter) -> DocStore:
-    """The source's document store: the source itself when it is one, else tokenized into the cache."""
+                  engine: Engine, reporter: Reporter, opened: dict[Path, DocStore]) -> DocStore:
+    """The source's document store: the source itself when it is one, else tokenized into the cache
+    (a folder named by the resolved path and the tokenize options)."""
     from packprep.pipeline import tokenize
 
     if is_store(source.path):
-        return DocStore.open(source.path)
-    config = dataclasses.replace(config, text_field=source.text_field or config.text_field,
-                                 id_field=source.id_field or config.id_field)
-    named = json.dumps({"path": str(source.path.resolve()), "config": as_dict(config)}, sort_keys=True)
-    folder = (recipe.cache or work / "sources") / f"{source.path.name}-{hashlib.sha256(named.encode()).hexdigest()[:12]}"
-    return tokenize(source.path, folder, config=config, workers=workers, engine=engine, reporter=reporter)
+        folder = source.path
+    else:
+        config = dataclasses.replace(config, text_field=source.text_field or config.text_field,
+                                     id_field=source.id_field or config.id_field)
+        named = json.dumps({"path": str(source.path.resolve()), "config": as_dict(config)}, sort_keys=True)
+        folder = (recipe.cache or work / "sources") / f"{source.path.name}-{hashlib.sha256(named.encode()).hexdigest()[:12]}"
+    if folder not in opened:
+        opened[folder] = DocStore.open(folder) if folder == source.path else tokenize(
+            source.path, folder, config=config, workers=workers, engine=engine, reporter=reporter)
+    return opened[folder]
 
 
 def _pool(recipe: Recipe, stores: list[DocStore], folder: Path, reporter: Reporter) -> DocStore:

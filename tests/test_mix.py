@@ -56,15 +56,23 @@ def test_up_sampling_makes_whole_passes_then_samples_the_remainder():
     assert m.documents.tolist() == [3, 4] and m.unique.tolist() == [3, 2] and m.repeats.tolist() == [0, 2]
 
 
-def test_the_remainder_is_the_closest_prefix_of_a_seeded_permutation():
+def test_the_remainder_is_filled_along_a_seeded_permutation():
     lengths = np.full(100, 3, dtype=np.int64)
     source = np.zeros(100, dtype=np.int64)
-    m = mix(lengths, source, [1.0], tokens=3 * 100 + 7, seed=5)  # one pass + 7 tokens: 2 documents (6) beat 3 (9)
+    m = mix(lengths, source, [1.0], tokens=3 * 100 + 7, seed=5)  # one pass + 7 tokens: two more documents fit, a third does not
     assert m.passes.tolist() == [1] and m.tokens.tolist() == [306] and len(m.picks) == 102
     again = mix(lengths, source, [1.0], tokens=307, seed=5)
     other = mix(lengths, source, [1.0], tokens=307, seed=6)
     assert m.picks.tolist() == again.picks.tolist()
     assert m.picks.tolist() != other.picks.tolist()
+
+
+def test_first_fit_passes_over_a_document_too_long_for_the_gap():
+    lengths = np.array([10, 100, 10, 10], dtype=np.int64)
+    source = np.zeros(4, dtype=np.int64)
+    for seed in range(20):
+        m = mix(lengths, source, [1.0], tokens=30, seed=seed)
+        assert m.tokens.tolist() == [30] and m.picks.tolist() == [0, 2, 3]
 
 
 def test_shares_and_total_meet_the_tolerances_on_many_documents():

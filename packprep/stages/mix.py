@@ -8,7 +8,7 @@ Pure functions over arrays. Documents of all sources are one flat set: ``lengths
   none of its old documents between train and val).
 - :func:`mix`: the train selection. A source's target is its share of the total; it gets as
   many whole passes over its documents as fit in the target, then a seeded sample of
-  documents for the remainder (so down-sampling is the zero-pass case).
+  documents that fills the remainder (so down-sampling is the zero-pass case).
 """
 
 from __future__ import annotations
@@ -77,15 +77,38 @@ class Mixture:
         return self.documents - self.unique
 
 
+def _first_fit(lengths: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """int64 [K] ascending: documents taken along a seeded permutation while they fit in ``budget``
+    tokens (one that does not fit is passed over). The total falls short of ``budget`` by less than
+    the shortest document passed over: a closest-prefix cut would miss by up to half of one long
+    document, 1.4 % of a 150k-token share of examples/corpus' kernel pages."""
+    perm = rng.permutation(len(lengths))
+    cum = np.cumsum(lengths[perm])
+    k = int(np.searchsorted(cum, budget, side="right"))  # the prefix that fits whole
+    taken, gap = [perm[:k]], budget - (int(cum[k - 1]) if k else 0)
+    rest = perm[k:]
+    if gap and len(rest):
+        shortest = int(lengths[rest].min())
+        extra = []
+        for d, length in zip(rest.tolist(), lengths[rest].tolist()):  # rarely long: it stops once nothing fits
+            if gap < shortest:
+                break
+            if length <= gap:
+                extra.append(d)
+                gap -= length
+        taken.append(np.array(extra, dtype=np.int64))
+    return np.sort(np.concatenate(taken)).astype(np.int64)
+
+
 def mix(
     lengths: np.ndarray, source: np.ndarray, weights: Sequence[float], *, tokens: int | None = None, seed: int = 0
 ) -> Mixture:
     """Pick the train documents: each source's tokens are ``weights[s] / sum(weights)`` of the total.
 
     ``tokens``: the total; None means the largest total that repeats no source (the source with the
-    fewest tokens for its share is taken whole). Each source's pick is within one document's
-    length of its target: whole passes, then the prefix of a seeded permutation of its
-    documents whose token count is closest to the remainder. Raises ``ValueError`` when a
+    fewest tokens for its share is taken whole). Each source gets whole passes, then for the
+    remainder the documents of a seeded permutation that fit in it (:func:`_first_fit`), so it
+    falls short of its target by less than its shortest document left out. Raises ``ValueError`` when a
     source with a weight has no tokens (the caller words that for its user).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -106,16 +129,11 @@ def mix(
     for s in range(num_sources):
         docs = np.flatnonzero(source == s)
         full, remainder = divmod(int(target[s]), int(available[s]))
-        perm = np.random.default_rng([seed, _SALT, s]).permutation(len(docs))
-        cum = np.cumsum(lengths[docs[perm]])
-        k = int(np.searchsorted(cum, remainder))  # cum[k] >= remainder: take k or k + 1 documents, the closer
-        if remainder and k < len(cum) and (k == 0 or cum[k] - remainder < remainder - cum[k - 1]):
-            k += 1
-        sample = np.sort(docs[perm[:k]])
-        picks += [docs] * full + [sample]
-        picked[s] = full * available[s] + (int(cum[k - 1]) if k else 0)
-        documents.append(full * len(docs) + k)
-        unique.append(len(docs) if full else k)
+        sample = _first_fit(lengths[docs], remainder, np.random.default_rng([seed, _SALT, s]))
+        picks += [docs] * full + [docs[sample]]
+        picked[s] = full * available[s] + int(lengths[docs[sample]].sum())
+        documents.append(full * len(docs) + len(sample))
+        unique.append(len(docs) if full else len(sample))
         passes.append(full)
     return Mixture(
         picks=np.concatenate(picks) if picks else np.zeros(0, np.int64), target=target, tokens=picked,
