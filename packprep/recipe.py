@@ -18,6 +18,7 @@ val_fraction = 0.005        # or val_documents = N per source
 [decontaminate]
 paths = ["evals/"]          # benchmark texts, any corpus format
 ngram = 13
+val = true                  # also against the val documents (default)
 ```
 
 :func:`load_recipe` parses and checks the file; every problem is one ``PackprepError`` naming the
@@ -55,7 +56,7 @@ _TOP_KEYS = ("cache", "pack", "mix", "source", "split", "decontaminate")
 _MIX_KEYS = ("tokens",)
 _SOURCE_KEYS = ("name", "path", "weight", "text_field", "id_field", "id_prefix")
 _SPLIT_KEYS = ("val_fraction", "val_documents")
-_DECONTAMINATE_KEYS = ("paths", "ngram")
+_DECONTAMINATE_KEYS = ("paths", "ngram", "val")
 DEFAULT_NGRAM = 13  # words; the n-gram size of GPT-3's and the Pile's benchmark decontamination
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a source name is also a folder name and a JSON key
 
@@ -81,6 +82,7 @@ class Recipe:
     val_documents: int | None = None
     benchmarks: tuple[Path, ...] = ()
     ngram: int = DEFAULT_NGRAM
+    decontaminate_val: bool = True  # also drop train documents sharing an n-gram with a val document
     cache: Path | None = None
 
     @property
@@ -155,7 +157,7 @@ def load_recipe(path: str | Path) -> Recipe:
     decontaminate = _table(data, "decontaminate", fail)
     _check_keys(decontaminate, _DECONTAMINATE_KEYS, fail, table="decontaminate")
     benchmarks: list[Path] = []
-    if decontaminate:
+    if "paths" in decontaminate:
         paths = decontaminate.get("paths")
         if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
             raise fail("paths must be a non-empty list of file or folder names", "decontaminate", "paths")
@@ -164,6 +166,8 @@ def load_recipe(path: str | Path) -> Recipe:
             if not resolved.exists():
                 raise fail(f"paths: {entry!r} does not exist (looked for {resolved})", "decontaminate", "paths")
             benchmarks.append(resolved)
+    against_val = decontaminate.get("val", True)
+    _check_type(against_val, (bool,), fail, table="decontaminate", key="val")
     ngram = decontaminate.get("ngram", DEFAULT_NGRAM)
     _check_type(ngram, (int,), fail, table="decontaminate", key="ngram")
     if ngram < 1:
@@ -175,7 +179,7 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe(
         path=path, text=text, pack=dict(pack), sources=sources, tokens=tokens,
         val_fraction=float(val_fraction) if val_fraction is not None else None, val_documents=val_documents,
-        benchmarks=tuple(benchmarks), ngram=ngram, cache=None if cache is None else here / cache,
+        benchmarks=tuple(benchmarks), ngram=ngram, decontaminate_val=against_val, cache=None if cache is None else here / cache,
     )
 
 

@@ -95,9 +95,10 @@ def pack_recipe(
             val[docs] = val_mask(hashes, fraction=recipe.val_fraction, documents=recipe.val_documents)
         benchmark = np.full(pool.num_documents, -1, np.int32)
         owners = [_benchmark_name(recipe, p) for p in _benchmark_files(recipe)] + [VAL_OWNER]
-        if recipe.benchmarks or val.any():
+        against_val = val & (reason == 0) if recipe.decontaminate_val else np.zeros_like(val)
+        if recipe.benchmarks or against_val.any():
             candidates = np.flatnonzero((reason == 0) & ~val)
-            benchmark[candidates] = _decontaminate(recipe, pool, candidates, np.flatnonzero((reason == 0) & val), reporter)
+            benchmark[candidates] = _decontaminate(recipe, pool, candidates, np.flatnonzero(against_val), reporter)
             hit = benchmark >= 0
             reason[hit], dup_of[hit] = REASON_DECONTAMINATED, -1
         sep_len = 0 if config.strategy == "random" else 1

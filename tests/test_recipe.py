@@ -54,7 +54,7 @@ def write(folder: Path, text: str) -> Path:
 def test_a_good_recipe_parses(folder):
     recipe = load_recipe(write(folder, GOOD))
     assert recipe.pack == {"strategy": "eos", "seq_len": 128, "seed": 1}
-    assert recipe.tokens == 10_000 and recipe.val_fraction == 0.1 and recipe.ngram == 8
+    assert recipe.tokens == 10_000 and recipe.val_fraction == 0.1 and recipe.ngram == 8 and recipe.decontaminate_val
     assert [(s.name, s.weight, s.id_prefix) for s in recipe.sources] == [("a", 0.6, ()), ("b", 0.4, ("x/",))]
     assert recipe.sources[0].path == folder.resolve() / "a.jsonl"  # relative to the recipe file
     assert recipe.benchmarks == (folder.resolve() / "evals/",)
@@ -86,6 +86,7 @@ def test_key_line_finds_keys_in_the_right_table():
         ("seed = 1", "seed = true", r"recipe.toml:4: \[pack\] seed must be an integer, got True"),
         ('paths = ["evals/"]', 'paths = ["gone/"]', r"recipe.toml:23: \[decontaminate\] paths: 'gone/' does not exist"),
         ("ngram = 8", "ngram = 0", r"recipe.toml:24: \[decontaminate\] ngram must be at least 1, got 0"),
+        ("ngram = 8", 'ngram = 8\nval = "no"', r"recipe.toml:25: \[decontaminate\] val must be true or false, got 'no'"),
         ("[split]", "[splitt]", r"recipe.toml:19: unknown key 'splitt' \(did you mean 'split'\?\)"),
         ("seq_len = 128", "seq_len = 128\nseq_len = 64", r"recipe.toml: not valid TOML: .*line 4"),
     ],

@@ -261,3 +261,23 @@ def test_pack_corpus_out_is_unchanged_and_recipe_takes_out_alone(tmp_path, small
     assert PackedDataset(tmp_path / "plain").doc_sources is None
     result = runner.invoke(app, ["pack", "--recipe", str(tmp_path / "r.toml"), str(small_corpus), str(tmp_path / "o")])
     assert result.exit_code == 2 and "with --recipe give OUT alone" in result.stderr
+
+
+@pytest.mark.parametrize("against_val", [True, False])
+def test_a_train_document_sharing_an_ngram_with_a_val_document_is_dropped(tmp_path, against_val):
+    from packprep.stages.mix import split_hashes, val_mask
+
+    docs = unique_documents(100, 4, "v")
+    is_val = val_mask(split_hashes("a", [d["id"] for d in docs]), fraction=0.2)
+    val_doc, train_doc = int(np.flatnonzero(is_val)[0]), int(np.flatnonzero(~is_val)[0])
+    docs[train_doc]["text"] += " " + " ".join(docs[val_doc]["text"].split()[:15])  # 15 words of a val document
+    write_jsonl(tmp_path / "a.jsonl", docs)
+    body = f'[[source]]\nname = "a"\npath = "a.jsonl"\nweight = 1\n[split]\nval_fraction = 0.2\n[decontaminate]\nval = {str(against_val).lower()}\n'
+    run("--recipe", write_recipe(tmp_path, body), tmp_path / "out")
+    train = PackedDataset(tmp_path / "out" / "train")
+    reason = np.load(train.path / "doc_dropped.npy")
+    dropped = [train.doc_ids[int(j)] for j in np.flatnonzero(reason)]
+    assert dropped == ([docs[train_doc]["id"]] if against_val else [])
+    if against_val:
+        pair = json.loads(runner.invoke(app, ["inspect", str(train.path), "--dropped", "--json"]).stdout)["dropped"]["pairs"][0]
+        assert pair["kept"]["id"] == "val split"
