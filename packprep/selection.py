@@ -10,7 +10,7 @@ import numpy as np
 from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, DedupConfig, EmbedConfig, PackConfig
 from packprep.engines import LOCAL, Engine
 from packprep.progress import Reporter, SilentReporter
-from packprep.stages.dedup import REASON_NAMES
+from packprep.stages.dedup import REASON_NAMES, reason_counts
 from packprep.store import DocStore
 
 
@@ -25,8 +25,7 @@ class Selection:
     semantic_threshold: dict[str, Any] | None = None  # see :func:`semantic_threshold`; manifest.json records it
 
     def dropped_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.reason, minlength=len(REASON_NAMES))
-        return {REASON_NAMES[code]: int(counts[code]) for code in sorted(REASON_NAMES) if code != 0}
+        return {name: n for name, n in reason_counts(self.reason).items() if name != REASON_NAMES[0]}
 
 
 def select_documents(

@@ -126,7 +126,7 @@ def test_exact_duplicates_keep_the_first():
     assert result.keep.tolist() == [True, True, False, True, False, False]
     assert result.dup_of.tolist() == [-1, -1, 0, -1, 1, 0]
     assert result.reason.tolist() == [0, 0, REASON_EXACT, 0, REASON_EXACT, REASON_EXACT]
-    assert result.counts() == {"kept": 3, "exact": 3, "near": 0, "semantic": 0, "decontaminated": 0}
+    assert result.counts() == {"kept": 3, "exact": 3, "near": 0, "semantic": 0}
 
 
 def planted_corpus(seed: int = 0):

@@ -93,7 +93,7 @@ def packed(tmp_path_factory):
 def test_manifest_records_the_threshold_used(packed):
     manifest = json.loads((packed / "manifest.json").read_text())
     assert manifest["semantic_threshold"] == {"value": 0.9, "source": "--semantic-threshold", "embedder": "all-MiniLM-L6-v2"}
-    assert manifest["dropped"] == {"exact": 1, "near": 0, "semantic": 1, "decontaminated": 0}
+    assert manifest["dropped"] == {"exact": 1, "near": 0, "semantic": 1}
 
 
 def test_inspect_dropped_shows_the_kept_twin_reason_and_cosine(packed):
