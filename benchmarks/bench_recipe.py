@@ -11,7 +11,8 @@ Four sources built from text already on a Debian machine (written once to ``--da
 - ``examples``: examples/corpus.
 
 The recipe (written beside the data) weights them 0.4 / 0.3 / 0.2 / 0.1, holds out 0.5 % of each
-and decontaminates against 50 planted man-page excerpts. It is packed twice, ``--tokens`` as the
+and decontaminates against 50 excerpts of man pages (40 words from the middle of a page) and,
+with ``--val-decontamination``, against the val documents too. It is packed twice, ``--tokens`` as the
 train total and with no total (the largest that repeats no source); each run reports the shares,
 the total, the repeats, whole-process wall and CPU time, and a rerun's check that the shards are
 byte-identical.
@@ -82,11 +83,13 @@ def build(data: Path) -> None:
     evals = data / "evals"
     if not evals.is_dir():
         evals.mkdir()
-        pages = (data / "man.jsonl").read_text(encoding="utf-8").splitlines()
+        pages = [json.loads(line)["text"].split() for line in (data / "man.jsonl").read_text(encoding="utf-8").splitlines()]
+        pages = [words for words in pages if len(words) >= 400]
         with open(evals / "planted.jsonl", "w", encoding="utf-8") as fh:
             for i in range(50):
-                words = json.loads(pages[(i * 211) % len(pages)])["text"].split()
-                fh.write(json.dumps({"id": f"q{i}", "text": " ".join(words[20:60])}) + "\n")
+                # 40 words from the middle of a page: its head is often boilerplate that thousands of pages share
+                words = pages[(i * 211) % len(pages)]
+                fh.write(json.dumps({"id": f"q{i}", "text": " ".join(words[len(words) // 2 : len(words) // 2 + 40])}) + "\n")
 
 
 RECIPE = """\
@@ -118,6 +121,7 @@ val_fraction = 0.005
 
 [decontaminate]
 paths = ["evals/"]
+val = {val}
 """
 
 
@@ -153,11 +157,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=20_000_000)
     parser.add_argument("--data", type=Path, default=ROOT / "bench-data" / "recipe")
+    parser.add_argument("--val-decontamination", action="store_true",
+                        help="also drop train documents sharing a 13-gram with a val document (on boilerplate-heavy "
+                             "sources such as man pages this drops most documents)")
     args = parser.parse_args()
     build(args.data)
     for name, mix in (("target", f"[mix]\ntokens = {args.tokens}\n"), ("no-target", "")):
         recipe = args.data / f"recipe-{name}.toml"
-        recipe.write_text(RECIPE.format(mix=mix, examples=ROOT / "examples" / "corpus"), encoding="utf-8")
+        val = "true" if args.val_decontamination else "false"
+        recipe.write_text(RECIPE.format(mix=mix, examples=ROOT / "examples" / "corpus", val=val), encoding="utf-8")
         out = args.data / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         wall, cpu = pack(recipe, out)

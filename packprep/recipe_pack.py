@@ -80,35 +80,19 @@ def pack_recipe(
         stores = [_source_store(s, recipe, tokenize_config, work, workers, engine, reporter, opened) for s in recipe.sources]
         pool = _pool(recipe, stores, work / "pool", reporter)
         sources = np.load(pool.path / SOURCES_FILE)
-        if config.run_dedup:
-            from packprep.semantic import dedup
-
-            found = dedup(pool, config=dedup_config, engine=engine, reporter=reporter)
-            reason, dup_of = found.reason.copy(), found.dup_of.copy()
-        else:
-            reason, dup_of = np.zeros(pool.num_documents, np.uint8), np.full(pool.num_documents, -1, np.int64)
-        val = np.zeros(pool.num_documents, dtype=bool)
-        ids = list(pool.doc_ids)
-        for s, source in enumerate(recipe.sources):
-            docs = np.flatnonzero(sources == s)
-            hashes = split_hashes(source.name, [ids[d] for d in docs])
-            val[docs] = val_mask(hashes, fraction=recipe.val_fraction, documents=recipe.val_documents)
-        benchmark = np.full(pool.num_documents, -1, np.int32)
-        owners = [_benchmark_name(recipe, p) for p in _benchmark_files(recipe)] + [VAL_OWNER]
-        against_val = val & (reason == 0) if recipe.decontaminate_val else np.zeros_like(val)
-        if recipe.benchmarks or against_val.any():
-            candidates = np.flatnonzero((reason == 0) & ~val)
-            benchmark[candidates] = _decontaminate(recipe, pool, candidates, np.flatnonzero(against_val), reporter)
-            hit = benchmark >= 0
-            reason[hit], dup_of[hit] = REASON_DECONTAMINATED, -1
+        reason, dup_of, val, benchmark = _decide(recipe, pool, sources, config, dedup_config, engine, reporter)
         sep_len = 0 if config.strategy == "random" else 1
         available = np.flatnonzero((reason == 0) & ~val)
         mixture = _mixture(recipe, pool, sources, available, sep_len, config.seed)
         pack_config = dataclasses.replace(config, dedup=True, semantic_threshold=0.0 if config.semantic else None)
-        splits = {"train": (mixture.picks, available)}
+        splits = {"train": mixture.picks}
         if recipe.has_split:
-            splits["val"] = (np.flatnonzero(val & (reason == 0)), None)
-        for name, (picks, _) in splits.items():
+            splits["val"] = np.flatnonzero(val & (reason == 0))
+            if not len(splits["val"]):
+                key = "val_fraction" if recipe.val_fraction else "val_documents"
+                raise recipe.error(f"{key} puts no document in val", table="split", key=key)
+        owners = [_benchmark_name(recipe, p) for p in _benchmark_files(recipe)] + [VAL_OWNER]
+        for name, picks in splits.items():
             side = val if name == "val" else ~val
             dropped = np.flatnonzero(side & (reason != 0))
             store = _split_store(pool, work / name, picks, dropped, reason, dup_of, benchmark, dedup_config, recipe)
@@ -118,6 +102,33 @@ def pack_recipe(
                  overwrite=overwrite, workers=workers, engine=engine, reporter=reporter)
             _record_provenance(target, store, recipe, owners, name, mixture if name == "train" else None)
     return out
+
+
+def _decide(recipe: Recipe, pool: DocStore, sources: np.ndarray, config: PackConfig, dedup_config: DedupConfig,
+            engine: Engine, reporter: Reporter) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pool document: reason uint8 (0 kept, dedup's, or decontaminated), dup_of int64, val bool,
+    and benchmark int32 (the benchmark file, or len(files) for the val split, a decontaminated one matched; -1)."""
+    if config.run_dedup:
+        from packprep.semantic import dedup
+
+        found = dedup(pool, config=dedup_config, engine=engine, reporter=reporter)
+        reason, dup_of = found.reason.copy(), found.dup_of.copy()
+    else:
+        reason, dup_of = np.zeros(pool.num_documents, np.uint8), np.full(pool.num_documents, -1, np.int64)
+    val = np.zeros(pool.num_documents, dtype=bool)
+    ids = list(pool.doc_ids)
+    for s, source in enumerate(recipe.sources):  # by hash of (source, id), before any sampling
+        docs = np.flatnonzero(sources == s)
+        hashes = split_hashes(source.name, [ids[d] for d in docs])
+        val[docs] = val_mask(hashes, fraction=recipe.val_fraction, documents=recipe.val_documents)
+    benchmark = np.full(pool.num_documents, -1, np.int32)
+    against_val = val & (reason == 0) if recipe.decontaminate_val else np.zeros_like(val)
+    if recipe.benchmarks or against_val.any():
+        candidates = np.flatnonzero((reason == 0) & ~val)
+        benchmark[candidates] = _decontaminate(recipe, pool, candidates, np.flatnonzero(against_val), reporter)
+        hit = benchmark >= 0
+        reason[hit], dup_of[hit] = REASON_DECONTAMINATED, -1
+    return reason, dup_of, val, benchmark
 
 
 def _source_store(source: Any, recipe: Recipe, config: TokenizeConfig, work: Path, workers: int | None,
