@@ -281,3 +281,19 @@ def test_a_train_document_sharing_an_ngram_with_a_val_document_is_dropped(tmp_pa
     if against_val:
         pair = json.loads(runner.invoke(app, ["inspect", str(train.path), "--dropped", "--json"]).stdout)["dropped"]["pairs"][0]
         assert pair["kept"]["id"] == "val split"
+
+
+def test_dedup_spans_sources_and_the_outputs_convert(tmp_path):
+    a, b = unique_documents(60, 5, "a"), unique_documents(60, 6, "b")
+    b[10]["text"] = a[20]["text"].upper()  # the same document in both sources (exact dedup ignores case)
+    write_jsonl(tmp_path / "a.jsonl", a)
+    write_jsonl(tmp_path / "b.jsonl", b)
+    body = '[[source]]\nname = "a"\npath = "a.jsonl"\nweight = 1\n[[source]]\nname = "b"\npath = "b.jsonl"\nweight = 1\n'
+    run("--recipe", write_recipe(tmp_path, body, pack='strategy = "random"\nseq_len = 64\ndedup = true\nformat = "megatron"'), tmp_path / "out")
+    ds = PackedDataset(tmp_path / "out")
+    reason = np.load(ds.path / "doc_dropped.npy")
+    assert [ds.doc_ids[int(j)] for j in np.flatnonzero(reason)] == ["b-10"]
+    assert ds.manifest["dropped"]["exact"] == 1 and sources_of(ds.path)["b"]["dropped"] == {"exact": 1}
+    assert (ds.path / "megatron").is_dir() and verify_output(ds.path) == []
+    assert runner.invoke(app, ["convert", str(ds.path), "--to", "arrow", "--quiet"]).exit_code == 0
+    assert verify_output(ds.path) == []
