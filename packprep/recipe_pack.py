@@ -14,7 +14,8 @@ The chain (every store is a ``DocStore``; OUT/work holds the recipe's own):
 5. the mixture (``stages.mix.mix``) over what is left, in tokens as packed (separator included);
 6. ``train`` (and ``val``) stores: the picked documents, one document per copy, then the dropped
    ones with their reason, which this module records as the stores' dedup result so ``pipeline.pack``
-   orders, packs and writes them like any store (semantic dedup stays off: repeats are meant);
+   orders, packs and writes them like any store (semantic dedup stays off: repeats are meant;
+   ``original.npy`` names each copy's original, so a semantic order puts copies a pass apart);
 7. provenance beside each output: ``doc_sources.npy`` (int16 [N]), ``doc_benchmark.npy`` (int32 [N],
    the benchmark a decontaminated document matched, -1 otherwise) and the manifest's ``recipe``.
 """
@@ -37,6 +38,7 @@ from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
 from packprep.recipe import Recipe
+from packprep.selection import ORIGINAL_FILE
 from packprep.semantic import HeldEmbedder
 from packprep.stages import decontaminate as decon
 from packprep.stages.dedup import REASON_DECONTAMINATED, DedupResult
@@ -277,6 +279,9 @@ def _split_store(pool: DocStore, folder: Path, picks: np.ndarray, dropped: np.nd
             _copy(writer, pool, docs)
             save_npy(folder / SOURCES_FILE, np.load(pool.path / SOURCES_FILE)[docs])
             save_npy(folder / "benchmark.npy", benchmark[docs])
+            first = np.full(len(reason), -1, np.int64)
+            first[docs[::-1]] = np.arange(len(docs))[::-1]  # each pool document's first place in this store
+            save_npy(folder / ORIGINAL_FILE, first[docs])
             manifest = {k: pool.manifest[k] for k in ("config", "tokenizer", "source", "counts")}
             writer.finish({**manifest, "key": key})
     store = DocStore.open(folder)

@@ -14,6 +14,11 @@ from packprep.stages.dedup import REASON_NAMES, reason_counts
 from packprep.store import DocStore
 
 
+# Beside a store whose documents repeat (a recipe's train store): int64 [N], the document each is a
+# copy of (itself for an original). Semantic orders spread the copies (stages.mix.spread_copies).
+ORIGINAL_FILE = "original.npy"
+
+
 @dataclass(frozen=True)
 class Selection:
     """``order``: int64 [M] document indices in packing order (the kept ones).
@@ -67,6 +72,10 @@ def select_documents(
             order = orders.cluster_order(kept, embeddings, n_clusters=config.clusters, seed=config.seed, progress=advance)
         else:
             order = orders.icp_order(kept, embeddings, k=config.knn, seed=config.seed, progress=advance)
+    if (store.path / ORIGINAL_FILE).is_file():  # a recipe's repeated documents: a pass apart, not side by side
+        from packprep.stages.mix import spread_copies
+
+        order = spread_copies(order, np.load(store.path / ORIGINAL_FILE))
     return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
 
 

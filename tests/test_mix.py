@@ -93,3 +93,14 @@ def test_shares_and_total_meet_the_tolerances_on_many_documents():
 def test_a_source_without_tokens_is_an_error():
     with pytest.raises(ValueError, match=r"\[1\]"):
         mix(np.array([3, 0]), np.array([0, 1]), [1, 1])
+
+
+def test_spread_copies_puts_a_pass_between_copies():
+    # documents 0..2 are originals; 3 and 4 copy 0, 5 copies 2; a semantic order put copies together
+    original = np.array([0, 1, 2, 0, 0, 2])
+    order = np.array([0, 3, 4, 1, 2, 5])
+    from packprep.stages.mix import spread_copies
+
+    assert spread_copies(order, original).tolist() == [0, 1, 2, 3, 5, 4]
+    assert spread_copies(np.array([2, 1, 0]), np.arange(3)).tolist() == [2, 1, 0]  # no copies: unchanged
+    assert spread_copies(np.zeros(0, np.int64), original).tolist() == []

@@ -213,16 +213,29 @@ def test_reruns_are_byte_identical_and_the_command_line_overrides_the_recipe(tmp
     assert len(set(packed_ids(PackedDataset(tmp_path / "out" / "val")))) == 15  # 5 per source
 
 
-def test_icp_orders_across_the_mixed_set(tmp_path, cache):
+def test_icp_orders_across_the_mixed_set_with_copies_a_pass_apart(tmp_path, cache):
     pytest.importorskip("sentence_transformers")
-    recipe = write_recipe(tmp_path, "[mix]\ntokens = 60_000\n" + THREE_SOURCES, cache=cache,
+    body = "\n".join(
+        f'[[source]]\nname = "{name}"\npath = "{CORPUS}"\nid_prefix = {prefix}\nweight = {weight}'
+        for name, prefix, weight in (("kernel", '"linux-doc/"', 0.25), ("books", '["kjv/", "austen/"]', 0.25), ("short", '"devil/"', 0.5))
+    )
+    # The Devil's Dictionary (~25k tokens) for half of 60k: one whole pass and a sample, so copies exist.
+    recipe = write_recipe(tmp_path, "[mix]\ntokens = 60_000\n" + body + "\n", cache=cache,
                           pack='strategy = "icp"\nembedder = "static"\nseq_len = 512')
     run("--recipe", recipe, tmp_path / "out")
     ds = PackedDataset(tmp_path / "out")
     assert ds.manifest["strategy"] == "icp" and verify_output(tmp_path / "out") == []
+    entries = {s["name"]: s for s in ds.manifest["recipe"]["sources"]}
+    assert [e["weight"] for e in entries.values()] == [0.25, 0.25, 0.5] and entries["short"]["repeats"] > 0
     sources = sources_of(tmp_path / "out")
     total = sum(s["tokens"] for s in sources.values())
-    assert abs(sources["kernel"]["tokens"] / total - 0.5) <= 0.005
+    assert all(abs(sources[n]["tokens"] / total - w) <= 0.005 for n, w in (("kernel", 0.25), ("books", 0.25), ("short", 0.5)))
+    # identical copies have identical embeddings, yet no row holds a document twice
+    ids = [ds.doc_ids[j] for j in range(len(ds.doc_ids))]
+    for i in range(len(ds)):
+        row = [ids[d] for d in ds[i]["doc_index"] if d >= 0]
+        pieces = [ids[d] for d in set(ds[i]["doc_index"].tolist()) if d >= 0]
+        assert len(set(pieces)) == len(pieces), (i, row)
 
 
 BAD = [

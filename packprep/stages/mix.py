@@ -140,3 +140,24 @@ def mix(
         available=available, documents=np.array(documents, np.int64), unique=np.array(unique, np.int64),
         passes=np.array(passes, np.int64),
     )
+
+
+def spread_copies(order: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """int64 [M]: ``order`` rearranged so that copies of one document are a whole pass apart.
+
+    ``order``: int64 [M] document indices (a packing order); ``original``: int64 [N], for each
+    document the document it is a copy of (itself for an original). The k-th occurrence of
+    every original along ``order`` goes into pass k; passes follow each other and each keeps
+    ``order``'s relative order. A semantic order puts identical embeddings side by side, so
+    without this a repeated document would sit next to its own copy in a row.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    if not len(order):
+        return order
+    owner = np.asarray(original, dtype=np.int64)[order]
+    by_owner = np.argsort(owner, kind="stable")  # positions grouped by original, in order within each group
+    sorted_owner = owner[by_owner]
+    group_start = np.flatnonzero(np.r_[True, sorted_owner[1:] != sorted_owner[:-1]])
+    occurrence = np.empty(len(order), dtype=np.int64)
+    occurrence[by_owner] = np.arange(len(order)) - np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
+    return order[np.argsort(occurrence, kind="stable")]
