@@ -19,6 +19,7 @@ val_fraction = 0.005        # or val_documents = N per source
 paths = ["evals/"]          # benchmark texts, any corpus format
 ngram = 13
 val = true                  # also against the val documents (default)
+max_ngram_documents = 100   # optional: an n-gram in more train documents than this is boilerplate, ignored
 ```
 
 :func:`load_recipe` parses and checks the file; every problem is one ``PackprepError`` naming the
@@ -56,7 +57,7 @@ _TOP_KEYS = ("cache", "pack", "mix", "source", "split", "decontaminate")
 _MIX_KEYS = ("tokens",)
 _SOURCE_KEYS = ("name", "path", "weight", "text_field", "id_field", "id_prefix")
 _SPLIT_KEYS = ("val_fraction", "val_documents")
-_DECONTAMINATE_KEYS = ("paths", "ngram", "val")
+_DECONTAMINATE_KEYS = ("paths", "ngram", "val", "max_ngram_documents")
 DEFAULT_NGRAM = 13  # words; the n-gram size of GPT-3's and the Pile's benchmark decontamination
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a source name is also a folder name and a JSON key
 
@@ -83,6 +84,7 @@ class Recipe:
     benchmarks: tuple[Path, ...] = ()
     ngram: int = DEFAULT_NGRAM
     decontaminate_val: bool = True  # also drop train documents sharing an n-gram with a val document
+    max_ngram_documents: int | None = None  # an n-gram more train documents share is boilerplate: it matches nothing
     cache: Path | None = None
 
     @property
@@ -168,6 +170,11 @@ def load_recipe(path: str | Path) -> Recipe:
             benchmarks.append(resolved)
     against_val = decontaminate.get("val", True)
     _check_type(against_val, (bool,), fail, table="decontaminate", key="val")
+    common = decontaminate.get("max_ngram_documents")
+    if common is not None:
+        _check_type(common, (int,), fail, table="decontaminate", key="max_ngram_documents")
+        if common < 1:
+            raise fail(f"max_ngram_documents must be at least 1, got {common}", "decontaminate", "max_ngram_documents")
     ngram = decontaminate.get("ngram", DEFAULT_NGRAM)
     _check_type(ngram, (int,), fail, table="decontaminate", key="ngram")
     if ngram < 1:
@@ -179,7 +186,7 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe(
         path=path, text=text, pack=dict(pack), sources=sources, tokens=tokens,
         val_fraction=float(val_fraction) if val_fraction is not None else None, val_documents=val_documents,
-        benchmarks=tuple(benchmarks), ngram=ngram, decontaminate_val=against_val, cache=None if cache is None else here / cache,
+        benchmarks=tuple(benchmarks), ngram=ngram, decontaminate_val=against_val, max_ngram_documents=common, cache=None if cache is None else here / cache,
     )
 
 

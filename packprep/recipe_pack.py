@@ -230,11 +230,20 @@ def _decontaminate(recipe: Recipe, pool: DocStore, candidates: np.ndarray, val_d
         owners.append(np.full(len(found), len(files), np.int32))
     index = decon.NgramIndex.build(np.concatenate(hashes), np.concatenate(owners))
     result = np.full(len(candidates), -1, np.int32)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
     with reporter.track("decontaminate", total=len(candidates), unit="docs") as advance:
         for start in range(0, len(candidates), 2048):
-            batch = candidates[start : start + 2048]
-            result[start : start + len(batch)] = decon.contaminated([decode(pool.document(int(d))) for d in batch], index, n=n)
-            advance(len(batch))
+            texts = [decode(pool.document(int(d))) for d in candidates[start : start + 2048]]
+            if recipe.max_ngram_documents is None:
+                result[start : start + len(texts)] = decon.contaminated(texts, index, n=n)
+            else:  # every match is kept until all train documents are seen: how many share an n-gram decides
+                text, position = decon.match_pairs(texts, index, n=n)
+                pairs.append((text + start, position))
+            advance(len(texts))
+    if recipe.max_ngram_documents is not None and pairs:
+        text, position = (np.concatenate(p) for p in zip(*pairs))
+        result = decon.first_common_free_matches(text, position, index, num_texts=len(candidates),
+                                                 max_texts=recipe.max_ngram_documents)
     if (result >= 0).any():
         reporter.info(f"decontaminate: dropped {int((result >= 0).sum())} train documents sharing a {n}-gram with a benchmark or val document")
     return result

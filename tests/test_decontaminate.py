@@ -54,3 +54,18 @@ def test_planted_excerpt_is_found_in_a_longer_text():
         "unrelated text " * 20,
     ]
     assert contaminated(texts, index, n=8).tolist() == [0, -1, -1]
+
+
+def test_match_pairs_and_common_ngrams_are_ignored():
+    from packprep.stages.decontaminate import first_common_free_matches, match_pairs
+
+    bench = ["alpha beta gamma delta", "one two three four"]
+    hashes, counts = ngram_hashes(bench, n=2)
+    index = NgramIndex.build(hashes, np.repeat(np.arange(2, dtype=np.int32), counts))
+    texts = ["x alpha beta y alpha beta one two", "one two z", "one two", "gamma delta"]
+    text, position = match_pairs(texts, index, n=2)
+    ab, ot, gd = (int(np.flatnonzero(index.hashes == ngram_hashes([t], n=2)[0][0])[0]) for t in ("alpha beta", "one two", "gamma delta"))
+    assert text.tolist() == [0, 0, 1, 2, 3] and position.tolist() == [ab, ot, ot, ot, gd]
+    # "one two" is in three texts: with at most 2 allowed it is boilerplate, and text 0 still matches on "alpha beta"
+    assert first_common_free_matches(text, position, index, num_texts=4, max_texts=2).tolist() == [0, -1, -1, 0]
+    assert first_common_free_matches(text, position, index, num_texts=4, max_texts=3).tolist() == [0, 1, 1, 0]

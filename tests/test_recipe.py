@@ -86,6 +86,7 @@ def test_key_line_finds_keys_in_the_right_table():
         ("seed = 1", "seed = true", r"recipe.toml:4: \[pack\] seed must be an integer, got True"),
         ('paths = ["evals/"]', 'paths = ["gone/"]', r"recipe.toml:23: \[decontaminate\] paths: 'gone/' does not exist"),
         ("ngram = 8", "ngram = 0", r"recipe.toml:24: \[decontaminate\] ngram must be at least 1, got 0"),
+        ("ngram = 8", "ngram = 8\nmax_ngram_documents = 0", r"recipe.toml:25: \[decontaminate\] max_ngram_documents must be at least 1, got 0"),
         ("ngram = 8", 'ngram = 8\nval = "no"', r"recipe.toml:25: \[decontaminate\] val must be true or false, got 'no'"),
         ("[split]", "[splitt]", r"recipe.toml:19: unknown key 'splitt' \(did you mean 'split'\?\)"),
         ("seq_len = 128", "seq_len = 128\nseq_len = 64", r"recipe.toml: not valid TOML: .*line 4"),

@@ -310,3 +310,19 @@ def test_dedup_spans_sources_and_the_outputs_convert(tmp_path):
     assert (ds.path / "megatron").is_dir() and verify_output(ds.path) == []
     assert runner.invoke(app, ["convert", str(ds.path), "--to", "arrow", "--quiet"]).exit_code == 0
     assert verify_output(ds.path) == []
+
+
+def test_max_ngram_documents_ignores_boilerplate_many_train_documents_share(tmp_path):
+    docs = unique_documents(100, 7, "m")
+    licence = "this program is free software you can redistribute it under the terms of the licence"
+    for d in docs[:30]:
+        d["text"] += " " + licence  # boilerplate in 30 train documents
+    docs[50]["text"] += " the quick brown fox jumps over the lazy dog near the river bank today"
+    write_jsonl(tmp_path / "a.jsonl", docs)
+    write_jsonl(tmp_path / "evals" / "e.jsonl", [{"text": "Q: " + licence}, {"text": "the quick brown fox jumps over the lazy dog near the river bank today"}])
+    for limit, expected in (("", 31), ("max_ngram_documents = 10\n", 1)):
+        body = f'[[source]]\nname = "a"\npath = "a.jsonl"\nweight = 1\n[decontaminate]\npaths = ["evals/"]\n{limit}'
+        run("--recipe", write_recipe(tmp_path, body), tmp_path / "out", "--overwrite")
+        ds = PackedDataset(tmp_path / "out")
+        dropped = [ds.doc_ids[int(j)] for j in np.flatnonzero(np.load(ds.path / "doc_dropped.npy"))]
+        assert len(dropped) == expected and "m-50" in dropped

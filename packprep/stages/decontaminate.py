@@ -76,8 +76,13 @@ class NgramIndex:
 
     def lookup(self, queries: np.ndarray) -> np.ndarray:
         """int32 [Q]: for each uint64 query hash the benchmark that has it (``owner``), -1 if none."""
+        positions = self.positions(queries)
+        return np.where(positions >= 0, self.owner[np.maximum(positions, 0)], -1).astype(np.int32)
+
+    def positions(self, queries: np.ndarray) -> np.ndarray:
+        """int64 [Q]: for each uint64 query hash its position in ``hashes``, -1 if absent."""
         queries = np.asarray(queries, dtype=np.uint64)
-        found = np.full(len(queries), -1, dtype=np.int32)
+        found = np.full(len(queries), -1, dtype=np.int64)
         if not len(self.hashes) or not len(queries):
             return found
         top = (queries >> np.uint64(64 - self.bits)).astype(np.int64)
@@ -86,7 +91,7 @@ class NgramIndex:
         position = lo[active]
         while len(active):  # one round per hash in the fullest bucket a query touches: a handful
             hit = self.hashes[position] == queries[active]
-            found[active[hit]] = self.owner[position[hit]]
+            found[active[hit]] = position[hit]
             more = ~hit & (position + 1 < hi[active])
             active, position = active[more], position[more] + 1
         return found
@@ -112,3 +117,31 @@ def contaminated(texts: Sequence[str], index: NgramIndex, *, n: int) -> np.ndarr
     """int32 [N]: per text the benchmark it shares an ``n``-gram with (the first found), -1 if none."""
     hashes, counts = ngram_hashes(texts, n=n)
     return first_matches(index.lookup(hashes), counts)
+
+
+def match_pairs(texts: Sequence[str], index: NgramIndex, *, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct (text, indexed n-gram) pair: int64 [P] text numbers and int64 [P] positions
+    in ``index.hashes``, ordered by text, then by where the n-gram first occurs in it."""
+    hashes, counts = ngram_hashes(texts, n=n)
+    positions = index.positions(hashes)
+    hit = np.flatnonzero(positions >= 0)
+    text = np.repeat(np.arange(len(counts), dtype=np.int64), counts)[hit]
+    pairs = text * max(len(index), 1) + positions[hit]
+    _, first = np.unique(pairs, return_index=True)
+    first.sort()
+    return text[first], positions[hit][first]
+
+
+def first_common_free_matches(
+    text: np.ndarray, position: np.ndarray, index: NgramIndex, *, num_texts: int, max_texts: int
+) -> np.ndarray:
+    """int32 [num_texts]: per text the benchmark of its first matched n-gram that at most ``max_texts``
+    texts share, -1 if none. ``text``/``position``: :func:`match_pairs` over all texts (text numbers
+    global). An n-gram many train texts share is boilerplate (a licence, a man page's stock
+    sentence), not a leaked test item."""
+    result = np.full(num_texts, -1, dtype=np.int32)
+    texts_per_ngram = np.bincount(position, minlength=len(index))
+    rare = texts_per_ngram[position] <= max_texts
+    texts, first = np.unique(text[rare], return_index=True)
+    result[texts] = index.owner[position[rare][first]]
+    return result
