@@ -12,7 +12,8 @@ Four sources built from text already on a Debian machine (written once to ``--da
 
 The recipe (written beside the data) weights them 0.4 / 0.3 / 0.2 / 0.1, holds out 0.5 % of each
 and decontaminates against 50 excerpts of man pages (40 words from the middle of a page) and,
-with ``--val-decontamination``, against the val documents too. It is packed twice, ``--tokens`` as the
+with ``--val-decontamination``, against the val documents too; ``--max-ngram-documents N``
+ignores n-grams that more than N train documents share. It is packed twice, ``--tokens`` as the
 train total and with no total (the largest that repeats no source); each run reports the shares,
 the total, the repeats, whole-process wall and CPU time, and a rerun's check that the shards are
 byte-identical.
@@ -122,7 +123,7 @@ val_fraction = 0.005
 [decontaminate]
 paths = ["evals/"]
 val = {val}
-"""
+{common}"""
 
 
 def pack(recipe: Path, out: Path) -> tuple[float, float]:
@@ -160,12 +161,15 @@ def main() -> None:
     parser.add_argument("--val-decontamination", action="store_true",
                         help="also drop train documents sharing a 13-gram with a val document (on boilerplate-heavy "
                              "sources such as man pages this drops most documents)")
+    parser.add_argument("--max-ngram-documents", type=int, default=None,
+                        help="[decontaminate] max_ngram_documents: ignore n-grams more train documents share")
     args = parser.parse_args()
     build(args.data)
     for name, mix in (("target", f"[mix]\ntokens = {args.tokens}\n"), ("no-target", "")):
         recipe = args.data / f"recipe-{name}.toml"
         val = "true" if args.val_decontamination else "false"
-        recipe.write_text(RECIPE.format(mix=mix, examples=ROOT / "examples" / "corpus", val=val), encoding="utf-8")
+        common = "" if args.max_ngram_documents is None else f"max_ngram_documents = {args.max_ngram_documents}\n"
+        recipe.write_text(RECIPE.format(mix=mix, examples=ROOT / "examples" / "corpus", val=val, common=common), encoding="utf-8")
         out = args.data / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         wall, cpu = pack(recipe, out)
