@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from packprep.stages.decontaminate import NgramIndex, contaminated, ngram_hashes
+from packprep.stages.shingles import normalize_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,10 +60,16 @@ def train_texts(bench: list[str], planted: int) -> tuple[list[str], list[int]]:
             texts += [json.loads(line)["text"] for line in fh]
     rng = np.random.default_rng(0)
     where = sorted(rng.choice(len(texts), size=planted, replace=False).tolist())
-    for i, d in enumerate(where):
-        source = bench[(i * 997) % len(bench)]
-        start = source.find("\n", len(source) // 3) + 1  # a whole line, so no word is cut at the start
-        texts[d] = texts[d] + "\n" + source[start : start + 800]  # ~800 characters: dozens of words of code
+    k = 0
+    for d in where:
+        while True:  # a file with at least 40 words there (not a short stub, not a base64 blob)
+            source = bench[(k * 997) % len(bench)]
+            k += 1
+            start = source.find("\n", len(source) // 3) + 1  # a whole line, so no word is cut at the start
+            excerpt = source[start : start + 800]  # ~800 characters: dozens of words of code
+            if len(normalize_text(excerpt).split()) >= 40:
+                break
+        texts[d] = texts[d] + "\n" + excerpt
     return texts, where
 
 
