@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packprep.config import ON_ERROR, PACKINGS, STRATEGIES
 from packprep.errors import PackprepError
 
 # `packprep pack` options a recipe's [pack] may set, with the TOML types each accepts. The
@@ -49,8 +50,8 @@ PACK_KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,), "embedder": (str,), "embed_tokens": (int,), "clusters": (int,), "knn": (int,),
     "format": (str,), "labels": (bool,), "workers": (int,), "engine": (str,), "ray_address": (str,),
 }
-PACK_CHOICES = {  # the CLI's choices (options.py)
-    "strategy": ("random", "eos", "cluster", "icp"), "packing": ("split", "bestfit"), "on_error": ("raise", "skip"),
+PACK_CHOICES = {  # the CLI's choices (options.py); the config's own where it has them
+    "strategy": tuple(STRATEGIES), "packing": tuple(PACKINGS), "on_error": tuple(ON_ERROR),
     "format": ("npy", "arrow", "megatron"), "engine": ("local", "ray"), "embedder": ("minilm", "static"),
 }
 _TOP_KEYS = ("cache", "pack", "mix", "source", "split", "decontaminate")

@@ -82,6 +82,7 @@ def test_key_line_finds_keys_in_the_right_table():
         ("tokens = 10_000", "tokens = 0", r"recipe.toml:7: \[mix\] tokens must be more than 0, got 0"),
         ("tokens = 10_000", "token = 5", r"recipe.toml:7: \[mix\] unknown key 'token' \(did you mean 'tokens'\?\)"),
         ('strategy = "eos"', 'stratgy = "eos"', r"recipe.toml:2: \[pack\] unknown key 'stratgy' \(did you mean 'strategy'\?\)"),
+        ('strategy = "eos"', 'strategy = "icpp"', r"recipe.toml:2: \[pack\] strategy must be one of random, eos, cluster, icp, got 'icpp'"),
         ("seq_len = 128", 'seq_len = "128"', r"recipe.toml:3: \[pack\] seq_len must be an integer, got '128'"),
         ("seed = 1", "seed = true", r"recipe.toml:4: \[pack\] seed must be an integer, got True"),
         ('paths = ["evals/"]', 'paths = ["gone/"]', r"recipe.toml:23: \[decontaminate\] paths: 'gone/' does not exist"),
