@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import atomic_path, load_json, release_pages, replace_durably, save_json, save_npy, sha256_file
+from packprep.io import atomic_path, load_json, release_pages, replace_durably, save_json, save_npy, sha256_file
 from packprep.stages.pack import PackPlan, fill_rows, piece_token_spans
 
 FORMAT_NAME = "packprep-npy"
