@@ -14,7 +14,7 @@ from packprep.version import __version__
 from packprep.reader import PackedDataset
 
 __all__ = ["PackedDataset", "__version__", "load_recipe", "pack", "pack_recipe", "tokenize", "verify_output"]
-_LAZY = {"pack": "pipeline", "tokenize": "pipeline", "verify_output": "verify", "load_recipe": "recipe", "pack_recipe": "recipe_pack"}
+_LAZY = {"pack": "pipeline", "tokenize": "pipeline", "verify_output": "verify", "load_recipe": "recipe", "pack_recipe": "pipeline.recipe"}
 
 
 def __getattr__(name: str):

@@ -298,7 +298,7 @@ def pack_recipe_command(recipe: Any, out: Path, v: dict[str, Any]) -> None:
     """`packprep pack --recipe`: the options (command line over the recipe's [pack]) into configs."""
     workers = _use_workers(v["workers"])
     from packprep.config import DedupConfig, PackConfig
-    from packprep.recipe_pack import pack_recipe
+    from packprep.pipeline.recipe import pack_recipe
 
     config = PackConfig(
         strategy=v["strategy"].value, seq_len=v["seq_len"], packing=v["packing"].value, seed=v["seed"],

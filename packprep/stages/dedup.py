@@ -22,7 +22,7 @@ import numpy as np
 from packprep.stages.shingles import shingle_hashes, splitmix64, word_hashes
 
 REASON_KEPT, REASON_EXACT, REASON_NEAR, REASON_SEMANTIC = 0, 1, 2, 3
-REASON_DECONTAMINATED = 4  # a recipe's train document sharing an n-gram with a benchmark or val text (recipe_pack)
+REASON_DECONTAMINATED = 4  # a recipe's train document sharing an n-gram with a benchmark or val text (pipeline.recipe)
 REASON_NAMES = {
     REASON_KEPT: "kept", REASON_EXACT: "exact", REASON_NEAR: "near", REASON_SEMANTIC: "semantic",
     REASON_DECONTAMINATED: "decontaminated",

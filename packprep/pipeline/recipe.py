@@ -30,16 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, save_json, save_npy, sha256_file
-from packprep._folders import WORK_DIRNAME, claim_folder, folder_lock, is_output_file, refuse_file, removed_on_error
+from packprep.io import folder_lock, load_json, refuse_file, save_json, save_npy, sha256_file
+from packprep.pipeline.folders import WORK_DIRNAME, claim_folder, is_output_file, removed_on_error
 from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict
 from packprep.engines import LOCAL, Engine
 from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
 from packprep.recipe import Recipe
-from packprep.selection import ORIGINAL_FILE
-from packprep.semantic import HeldEmbedder
+from packprep.pipeline.selection import ORIGINAL_FILE
+from packprep.pipeline.semantic import HeldEmbedder
 from packprep.stages import decontaminate as decon
 from packprep.stages.dedup import REASON_DECONTAMINATED, DedupResult
 from packprep.stages.mix import Mixture, mix, split_hashes, val_mask
@@ -68,7 +68,7 @@ def pack_recipe(
     reporter: Reporter = SilentReporter(),
 ) -> Path:
     """Pack ``recipe`` into ``out`` (or ``out/train`` and ``out/val`` with a split); see the module docstring."""
-    from packprep.pipeline import pack
+    from packprep.pipeline.packing import pack
 
     if config.semantic_threshold:
         raise recipe.error("semantic dedup is not available with a recipe (repeated documents are meant)",
@@ -111,7 +111,7 @@ def _decide(recipe: Recipe, pool: DocStore, sources: np.ndarray, config: PackCon
     """Per pool document: reason uint8 (0 kept, dedup's, or decontaminated), dup_of int64, val bool,
     and benchmark int32 (the benchmark file, or len(files) for the val split, a decontaminated one matched; -1)."""
     if config.run_dedup:
-        from packprep.semantic import dedup
+        from packprep.pipeline.semantic import dedup
 
         found = dedup(pool, config=dedup_config, engine=engine, reporter=reporter)
         reason, dup_of = found.reason.copy(), found.dup_of.copy()
@@ -137,7 +137,7 @@ def _source_store(source: Any, recipe: Recipe, config: TokenizeConfig, work: Pat
                   engine: Engine, reporter: Reporter, opened: dict[Path, DocStore]) -> DocStore:
     """The source's document store: the source itself when it is one, else tokenized into the cache
     (a folder named by the resolved path and the tokenize options)."""
-    from packprep.pipeline import tokenize
+    from packprep.pipeline.tokenizing import tokenize
 
     if is_store(source.path):
         folder = source.path
@@ -277,7 +277,7 @@ def _split_store(pool: DocStore, folder: Path, picks: np.ndarray, dropped: np.nd
                  dup_of: np.ndarray, benchmark: np.ndarray, dedup_config: DedupConfig, recipe: Recipe) -> DocStore:
     """A store of ``picks`` (one document per copy) then ``dropped`` (pool indices), with the drops recorded
     as its dedup result; cached by the pool's key and the selection."""
-    from packprep.semantic import record_dedup
+    from packprep.pipeline.semantic import record_dedup
 
     docs = np.concatenate([picks, dropped]).astype(np.int64)
     key = hashlib.sha256(pool.manifest["key"].encode() + docs.tobytes() + reason[docs].tobytes() + benchmark[docs].tobytes()
