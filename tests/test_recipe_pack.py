@@ -213,6 +213,7 @@ def test_reruns_are_byte_identical_and_the_command_line_overrides_the_recipe(tmp
     assert len(set(packed_ids(PackedDataset(tmp_path / "out" / "val")))) == 15  # 5 per source
 
 
+@pytest.mark.slow  # the static embedder's fit embeds a sample with MiniLM
 def test_icp_orders_across_the_mixed_set_with_copies_a_pass_apart(tmp_path, cache):
     pytest.importorskip("sentence_transformers")
     body = "\n".join(
