@@ -235,7 +235,7 @@ def test_semantic_embed_with_static_model_fits_it_to_the_store(cache, tmp_path, 
     assert vectors.shape == (12, minilm.dim) and vectors.dtype == np.float16
     np.testing.assert_allclose(np.linalg.norm(np.asarray(vectors, np.float32), axis=1), 1.0, atol=2e-3)
     assert reporter.messages == [
-        "embed: distilling the static model from MiniLM (first use only, about a minute)",
+        "embed: distilling the static model from MiniLM (first use only, about two minutes)",
         "embed: fitting static vectors on 12 sampled documents embedded with MiniLM",
     ]
     manifest = json.loads((store.path / "embed.static.json").read_text())

@@ -1,31 +1,45 @@
-"""Static embedder: one vector per WordPiece token, distilled offline from MiniLM, cached.
+"""Static embedder: one vector per WordPiece token, distilled offline from MiniLM by model2vec, cached.
 
 A document's embedding is the L2-normalised sum of the vectors of its tokens, so
 embedding costs one tokenizer pass and one sparse matrix product: no transformer at
-run time. The vectors are distilled the way model2vec does it (Tulkens & van Dongen,
-2024), written here in numpy + torch rather than adding model2vec and its
-dependencies for ~100 lines. Measured head to head with the same corpus fit on top
-(benchmarks/bench_model2vec.py, held-out icp same-topic share): ours is ahead by
-0.015-0.030 before the fit but level or behind after it (-0.001 to -0.018 on
-examples/corpus and a docstring corpus), so it does not win; we have not switched
-because model2vec's ``distill`` needs skeletoken, whose extra downgrades transformers.
+run time. The vectors are model2vec's (Tulkens & van Dongen, 2024): :func:`distill` runs
+model2vec's own steps (its vocabulary cleaning, ``create_embeddings``, ``compute_weights``,
+``apply_pca``) and over the whole vocabulary gives exactly the vectors of
+``model2vec.distill.distill(source, pca_dims=256, quantize_to="float32")`` (largest
+absolute difference 0, benchmarks/bench_model2vec.py). Until issue 18 we distilled with
+our own copy of these steps, with Zipf ranks restarted at ``!`` and ``the``; measured head
+to head with the same corpus fit on top (held-out icp same-topic share on examples/corpus
+and a docstring corpus) it was ahead by 0.015-0.030 before the fit and level or behind
+after it, so it did not win (figures in benchmarks/README.md).
 
-1. every vocabulary token ``t`` goes through the source model alone, as ``[CLS] t [SEP]``,
-   and the mean of the three output states (the model's own mean pooling) is its vector;
+1. every token model2vec keeps (the vocabulary less [CLS], [SEP], [MASK] and the [unused]
+   slots: 29,525 of MiniLM's 30,522) goes through the source model as ``[CLS] t [SEP]``,
+   and the mean of the output states (the model's own mean pooling) is its vector;
 2. PCA (centred) to ``pca_dims`` dimensions, which removes the direction all tokens share;
-3. SIF weighting under Zipf's law: ``a / (a + p)`` with ``p ∝ 1 / rank``, the rank read off
-   the vocabulary's order (:func:`vocabulary_ranks`), so frequent tokens count less.
+3. SIF weighting under Zipf's law: ``a / (a + p)`` with ``p ∝ 1 / rank``, the rank being the
+   token's position in that vocabulary plus 2 (:func:`model2vec_vocabulary`), so frequent
+   tokens count less.
+
+Rows are then re-indexed by token string to the source tokenizer's ids. Special tokens
+([PAD], [UNK], [CLS], [SEP], [MASK]) and the [unused] slots are zero rows: a text never
+contains them (no special tokens are added), and [UNK] carries no meaning (model2vec
+drops it too). The empty-text vector is what MiniLM embeds an empty text to, the mean
+state of ``[CLS] [SEP]``, through the same PCA, unit norm; it stands for every text
+without a known token.
 
 A text's token counts enter as square roots (sublinear term frequency), so a word
 repeated through a document does not drown the rest. The result is cached under ``cache_root()/static-<fingerprint[:16]>/``::
 
-    static.json      recipe, source fingerprint, dim, vocab size, distill seconds (written last)
+    static.json      recipe, distiller (model2vec version), source fingerprint, dim, vocab size, distill seconds (written last)
     vectors.npy      float32 [V, D]  one row per token id; special tokens are zero rows
-    empty.npy        float32 [D]     the vector of a text with no tokens ([CLS] [SEP] alone)
+    empty.npy        float32 [D]     the vector of a text with no known token
     tokenizer.json   the source model's tokenizer
 
-The fingerprint depends only on the recipe and the source model's fingerprint, so it
-is known before distilling and stays the same across machines.
+The fingerprint depends only on the recipe, the installed model2vec's version and the
+source model's fingerprint, so it is known before distilling and stays the same across
+machines; caches of another recipe or model2vec version are left alone, not reused.
+model2vec and skeletoken (which its ``distill`` needs) are in the ``semantic`` extra;
+``model2vec[distill]`` is not, since it pins transformers below 5.4.
 
 Distilled vectors alone reach about 0.74 of MiniLM's icp same-topic rate. Fitting them
 to the corpus (model2vec's "tokenlearn" idea, :func:`fit_static_model`) closes most of
@@ -131,7 +145,7 @@ def is_distilled(source_fingerprint: str, *, cache_dir: Path | None = None) -> b
 def load_static_model(source: Path, source_fingerprint: str, *, cache_dir: Path | None = None) -> tuple[StaticModel, str]:
     """The static model distilled from the model folder ``source``, and its fingerprint.
 
-    Distils on first use (about a minute for a 30k vocabulary on two cores) and reuses
+    Distils on first use (about two minutes for a 30k vocabulary on two cores) and reuses
     ``cache_dir`` (default :func:`cache_root`) afterwards.
     """
     fingerprint = static_fingerprint(source_fingerprint)
