@@ -10,8 +10,9 @@ absolute difference 0, benchmarks/bench_model2vec.py). Until issue 18 we distill
 our own copy of these steps, with Zipf ranks restarted at ``!`` and ``the``. Head to head
 with the same corpus fit on top (held-out icp same-topic share on examples/corpus and a
 docstring corpus, fit on 1,000 documents) it did not win: model2vec's was ahead by 0.001
-to 0.017 in a first run, behind by 0.001 and 0.005 in the last (less than a seed's spread,
-0.01-0.02), so model2vec's is used and ours is kept only as the benchmark's baseline.
+to 0.017 in a first run, and by +0.005 and -0.002 over 5 seeds in the last (less than a
+seed's spread, 0.01-0.015), so model2vec's is used and ours is kept only as the
+benchmark's baseline.
 
 1. every token model2vec keeps (the vocabulary less [CLS], [SEP], [MASK] and the [unused]
    slots: 29,525 of MiniLM's 30,522) goes through the source model as ``[CLS] t [SEP]``,
@@ -43,7 +44,7 @@ model2vec and skeletoken (which its ``distill`` needs) are in the ``semantic`` e
 ``model2vec[distill]`` is not, since it pins transformers below 5.4.
 
 Distilled vectors alone reach about 0.8-0.9 of MiniLM's icp same-topic rate on held-out
-documents (0.557 / 0.688 on examples/corpus, 0.643 / 0.715 on docstrings). Fitting them
+documents (0.554 / 0.685 on examples/corpus, 0.640 / 0.721 on docstrings). Fitting them
 to the corpus (model2vec's "tokenlearn" idea, :func:`fit_static_model`) closes most of
 the gap: MiniLM embeds a seeded sample of the corpus's documents, then
 
@@ -56,7 +57,7 @@ the gap: MiniLM embeds a seeded sample of the corpus's documents, then
 
 Held out from the fit on examples/corpus this gave 0.88 / 0.89 / 0.98 of MiniLM's rate
 for 500 / 1,000 / 2,000 sampled documents (benchmarks/bench_embedders.py, measured on the
-previous distillation, which the fit brings level with model2vec's: 0.96 and 1.01 of
+previous distillation, which the fit brings level with model2vec's: 0.97 and 1.01 of
 MiniLM's at 1,000 in bench_model2vec.py's last run). The fitted
 model depends on the corpus, so it is not cached: its document vectors are, by the
 embed stage, under a key that includes :data:`FIT` (:func:`fitted_fingerprint`).
