@@ -229,12 +229,12 @@ def _approximate_knn(x: np.ndarray, *, k: int, seed: int, progress: Progress):
     it scanned 8,000 vectors from memory per query (567-673 s of a 717 s ordering); the same
     neighbours as one sgemm per list took ~?? s (``benchmarks/bench_icp.py``).
     """
-    from packprep.stages.knn_lists import list_search, plan_lists
+    from packprep.stages.knn_lists import list_search, plan_lists, refine
 
     plan = plan_lists(
         x, k=k, seed=seed, target_recall=_TARGET_RECALL, max_scanned=_MAX_SCANNED, sample=_CALIBRATION_QUERIES
     )
-    return list_search(x, plan, k=k, progress=progress)
+    return refine(x, *list_search(x, plan, k=k, progress=progress))
 
 
 def _search(search: Callable, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
