@@ -150,7 +150,7 @@ def _report_distilling(reporter: Reporter) -> None:
     from packprep.stages.static_embed import is_distilled
 
     if not is_distilled(model_fingerprint(packaged_model_dir())):
-        reporter.info("embed: distilling the static model from MiniLM (first use only, about a minute)")
+        reporter.info("embed: distilling the static model from MiniLM (first use only, about two minutes)")
 
 
 def _fit_static(
