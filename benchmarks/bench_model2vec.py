@@ -1,17 +1,22 @@
-"""Our static distillation against model2vec's ``distill``, both with packprep's corpus fit on top.
+"""packprep's static distillation (model2vec's steps) against the one it replaced, the same corpus fit on top of both.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_model2vec.py [--fit 1000] [--docstrings 2000] [--seeds 0,1,2,3,4] [--m2v FOLDER] [--cache DIR]
 
-Needs ``pip install model2vec`` plus ``skeletoken`` (its ``distill`` extra; installed with
-``--no-deps`` here, since the extra as a whole would downgrade transformers). Offline: both
-distil the bundled MiniLM folder. model2vec's vectors are taken as they come out of
-``distill(pca_dims=256)`` (same PCA size and SIF coefficient as our recipe) and re-indexed by
-token string to our tokenizer's ids (tokens model2vec dropped, the ``[unused]`` ones, get a
-zero row); from there both go through the same code: ``fit_static_model`` on a seeded
+Offline, on the bundled MiniLM folder. Three distillations:
+
+- ``packprep``: ``stages.static_embed.distill`` (what ``--embedder static`` caches), built from
+  model2vec's ``create_embeddings`` / ``compute_weights`` / ``apply_pca``;
+- ``model2vec``: model2vec's own ``distill(pca_dims=256, quantize_to="float32")``, re-indexed by
+  token string to our tokenizer's ids (``model2vec_as_ours``). Only to check that the first one
+  is the same vectors: the script prints the largest absolute difference;
+- ``previous``: packprep's own distillation before issue 18 (:func:`previous_distill`, kept here
+  as the baseline): PCA and SIF weights under Zipf ranks restarted at ``!`` and ``the``.
+
+``packprep`` and ``previous`` then go through the same code: ``fit_static_model`` on a seeded
 sample of ``--fit`` documents with their MiniLM vectors as targets (the ridges of ``FIT``),
-then ``static_embed`` (sqrt term frequency) of the held-out documents, ``icp_order``, and
-the share of adjacent held-out documents with the same label. MiniLM's own share on the
-same held-out documents is the ceiling; a random order's the floor.
+``static_embed`` (sqrt term frequency) of the held-out documents, ``icp_order``, and the share
+of adjacent held-out documents with the same label. MiniLM's own share on the same held-out
+documents is the ceiling; a random order's the floor.
 
 Corpora: ``examples/corpus`` (``topic`` labels) and docstrings of installed packages (module,
 class and function docstrings of at least 300 characters; the label is the top-level
@@ -27,14 +32,24 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from packprep.stages.embed import _force_offline, _packaged_model_dir, embed_texts, load_embedder
+from packprep.stages.embed import embed_texts, load_embedder
+from packprep.stages.model_files import force_offline, model_fingerprint, packaged_model_dir
 from packprep.stages.order import icp_order, random_order
-from packprep.stages.static_embed import FIT, StaticModel, fit_sample, fit_static_model, static_embed
+from packprep.stages.static_embed import (
+    FIT,
+    StaticModel,
+    _plain_tokenizer,
+    cache_root,
+    fit_sample,
+    fit_static_model,
+    is_distilled,
+    static_cache_folder,
+    static_embed,
+)
 from packprep.tokenizers import load_tokenizer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "corpus"
@@ -82,8 +97,8 @@ def first_tokens(texts: list[str], n: int) -> list[str]:
     return [tokenizer.decode(tokens[offsets[i] : min(offsets[i + 1], offsets[i] + n)]) for i in range(len(texts))]
 
 
-def model2vec_as_ours(folder: Path, ours: StaticModel) -> tuple[StaticModel, int]:
-    """model2vec's vectors re-indexed by our tokenizer's ids; and how many of our tokens it has."""
+def model2vec_as_ours(folder: Path, ours: StaticModel) -> tuple[np.ndarray, int]:
+    """float32 [V, D]: model2vec's vectors re-indexed by our tokenizer's ids (zero rows for tokens it lacks); how many it has."""
     from model2vec import StaticModel as M2V
 
     m2v = M2V.from_pretrained(str(folder))
@@ -94,8 +109,53 @@ def model2vec_as_ours(folder: Path, ours: StaticModel) -> tuple[StaticModel, int
         if token in theirs and i < len(vectors):
             vectors[i] = m2v.embedding[theirs[token]]
             matched += 1
-    empty = vectors.mean(axis=0)
-    return StaticModel(vectors=vectors, empty=empty / np.linalg.norm(empty), tokenizer=ours.tokenizer), matched
+    return vectors, matched
+
+
+def previous_distill(source: Path, *, pca_dims: int = 256, sif_coefficient: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """packprep's distillation before issue 18: (float32 [V, D] vectors, float32 [D] empty-text vector).
+
+    Every non-special token through MiniLM as ``[CLS] t [SEP]`` (mean of the three states),
+    PCA (centred, float64), SIF weights ``a / (a + p)`` with ``p ∝ 1 / rank`` where the rank
+    restarts at ``!`` (id 999) and at ``the`` (id 1996), so ``the`` is rank 2 rather than
+    model2vec's 1,001st; ``empty``: the ``[CLS] [SEP]`` state through the same PCA.
+    """
+    import torch
+    from transformers import AutoModel
+
+    tokenizer = _plain_tokenizer(source / "tokenizer.json")
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    special = np.fromiter((i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special), dtype=np.int64)
+    vocab_size = tokenizer.get_vocab_size()
+    ids = np.setdiff1d(np.arange(vocab_size), special)
+    encoder = AutoModel.from_pretrained(str(source), local_files_only=True).eval()
+    with torch.inference_mode():
+        states = []
+        for start in range(0, len(ids), 1024):
+            part = torch.as_tensor(ids[start : start + 1024, None])
+            batch = torch.cat([torch.full_like(part, cls_id), part, torch.full_like(part, sep_id)], dim=1)
+            states.append(encoder(input_ids=batch, attention_mask=torch.ones_like(batch)).last_hidden_state.mean(1))
+        pair = torch.tensor([[cls_id, sep_id]])
+        empty_state = encoder(input_ids=pair, attention_mask=torch.ones_like(pair)).last_hidden_state.mean(1).numpy()[0]
+    x = torch.cat(states).numpy().astype(np.float64)
+    mean = x.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh((x - mean).T @ (x - mean))
+    components = eigenvectors[:, np.argsort(-eigenvalues)[:pca_dims]]
+    components *= np.sign(components[np.abs(components).argmax(axis=0), np.arange(pca_dims)])
+    first_char, first_word = tokenizer.token_to_id("!"), tokenizer.token_to_id("the")
+    ranks = np.where(ids >= first_word, ids - first_word, np.maximum(ids - first_char, 0)) + 2.0
+    probability = (1.0 / ranks) / (1.0 / np.arange(2, vocab_size + 2, dtype=np.float64)).sum()
+    vectors = np.zeros((vocab_size, pca_dims), dtype=np.float32)
+    vectors[ids] = (x - mean) @ components * (sif_coefficient / (sif_coefficient + probability))[:, None]
+    empty = (empty_state - mean) @ components
+    return vectors, (empty / np.linalg.norm(empty)).astype(np.float32)
+
+
+def timed(fn):
+    """(fn(), wall seconds, process CPU seconds)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def same_topic(vectors: np.ndarray, labels: np.ndarray, seed: int) -> float:
@@ -126,8 +186,8 @@ def head_to_head(name: str, texts: list[str], labels: np.ndarray, minilm: np.nda
             rows[f"{label} fitted cos to MiniLM"].append(float((vectors * minilm[held]).sum(axis=1).mean()))
     for label, values in rows.items():
         print(f"  {label:30} {np.mean(values):.3f} +- {np.std(values):.3f}   [{' '.join(f'{v:.3f}' for v in values)}]")
-    diff = np.array(rows["ours fitted"]) - np.array(rows["model2vec fitted"])
-    print(f"  ours - model2vec, fitted: {diff.mean():+.3f} (seeds where ours is ahead: {(diff > 0).sum()} of {len(diff)})")
+    diff = np.array(rows["packprep fitted"]) - np.array(rows["previous fitted"])
+    print(f"  packprep - previous, fitted: {diff.mean():+.3f} (seeds where packprep is ahead: {(diff > 0).sum()} of {len(diff)})")
 
 
 def main() -> None:
@@ -139,19 +199,44 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2, 3, 4],
                         help="fit samples (and icp tie-breaks) to average over")
     parser.add_argument("--m2v", type=Path, default=None, help="a folder model2vec's distill was saved to (else distil now)")
-    parser.add_argument("--cache", type=Path, default=None, help="keep MiniLM vectors here between runs")
+    parser.add_argument("--cache", type=Path, default=None, help="keep MiniLM vectors and the previous distillation here between runs")
     args = parser.parse_args()
-    _force_offline()
-    ours = load_embedder("static").model
+    force_offline()
+    source = packaged_model_dir()
+    fresh = not is_distilled(model_fingerprint(source))
+    ours, wall, cpu = timed(lambda: load_embedder("static").model)
+    meta = json.loads((static_cache_folder(model_fingerprint(source)) / "static.json").read_text())
+    print(f"packprep distill ({meta['distiller']}'s steps): {meta['distill_seconds']} s when {cache_root()} was filled"
+          + (f" (this run: {wall:.0f} s wall, {cpu:.0f} s process CPU)" if fresh else ""))
+
     if args.m2v is None:
         from model2vec.distill import distill
 
-        start = time.perf_counter()
         args.m2v = Path(os.environ.get("TMPDIR", "/tmp")) / "packprep-model2vec"
-        distill(str(_packaged_model_dir()), pca_dims=256, quantize_to="float32").save_pretrained(str(args.m2v))
-        print(f"model2vec distill: {time.perf_counter() - start:.0f} s")
+        model, wall, cpu = timed(lambda: distill(str(source), pca_dims=256, quantize_to="float32"))
+        model.save_pretrained(str(args.m2v))
+        print(f"model2vec distill: {wall:.0f} s wall, {cpu:.0f} s process CPU")
     theirs, matched = model2vec_as_ours(args.m2v, ours)
-    print(f"model2vec vectors for {matched:,} of our {len(ours.vectors):,} token ids")
+    zero = ~np.abs(ours.vectors).any(axis=1)
+    both = ~zero & np.abs(theirs).any(axis=1)
+    print(f"model2vec has {matched:,} of our {len(ours.vectors):,} token ids; packprep's non-zero rows: {(~zero).sum():,}, "
+          f"of which model2vec lacks {(~zero & ~both).sum()}; rows model2vec has that packprep zeroes (special): "
+          f"{(zero & np.abs(theirs).any(axis=1)).sum()}")
+    print(f"packprep vs model2vec distill, same rows: max abs difference {np.abs(ours.vectors[both] - theirs[both]).max():.3g} "
+          f"(largest entry {np.abs(theirs[both]).max():.3g})")
+
+    cached = args.cache / "previous-distill.npz" if args.cache else None
+    if cached and cached.exists():
+        with np.load(cached) as saved:
+            vectors, empty = saved["vectors"], saved["empty"]
+    else:
+        (vectors, empty), wall, cpu = timed(lambda: previous_distill(source))
+        print(f"previous distill: {wall:.0f} s wall, {cpu:.0f} s process CPU")
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cached, vectors=vectors, empty=empty)
+    previous = StaticModel(vectors=vectors, empty=empty, tokenizer=ours.tokenizer)
+
     minilm_embedder = load_embedder()
     corpora = {"examples/corpus": examples_corpus(), "docstrings": docstring_corpus(args.docstrings, args.seed)}
     for name, (texts, labels) in corpora.items():
@@ -166,7 +251,7 @@ def main() -> None:
             if cached:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cached, minilm)
-        head_to_head(name, texts, labels, minilm, {"ours": ours, "model2vec": theirs}, args)
+        head_to_head(name, texts, labels, minilm, {"previous": previous, "packprep": ours}, args)
 
 
 if __name__ == "__main__":

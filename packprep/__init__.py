@@ -2,7 +2,8 @@
 
 The public API: :class:`PackedDataset` (what trainers import; numpy only), the
 stage functions :func:`tokenize` and :func:`pack` (what the CLI runs) and
-:func:`verify_output` (what ``packprep verify`` checks). Conversions:
+:func:`verify_output` (what ``packprep verify`` checks); recipes: :func:`load_recipe` and
+:func:`pack_recipe` (``packprep pack --recipe``). Conversions:
 ``packprep.convert.convert``.
 """
 
@@ -12,8 +13,8 @@ from packprep.version import __version__
 
 from packprep.reader import PackedDataset
 
-__all__ = ["PackedDataset", "__version__", "pack", "tokenize", "verify_output"]
-_LAZY = {"pack": "pipeline", "tokenize": "pipeline", "verify_output": "verify"}
+__all__ = ["PackedDataset", "__version__", "load_recipe", "pack", "pack_recipe", "tokenize", "verify_output"]
+_LAZY = {"pack": "pipeline", "tokenize": "pipeline", "verify_output": "verify", "load_recipe": "recipe", "pack_recipe": "pipeline.recipe"}
 
 
 def __getattr__(name: str):

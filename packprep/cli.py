@@ -220,8 +220,10 @@ def embed(
 @app.command()
 @handle_errors
 def pack(
-    source: Annotated[Path, typer.Argument(help="A raw corpus (tokenized first, cached in OUT/work) or a document store.", show_default=False)],
-    out: o.OutArg,
+    ctx: typer.Context,
+    source: Annotated[Optional[Path], typer.Argument(help="A raw corpus (tokenized first, cached in OUT/work) or a document store; with --recipe, OUT alone.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Argument(help="Output folder for the shards.", show_default=False)] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", help="A TOML recipe (sources, weights, split, decontamination; docs/recipes.md): `packprep pack --recipe FILE OUT`. Options given here override its [pack].", show_default=False)] = None,
     strategy: o.StrategyOpt = o.Strategy.eos,
     seq_len: o.SeqLen = 2048,
     packing: o.PackingOpt = o.Packing.split,
@@ -250,6 +252,19 @@ def pack(
     quiet: o.Quiet = False,
 ) -> None:
     """Pack documents into fixed-length sequences and write npy shards (and an arrow or megatron copy)."""
+    loaded = None
+    if recipe is not None:
+        from packprep.recipe import load_recipe
+
+        if source is None or out is not None:
+            raise PackprepError("with --recipe give OUT alone: packprep pack --recipe FILE OUT")
+        loaded, out = load_recipe(recipe), source
+        # The recipe's [pack] fills every option not given on the command line.
+        given = {name for name in ctx.params if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+        values = {**ctx.params, **{k: _recipe_value(k, v) for k, v in loaded.pack.items() if k not in given}}
+        return pack_recipe_command(loaded, out, values)
+    if source is None or out is None:
+        raise PackprepError("give a corpus and an output folder (packprep pack CORPUS OUT), or --recipe FILE OUT")
     workers = _use_workers(workers)
     from packprep.config import DedupConfig, PackConfig
     from packprep.pipeline import pack as run
@@ -268,6 +283,39 @@ def pack(
     )
     if not quiet:
         print(f"wrote {out}; see `packprep inspect {out}`", file=sys.stderr)
+
+
+_RECIPE_CHOICES = {"strategy": o.Strategy, "packing": o.Packing, "on_error": o.OnError, "format": o.Format,
+                   "engine": o.EngineName, "embedder": o.Embedder}
+
+
+def _recipe_value(name: str, value: Any) -> Any:
+    """A recipe's [pack] value as the CLI option would hold it (recipe.load_recipe checked the choices)."""
+    return _RECIPE_CHOICES[name](value) if name in _RECIPE_CHOICES else value
+
+
+def pack_recipe_command(recipe: Any, out: Path, v: dict[str, Any]) -> None:
+    """`packprep pack --recipe`: the options (command line over the recipe's [pack]) into configs."""
+    workers = _use_workers(v["workers"])
+    from packprep.config import DedupConfig, PackConfig
+    from packprep.pipeline.recipe import pack_recipe
+
+    config = PackConfig(
+        strategy=v["strategy"].value, seq_len=v["seq_len"], packing=v["packing"].value, seed=v["seed"],
+        rows_per_shard=v["shard_size"], dedup=v["dedup"], semantic_threshold=v["semantic_threshold"],
+        clusters=v["clusters"], knn=v["knn"],
+    )
+    pack_recipe(
+        recipe, out, config=config,
+        tokenize_config=_tokenize_config(v["tokenizer"], v["text_field"], v["id_field"], v["eos_id"], v["bos_id"], v["on_error"]),
+        dedup_config=DedupConfig(minhash_threshold=v["minhash_threshold"]),
+        embed_config=_embed_config(v["embedder"], v["model"], v["embed_tokens"]),
+        format=v["format"].value, labels=v["labels"], overwrite=v["overwrite"], workers=workers,
+        engine=_engine(v["engine"], v["ray_address"]), reporter=_reporter(v["quiet"]),
+    )
+    if not v["quiet"]:
+        where = f"{out / 'train'} and {out / 'val'}" if recipe.has_split else str(out)
+        print(f"wrote {where}; see `packprep inspect {out / 'train' if recipe.has_split else out}`", file=sys.stderr)
 
 
 @app.command()

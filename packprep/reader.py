@@ -51,6 +51,16 @@ class PackedDataset:
             self._doc_ids = StringTable(self.path / "doc_ids")
         return self._doc_ids
 
+    @property
+    def doc_sources(self) -> np.ndarray | None:
+        """``doc_sources[j]``: the name of document j's source (str [N]) in an output packed from a
+        recipe (``packprep pack --recipe``); None otherwise. ``doc_index`` values index this."""
+        recipe = self.manifest.get("recipe")
+        if recipe is None:
+            return None
+        names = np.array([s["name"] for s in recipe["sources"]])
+        return names[np.load(self.path / "doc_sources.npy")]
+
     def shard(self, k: int) -> Shard:
         shard = self._shards[k]
         if shard is None:

@@ -180,7 +180,7 @@ def test_fingerprint_sees_config_changes_and_skips_hidden_files(tmp_path):
 @pytest.fixture
 def static_stub(tmp_path, monkeypatch) -> None:
     """--embedder static distilled over the tokens of conftest's sentences only (the full
-    distillation takes ~40 s), cached in tmp_path."""
+    distillation takes about two minutes), cached in tmp_path."""
     from packprep.stages import static_embed
     from tests.conftest import SENTENCES
 

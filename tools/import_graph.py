@@ -30,7 +30,7 @@ PACKAGE = "packprep"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", ["version", "errors", "progress", "io"]),
     ("pure stages: arrays in, arrays out; the strategy registry", ["stages."]),
-    ("configs, validated against the registries", ["config"]),
+    ("configs, validated against the registries", ["config", "recipe"]),
     ("tokenizers", ["tokenizers."]),
     ("files: raw input, WORK, outputs", ["corpus", "store.", "formats.", "reader"]),
     ("engines: compute only", ["engines."]),

@@ -61,6 +61,7 @@ def compute_stats(ds: PackedDataset) -> dict[str, Any]:
         "dropped_documents": manifest.get("dropped", {}),
         "semantic_threshold": manifest.get("semantic_threshold"),  # value, source, embedder (None: no semantic dedup)
         **_adjacency(ds, seg_doc, packed_docs),
+        **_sources(ds, seg_length, seg_doc),
         "document_length": _summary(doc_lengths),
         "segment_length": _summary(seg_length),
         "document_length_histogram": _histogram(doc_lengths),
@@ -122,6 +123,32 @@ def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) 
         "row_pair_cosine": pair_sum / pairs if pairs else float("nan"),
         "row_pair_cosine_random": pair_sum_random / pairs if pairs else float("nan"),
     }
+
+
+def _sources(ds: PackedDataset, seg_length: np.ndarray, seg_doc: np.ndarray) -> dict[str, Any]:
+    """Per source of a recipe's output (``doc_sources.npy``): documents and tokens packed (copies
+    counted), share of the packed tokens, repeats (copies beyond the first, from the mixture) and
+    documents dropped by reason. Absent for an output not packed from a recipe."""
+    from packprep.stages.dedup import REASON_NAMES
+
+    recipe = ds.manifest.get("recipe")
+    if recipe is None:
+        return {}
+    codes = np.load(ds.path / "doc_sources.npy")
+    reason = np.load(ds.path / "doc_dropped.npy")
+    num = len(recipe["sources"])
+    documents = np.bincount(codes[reason == 0], minlength=num)
+    tokens = np.bincount(codes[seg_doc], weights=seg_length, minlength=num).astype(np.int64) if len(seg_doc) else np.zeros(num, np.int64)
+    total = int(tokens.sum())
+    sources = {}
+    for s, entry in enumerate(recipe["sources"]):
+        mine = reason[codes == s]
+        dropped = {REASON_NAMES[int(r)]: int(n) for r, n in zip(*np.unique(mine[mine != 0], return_counts=True))}
+        sources[entry["name"]] = {
+            "documents": int(documents[s]), "tokens": int(tokens[s]), "share": tokens[s] / total if total else 0.0,
+            "weight_share": entry["share"], "repeats": int(entry.get("repeats", 0)), "dropped": dropped,
+        }
+    return {"recipe": {"path": recipe["path"], "sha256": recipe["sha256"], "split": recipe["split"]}, "sources": sources}
 
 
 def _row_pair_cosine(embeddings: np.ndarray, seg_doc: np.ndarray, row_of: np.ndarray, chunk: int = 65536) -> tuple[float, int]:
@@ -254,12 +281,28 @@ def print_stats(stats: dict[str, Any]) -> None:
     console.print(overview)
     for key, title in (("document_length_histogram", "document length"), ("segment_length_histogram", "segment length")):
         console.print(_histogram_table(stats[key], title))
+    if "sources" in stats:
+        console.print(_sources_table(stats))
     shards = Table(title="shards")
     for col in ("shard", "rows", "MB"):
         shards.add_column(col, justify="right")
     for shard in stats["shards"]:
         shards.add_row(shard["name"], f"{shard['rows']:,}", f"{shard['bytes'] / 1e6:,.1f}")
     console.print(shards)
+
+
+def _sources_table(stats: dict[str, Any]):
+    from rich.table import Table
+
+    recipe = stats["recipe"]
+    table = Table(title=f"sources ({recipe['split']} split of {recipe['path']}, sha256 {recipe['sha256'][:12]})")
+    for col in ("source", "documents", "tokens", "share", "weight", "repeats", "dropped"):
+        table.add_column(col, justify="left" if col in ("source", "dropped") else "right")
+    for name, entry in stats["sources"].items():
+        dropped = ", ".join(f"{n:,} {why}" for why, n in entry["dropped"].items()) or "-"
+        table.add_row(name, f"{entry['documents']:,}", f"{entry['tokens']:,}", f"{entry['share']:.2%}",
+                      f"{entry['weight_share']:.2%}", f"{entry['repeats']:,}", dropped)
+    return table
 
 
 def _fmt_summary(summary: dict[str, float]) -> str:

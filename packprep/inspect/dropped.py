@@ -38,7 +38,10 @@ def dropped_pairs(ds: PackedDataset, *, limit: int | None = DEFAULT_LIMIT) -> di
     dropped = np.flatnonzero(reason)
     store = _store_of(ds)
     embeddings, embedder = _embeddings_of(store, len(reason), (ds.manifest.get("embed_config") or {}).get("model"))
-    cosine = pair_cosines(embeddings, dropped, dup_of[dropped]) if embeddings is not None else None
+    twin = dup_of[dropped]  # -1: no twin in this output (a recipe's decontaminated document, or one whose twin is elsewhere)
+    cosine = pair_cosines(embeddings, dropped, np.maximum(twin, 0)) if embeddings is not None else None
+    if cosine is not None:
+        cosine = np.where(twin >= 0, cosine, np.nan)
     # Semantic (3) before near (2) before exact (1); inside a reason, the lowest cosine first.
     keys = (dropped,) if cosine is None else (dropped, cosine)
     order = np.lexsort((*keys, -reason[dropped].astype(np.int64))) if len(dropped) else np.zeros(0, np.int64)
@@ -48,11 +51,11 @@ def dropped_pairs(ds: PackedDataset, *, limit: int | None = DEFAULT_LIMIT) -> di
     pairs = [
         {
             "reason": REASON_NAMES[int(reason[dropped[k]])],
-            "cosine": None if cosine is None else round(float(cosine[k]), 4),
-            "jaccard": _jaccard(store, decode, int(dropped[k]), int(dup_of[dropped[k]]), shingle)
-            if reason[dropped[k]] != REASON_SEMANTIC else None,
+            "cosine": None if cosine is None or twin[k] < 0 else round(float(cosine[k]), 4),
+            "jaccard": _jaccard(store, decode, int(dropped[k]), int(twin[k]), shingle)
+            if reason[dropped[k]] != REASON_SEMANTIC and twin[k] >= 0 else None,
             "dropped": _document(ds, store, decode, int(dropped[k])),
-            "kept": _document(ds, store, decode, int(dup_of[dropped[k]])),
+            "kept": _document(ds, store, decode, int(twin[k])) if twin[k] >= 0 else _elsewhere(ds, int(dropped[k])),
         }
         for k in shown
     ]
@@ -113,6 +116,17 @@ def _document(ds: PackedDataset, store: Any, decode: Any, index: int) -> dict[st
     if len(text) > _PREVIEW_CHARS or end < int(store.offsets[index + 1]):
         text = text[:_PREVIEW_CHARS].rstrip() + "…"
     return {"index": index, "id": ds.doc_ids[index], "text": text}
+
+
+def _elsewhere(ds: PackedDataset, index: int) -> dict[str, Any]:
+    """The "kept" side of a drop whose twin is not in this output: the benchmark file a recipe's
+    decontaminated document matched (``doc_benchmark.npy``), else a note."""
+    benchmarks = (ds.manifest.get("recipe") or {}).get("benchmarks") or []
+    path = ds.path / "doc_benchmark.npy"
+    owner = int(np.load(path, mmap_mode="r")[index]) if path.is_file() else -1
+    if 0 <= owner < len(benchmarks):
+        return {"index": -1, "id": benchmarks[owner], "text": "(shares an n-gram with the dropped document)"}
+    return {"index": -1, "id": "-", "text": "(its twin is not in this output)"}
 
 
 def print_dropped(listing: dict[str, Any]) -> None:

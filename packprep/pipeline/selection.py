@@ -9,10 +9,15 @@ import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, PackConfig
 from packprep.pipeline.run import Run
-from packprep.stages.dedup import REASON_NAMES
+from packprep.stages.dedup import REASON_NAMES, reason_counts
 from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore
 from packprep.store.embeddings import embed_manifest
+
+
+# Beside a store whose documents repeat (a recipe's train store): int64 [N], the document each is a
+# copy of (itself for an original). Semantic orders spread the copies (stages.mix.spread_copies).
+ORIGINAL_FILE = "original.npy"
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,7 @@ class Selection:
     semantic_threshold: dict[str, Any] | None = None  # see :func:`semantic_threshold`; manifest.json records it
 
     def dropped_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.reason, minlength=len(REASON_NAMES))
-        return {REASON_NAMES[code]: int(counts[code]) for code in sorted(REASON_NAMES) if code != 0}
+        return {name: n for name, n in reason_counts(self.reason).items() if name != REASON_NAMES[0]}
 
 
 def select_documents(
@@ -66,6 +70,10 @@ def select_documents(
     kept = np.flatnonzero(reason == 0)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         order = strategy.order(kept, embeddings, config, advance)
+    if (store.path / ORIGINAL_FILE).is_file():  # a recipe's repeated documents: a pass apart, not side by side
+        from packprep.stages.mix import spread_copies
+
+        order = spread_copies(order, np.load(store.path / ORIGINAL_FILE))
     return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
 
 

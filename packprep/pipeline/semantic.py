@@ -32,7 +32,7 @@ from packprep.store import DocStore
 from packprep.store.cached import DEDUP_MANIFEST, Dedup, load_dedup, save_dedup
 from packprep.store.embeddings import ChunkJournal, EmbedFiles, finished_manifests
 
-__all__ = ["Dedup", "HeldEmbedder", "dedup", "dedup_in", "embed", "embed_in", "held_embed_config"]
+__all__ = ["Dedup", "HeldEmbedder", "dedup", "dedup_in", "embed", "embed_in", "held_embed_config", "record_dedup"]
 
 
 def dedup(
@@ -56,9 +56,20 @@ def dedup_in(store: DocStore, *, config: DedupConfig, run: Run) -> Dedup:
     (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
 
     result = run.backend.dedup(store, config=config, reporter=reporter)
+    found = record_dedup(store, config=config, result=result)
+    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
+    return found
+
+
+def record_dedup(store: DocStore, *, config: DedupConfig, result: Any) -> Dedup:
+    """Store ``result`` (a ``stages.dedup.DedupResult``) as ``store``'s dedup under ``config``: what
+    :func:`dedup` then returns. A recipe records the drops it decided across sources this way."""
+    from packprep.stages.shingles import NORMALIZATION
+
+    key = stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
+    (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
     manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
     save_dedup(store.path, result, manifest)
-    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
     return load_dedup(store.path, manifest)
 
 
@@ -139,7 +150,7 @@ def _report_distilling(reporter: Reporter) -> None:
     from packprep.stages.static_embed import is_distilled
 
     if not is_distilled(model_fingerprint(packaged_model_dir())):
-        reporter.info("embed: distilling the static model from MiniLM (first use only, about a minute)")
+        reporter.info("embed: distilling the static model from MiniLM (first use only, about two minutes)")
 
 
 def _fit_static(

@@ -23,7 +23,20 @@ import numpy as np
 from packprep.stages.shingles import shingle_hashes, splitmix64, word_hashes
 
 REASON_KEPT, REASON_EXACT, REASON_NEAR, REASON_SEMANTIC = 0, 1, 2, 3
-REASON_NAMES = {REASON_KEPT: "kept", REASON_EXACT: "exact", REASON_NEAR: "near", REASON_SEMANTIC: "semantic"}
+REASON_DECONTAMINATED = 4  # a recipe's train document sharing an n-gram with a benchmark or val text (pipeline.recipe)
+REASON_NAMES = {
+    REASON_KEPT: "kept", REASON_EXACT: "exact", REASON_NEAR: "near", REASON_SEMANTIC: "semantic",
+    REASON_DECONTAMINATED: "decontaminated",
+}
+# Counted in every manifest even at 0; "decontaminated" only where it happened, so the outputs of
+# a plain `pack` (no recipe) keep the bytes they had before recipes existed.
+ALWAYS_COUNTED = frozenset({REASON_KEPT, REASON_EXACT, REASON_NEAR, REASON_SEMANTIC})
+
+
+def reason_counts(reason: np.ndarray) -> dict[str, int]:
+    """Documents per reason name (uint8 [N] REASON_* codes): every ALWAYS_COUNTED reason, the others when present."""
+    counts = np.bincount(reason, minlength=len(REASON_NAMES))
+    return {name: int(counts[code]) for code, name in REASON_NAMES.items() if code in ALWAYS_COUNTED or counts[code]}
 DEFAULT_SHINGLE, DEFAULT_NUM_PERM = 3, 128  # config.DedupConfig's defaults (docs/semantic.md says why)
 
 EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)  # the signature of a document with no shingles: never a candidate
@@ -97,8 +110,7 @@ class DedupResult:
     dup_of: np.ndarray  # int64 [N], the kept document a dropped one duplicates; -1 if kept
 
     def counts(self) -> dict[str, int]:
-        counts = np.bincount(self.reason, minlength=len(REASON_NAMES))
-        return {name: int(counts[code]) for code, name in REASON_NAMES.items()}
+        return reason_counts(self.reason)
 
     @classmethod
     def all_kept(cls, n: int) -> DedupResult:

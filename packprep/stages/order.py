@@ -25,7 +25,7 @@ from packprep.errors import PackprepError
 Progress = Callable[[int], None] | None
 
 _BATCH = 8192  # query rows per faiss search: bounds the [batch, k] result buffers
-_TARGET_RECALL = 0.95  # recall@k the approximate index is tuned to reach on a sample
+_TARGET_RECALL = 0.95  # recall@k the approximate search is tuned to reach on a sample
 _CALIBRATION_QUERIES = 1000
 _MAX_SCANNED = 10_000  # vectors one approximate query may scan (nprobe x list size)
 
@@ -82,7 +82,10 @@ def knn_graph(
     ``embeddings_subset``: float [M, D], L2-normalised. Returns ``neighbours`` int64
     [M, k] (row positions, self excluded, best first, -1 where fewer than k exist) and
     ``similarities`` float32 [M, k] (-inf where the neighbour is -1). Exact search for
-    ``M <= exact_max``, else IVF-Flat with nprobe raised until recall@k on a sample reaches 0.95 or a query would scan 10,000 vectors.
+    ``M <= exact_max``, else IVF-Flat's neighbours (k-means lists, each row compared with the
+    rows of its ``nprobe`` nearest lists) with the smallest nprobe whose recall@k on a sample
+    reaches 0.95, or the largest for which a query scans at most 10,000 vectors; then two
+    rounds of neighbours' neighbours. The same result for any thread count.
     ``progress`` is advanced by the number of rows searched.
     """
     if k < 1:
@@ -93,7 +96,9 @@ def knn_graph(
     similarities = np.full((m, k), -np.inf, dtype=np.float32)
     if m == 0:
         return neighbours, similarities
-    search = _exact_search(x) if m <= exact_max else _approximate_index(x, k=k, seed=seed).search
+    if m > exact_max:
+        return _approximate_knn(x, k=k, seed=seed, progress=progress)
+    search = _exact_search(x)
     for start in range(0, m, _BATCH):
         stop = min(start + _BATCH, m)
         rows = np.arange(start, stop)
@@ -143,8 +148,8 @@ def icp_order(
     _check_rows(embeddings, idx)
     x = _rows(embeddings, idx)  # float32: knn_graph searches it and the local search reads it, one copy
     neighbours, similarities = knn_graph(x, k=k, exact_max=exact_max, seed=seed, progress=progress)
-    # Kicks cost ~0.3 ms each at 1M documents for +0.001 of the bound there, while the
-    # approximate kNN search already takes ~570 of the 600 s budget: only below exact_max.
+    # Kicks cost ~0.3 ms each at 1M documents for +0.001 of the bound there (50,000 took
+    # 47 s of CPU, docs/semantic.md): not worth a 600 s budget, so only below exact_max.
     max_kicks = 50_000 if len(idx) <= exact_max else 0
     walk = icp_walk(neighbours, similarities, seed=seed)
     return idx[improve_path(walk, x, neighbours, similarities, seed=seed, max_kicks=max_kicks)]
@@ -212,50 +217,27 @@ def _exact_search(x: np.ndarray) -> Callable[[np.ndarray, int], tuple[np.ndarray
     return lambda queries, n: faiss.knn(queries, x, n, metric=faiss.METRIC_INNER_PRODUCT)
 
 
-def _approximate_index(x: np.ndarray, *, k: int, seed: int):
-    """IVF-Flat over ``x``, ``nprobe`` raised until recall@k on a sample reaches 0.95 (or the scan cap).
+def _approximate_knn(x: np.ndarray, *, k: int, seed: int, progress: Progress):
+    """The kNN graph of ``x`` by IVF-Flat's rule, nprobe calibrated to recall@k 0.95 on a sample
+    (or the scan cap), searched list by list as matrix products (:mod:`packprep.stages.knn_lists`).
 
-    Why IVF-Flat rather than HNSW: it builds with one k-means on a sample plus one
-    assignment pass, where HNSW insertion is slow on few cores; it is deterministic for
-    a seed whereas a multi-threaded HNSW build is not; it stores nothing but the vectors;
-    and its recall is tuned after the build with ``nprobe``, which we calibrate against
-    exact search instead of guessing. No PQ (the paper's pipeline used IVF+PQ256): we
-    hold the float vectors anyway, and PQ costs recall.
+    Why IVF-Flat's rule rather than HNSW: it builds with one k-means on a sample plus one
+    assignment pass, where HNSW insertion is slow on few cores; it is deterministic for a
+    seed whereas a multi-threaded HNSW build is not; it stores nothing but the vectors; and
+    its recall is tuned after the build with ``nprobe``, which we calibrate against exact
+    search instead of guessing. No PQ (the paper's pipeline used IVF+PQ256): we hold the
+    float vectors anyway, and PQ costs recall. Why not faiss's IVF search itself: at 1M x 384
+    it streamed 8,000 vectors from memory per query, 567-673 s of a 717 s ordering, for
+    recall@10 0.89 (the scan cap). One sgemm per list reads a list once for all the queries
+    that probe it: 393 s of CPU in all (so at most that long even on one core) for recall 0.963
+    with the refinement rounds (``benchmarks/bench_icp.py``, README "Performance").
     """
-    import faiss
+    from packprep.stages.knn_lists import list_search, plan_lists, refine
 
-    m, d = x.shape
-    nlist = max(1, min(round(4 * np.sqrt(m)), m // 39))  # faiss wants >= 39 training points per list
-    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    ivf = faiss.extract_index_ivf(index)
-    ivf.cp.seed = _faiss_seed(seed)
-    # k-means is the build's cost (points x lists x dim x iterations): faiss's minimum of 39
-    # points per list and 10 iterations keep it to seconds at 1M x 384; more of either
-    # bought no recall on our benchmark, while 64 points x 25 iterations took many minutes.
-    ivf.cp.niter = 10
-    rng = np.random.default_rng(seed)
-    index.train(x[np.sort(rng.choice(m, size=min(m, 39 * nlist), replace=False))])
-    index.add(x)
-    rows = np.sort(rng.choice(m, size=min(m, _CALIBRATION_QUERIES), replace=False))
-    truth = _search(_exact_search(x), x[rows], rows, k)[0]
-    # Raise nprobe until the sample's recall@k reaches the target, or until a query would
-    # scan more than _MAX_SCANNED vectors: past that the search is no longer cheap, and
-    # the walk only needs close neighbours, not the exact ones (bench_icp.py prints both
-    # recall and how close the found neighbours are to the true ones).
-    ivf.nprobe = 1
-    while (
-        ivf.nprobe < nlist
-        and 2 * ivf.nprobe * m / nlist <= _MAX_SCANNED
-        and _recall(_search(index.search, x[rows], rows, k)[0], truth) < _TARGET_RECALL
-    ):
-        ivf.nprobe = min(2 * ivf.nprobe, nlist)
-    return index
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    """Fraction of true neighbours (-1s ignored) that ``found`` contains, row by row."""
-    hits = sum(len(np.intersect1d(f, t[t >= 0])) for f, t in zip(found, truth, strict=True))
-    return hits / max(1, int((truth >= 0).sum()))
+    plan = plan_lists(
+        x, k=k, seed=seed, target_recall=_TARGET_RECALL, max_scanned=_MAX_SCANNED, sample=_CALIBRATION_QUERIES
+    )
+    return refine(x, *list_search(x, plan, k=k, progress=progress))
 
 
 def _search(search: Callable, queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,33 +1,50 @@
-"""Static embedder: one vector per WordPiece token, distilled offline from MiniLM, cached.
+"""Static embedder: one vector per WordPiece token, distilled offline from MiniLM by model2vec, cached.
 
 A document's embedding is the L2-normalised sum of the vectors of its tokens, so
 embedding costs one tokenizer pass and one sparse matrix product: no transformer at
-run time. The vectors are distilled the way model2vec does it (Tulkens & van Dongen,
-2024), written here in numpy + torch rather than adding model2vec and its
-dependencies for ~100 lines. Measured head to head with the same corpus fit on top
-(benchmarks/bench_model2vec.py, held-out icp same-topic share): ours is ahead by
-0.015-0.030 before the fit but level or behind after it (-0.001 to -0.018 on
-examples/corpus and a docstring corpus), so it does not win; we have not switched
-because model2vec's ``distill`` needs skeletoken, whose extra downgrades transformers.
+run time. The vectors are model2vec's (Tulkens & van Dongen, 2024): :func:`distill` runs
+model2vec's own steps (its vocabulary cleaning, ``create_embeddings``, ``compute_weights``,
+``apply_pca``) and over the whole vocabulary gives exactly the vectors of
+``model2vec.distill.distill(source, pca_dims=256, quantize_to="float32")`` (largest
+absolute difference 0, benchmarks/bench_model2vec.py). Until issue 18 we distilled with
+our own copy of these steps, with Zipf ranks restarted at ``!`` and ``the``. Head to head
+with the same corpus fit on top (held-out icp same-topic share on examples/corpus and a
+docstring corpus, fit on 1,000 documents) it did not win: model2vec's was ahead by 0.001
+to 0.017 in a first run, and by +0.005 and -0.002 over 5 seeds in the last (less than a
+seed's spread, 0.01-0.015), so model2vec's is used and ours is kept only as the
+benchmark's baseline.
 
-1. every vocabulary token ``t`` goes through the source model alone, as ``[CLS] t [SEP]``,
-   and the mean of the three output states (the model's own mean pooling) is its vector;
+1. every token model2vec keeps (the vocabulary less [CLS], [SEP], [MASK] and the [unused]
+   slots: 29,525 of MiniLM's 30,522) goes through the source model as ``[CLS] t [SEP]``,
+   and the mean of the output states (the model's own mean pooling) is its vector;
 2. PCA (centred) to ``pca_dims`` dimensions, which removes the direction all tokens share;
-3. SIF weighting under Zipf's law: ``a / (a + p)`` with ``p ∝ 1 / rank``, the rank read off
-   the vocabulary's order (:func:`vocabulary_ranks`), so frequent tokens count less.
+3. SIF weighting under Zipf's law: ``a / (a + p)`` with ``p ∝ 1 / rank``, the rank being the
+   token's position in that vocabulary plus 2 (:func:`model2vec_vocabulary`), so frequent
+   tokens count less.
+
+Rows are then re-indexed by token string to the source tokenizer's ids. Special tokens
+([PAD], [UNK], [CLS], [SEP], [MASK]) and the [unused] slots are zero rows: a text never
+contains them (no special tokens are added), and [UNK] carries no meaning (model2vec
+drops it too). The empty-text vector is what MiniLM embeds an empty text to, the mean
+state of ``[CLS] [SEP]``, through the same PCA, unit norm; it stands for every text
+without a known token.
 
 A text's token counts enter as square roots (sublinear term frequency), so a word
 repeated through a document does not drown the rest. The result is cached under ``cache_root()/static-<fingerprint[:16]>/``::
 
-    static.json      recipe, source fingerprint, dim, vocab size, distill seconds (written last)
+    static.json      recipe, distiller (model2vec version), source fingerprint, dim, vocab size, distill seconds (written last)
     vectors.npy      float32 [V, D]  one row per token id; special tokens are zero rows
-    empty.npy        float32 [D]     the vector of a text with no tokens ([CLS] [SEP] alone)
+    empty.npy        float32 [D]     the vector of a text with no known token
     tokenizer.json   the source model's tokenizer
 
-The fingerprint depends only on the recipe and the source model's fingerprint, so it
-is known before distilling and stays the same across machines.
+The fingerprint depends only on the recipe, the installed model2vec's version and the
+source model's fingerprint, so it is known before distilling and stays the same across
+machines; caches of another recipe or model2vec version are left alone, not reused.
+model2vec and skeletoken (which its ``distill`` needs) are in the ``semantic`` extra;
+``model2vec[distill]`` is not, since it pins transformers below 5.4.
 
-Distilled vectors alone reach about 0.74 of MiniLM's icp same-topic rate. Fitting them
+Distilled vectors alone reach about 0.8-0.9 of MiniLM's icp same-topic rate on held-out
+documents (0.554 / 0.685 on examples/corpus, 0.640 / 0.721 on docstrings). Fitting them
 to the corpus (model2vec's "tokenlearn" idea, :func:`fit_static_model`) closes most of
 the gap: MiniLM embeds a seeded sample of the corpus's documents, then
 
@@ -38,8 +55,10 @@ the gap: MiniLM embeds a seeded sample of the corpus's documents, then
    ``min ||X W - Y||^2 + token_ridge ||W - V A||^2``, solved exactly in its dual
    (an n x n system for n sampled documents), so no iterative solver and no seed.
 
-Held out from the fit on examples/corpus this gives 0.88 / 0.89 / 0.98 of MiniLM's rate
-for 500 / 1,000 / 2,000 sampled documents (benchmarks/bench_embedders.py). The fitted
+Held out from the fit on examples/corpus this gave 0.88 / 0.89 / 0.98 of MiniLM's rate
+for 500 / 1,000 / 2,000 sampled documents (benchmarks/bench_embedders.py, measured on the
+previous distillation, which the fit brings level with model2vec's: 0.97 and 1.01 of
+MiniLM's at 1,000 in bench_model2vec.py's last run). The fitted
 model depends on the corpus, so it is not cached: its document vectors are, by the
 embed stage, under a key that includes :data:`FIT` (:func:`fitted_fingerprint`).
 """
@@ -64,7 +83,11 @@ from packprep.errors import PackprepError
 from packprep.stages.strategies import DEFAULT_ICP_SEMANTIC_THRESHOLD
 
 STATIC_MODEL = "static"
-RECIPE = {"version": 2, "pooling": "mean", "pca_dims": 256, "sif_coefficient": 1e-4, "ranks": "bert-vocabulary"}
+# model2vec's distill with its defaults but float32 (see distill); "empty": what the empty-text vector is.
+RECIPE = {
+    "version": 3, "distiller": "model2vec", "pooling": "mean", "pca_dims": 256, "sif_coefficient": 1e-4,
+    "token_remove_pattern": r"\[unused\d+\]", "empty": "[CLS] [SEP] through the PCA",
+}
 _META = "static.json"
 # sample: documents MiniLM embeds for the fit; the ridges were chosen on held-out documents
 # of examples/corpus (map_ridge 0.001 overfits 250 documents; 10 underfits 2,000).
@@ -95,9 +118,24 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "packprep"
 
 
-def static_fingerprint(source_fingerprint: str, recipe: dict[str, Any] = RECIPE) -> str:
-    """sha256 hex over the distillation recipe and the source model's fingerprint."""
-    return hashlib.sha256(json.dumps({"recipe": recipe, "source": source_fingerprint}, sort_keys=True).encode()).hexdigest()
+def static_fingerprint(source_fingerprint: str, recipe: dict[str, Any] = RECIPE, *, distiller: str | None = None) -> str:
+    """sha256 hex over the distillation recipe, the distiller's version and the source model's fingerprint.
+
+    ``distiller`` defaults to the installed model2vec's version (:func:`distiller_version`):
+    another model2vec may distil differently, so its vectors get a folder of their own.
+    """
+    key = {"recipe": recipe, "distiller": distiller or distiller_version(), "source": source_fingerprint}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def distiller_version() -> str:
+    """``"model2vec <version>"`` of the installed model2vec."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"model2vec {version('model2vec')}"
+    except PackageNotFoundError:
+        raise PackprepError("--embedder static needs model2vec: pip install 'packprep[semantic]'") from None
 
 
 def static_cache_folder(source_fingerprint: str, *, cache_dir: Path | None = None) -> Path:
@@ -112,7 +150,7 @@ def is_distilled(source_fingerprint: str, *, cache_dir: Path | None = None) -> b
 def load_static_model(source: Path, source_fingerprint: str, *, cache_dir: Path | None = None) -> tuple[StaticModel, str]:
     """The static model distilled from the model folder ``source``, and its fingerprint.
 
-    Distils on first use (about a minute for a 30k vocabulary on two cores) and reuses
+    Distils on first use (about two minutes for a 30k vocabulary on two cores) and reuses
     ``cache_dir`` (default :func:`cache_root`) afterwards.
     """
     fingerprint = static_fingerprint(source_fingerprint)
@@ -121,7 +159,7 @@ def load_static_model(source: Path, source_fingerprint: str, *, cache_dir: Path 
         start = time.perf_counter()
         vectors, empty = distill(source)
         _save(folder, vectors, empty, source / "tokenizer.json",
-              {"fingerprint": fingerprint, "source": source_fingerprint, "recipe": RECIPE,
+              {"fingerprint": fingerprint, "source": source_fingerprint, "recipe": RECIPE, "distiller": distiller_version(),
                "distill_seconds": round(time.perf_counter() - start, 1)})
     meta = json.loads((folder / _META).read_text())
     if meta.get("fingerprint") != fingerprint:
@@ -133,95 +171,104 @@ def load_static_model(source: Path, source_fingerprint: str, *, cache_dir: Path 
     return model, fingerprint
 
 
-def distill(source: Path, *, token_ids: np.ndarray | None = None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [V, D] token vectors, float32 [D] empty-text vector) distilled from ``source``.
+def distill(source: Path, *, token_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [V, D] token vectors, float32 [D] empty-text vector) distilled from ``source`` by model2vec's steps.
 
-    ``token_ids`` (int [M]) restricts the distillation to those tokens (rows of the
-    others stay zero), e.g. the tokens a small test corpus uses; PCA then fits on them only.
+    ``V`` is the size of ``source``'s tokenizer; rows are its token ids. Special tokens
+    and the ones model2vec leaves out (``[unused]``, ``[MASK]``) are zero rows.
+
+    ``token_ids`` (int [M]) restricts the forward passes and the PCA to those tokens (the
+    others stay zero rows), e.g. the tokens a small test corpus uses; their SIF weights
+    are still their ranks in the whole vocabulary. It is an approximation for tests: the
+    PCA is fitted on the subset, and with no more tokens than ``pca_dims`` model2vec skips
+    it (D is then the source's width). Without ``token_ids`` the vectors are model2vec's
+    ``distill(source, pca_dims=256, quantize_to="float32")`` re-indexed by token string
+    (benchmarks/bench_model2vec.py checks this).
     """
-    import torch
+    import contextlib
+    import io
+
+    from model2vec.distill.inference import apply_pca, compute_weights, create_embeddings
+    from model2vec.distill.utils import select_optimal_device
+    from model2vec.tokenizer import turn_tokens_into_ids
+    from skeletoken.external.transformers import reshape_embeddings
     from transformers import AutoModel
 
     from packprep.stages.model_files import force_offline
 
     force_offline()
-    tokenizer = _plain_tokenizer(source / "tokenizer.json")
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    special = np.fromiter((i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special), dtype=np.int64)
-    vocab_size = tokenizer.get_vocab_size()
-    ids = np.arange(vocab_size) if token_ids is None else np.unique(np.asarray(token_ids, dtype=np.int64))
-    ids = ids[~np.isin(ids, special)]
+    ours = _plain_tokenizer(source / "tokenizer.json")
+    pruned, vocabulary = model2vec_vocabulary(source / "tokenizer.json")
+    position = {token: i for i, token in enumerate(vocabulary)}
+    if token_ids is None:
+        rows = np.arange(len(vocabulary))
+    else:
+        tokens = (ours.id_to_token(int(i)) for i in np.unique(np.asarray(token_ids, dtype=np.int64)))
+        rows = np.array(sorted({position[t] for t in tokens if t in position}), dtype=np.int64)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # stages never print; transformers draws a "Loading weights" bar
     try:
-        encoder = AutoModel.from_pretrained(str(source), local_files_only=True).eval()
+        encoder = AutoModel.from_pretrained(str(source), local_files_only=True)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    with torch.inference_mode():
-        states = mean_pooled_states(encoder, ids, cls_id=cls_id, sep_id=sep_id, batch_size=batch_size)
-        empty_state = mean_pooled_states(encoder, np.empty(0, np.int64), cls_id=cls_id, sep_id=sep_id)[0]
-    dims = min(int(RECIPE["pca_dims"]), *states.shape)
-    mean, components = pca(states, dims)
-    vectors = np.zeros((vocab_size, dims), dtype=np.float32)
-    ranks = vocabulary_ranks(ids, first_char_id=tokenizer.token_to_id("!") or 0, first_word_id=tokenizer.token_to_id("the") or 0)
-    vectors[ids] = (states - mean) @ components * zipf_sif_weights(ranks, vocab_size, RECIPE["sif_coefficient"])[:, None]
-    empty = (empty_state - mean) @ components
+    # model2vec's tokenizer drops [MASK] and renumbers the ids after it; the model's
+    # embedding matrix is renumbered to match, as model2vec's distill_from_model does.
+    encoder = reshape_embeddings(encoder, pruned)
+    sequences = turn_tokens_into_ids([vocabulary[i] for i in rows], pruned)
+    embed = lambda seqs: create_embeddings(  # noqa: E731
+        model=encoder, tokenized=seqs, device=select_optimal_device(None), pad_token_id=pruned.pad_token_id or 0, pooling="mean"
+    )
+    # create_embeddings draws a tqdm bar and apply_pca logs to stderr: stages never print.
+    with contextlib.redirect_stderr(io.StringIO()):
+        states = embed(sequences)
+        empty_state = embed([[*(pruned.bos_ids or []), *(pruned.eos_ids or [])]])[0]
+        projected = apply_pca(states, RECIPE["pca_dims"])
+    weights = compute_weights(len(vocabulary), sif_coefficient=RECIPE["sif_coefficient"])[rows]
+    vectors = np.zeros((ours.get_vocab_size(), projected.shape[1]), dtype=np.float32)
+    vectors[[ours.token_to_id(vocabulary[i]) for i in rows]] = (projected * weights[:, None]).astype(np.float32)
+    special = [i for i, t in ours.get_added_tokens_decoder().items() if t.special]
+    vectors[special] = 0.0  # token_bag never yields [CLS]/[SEP]/[PAD]; [UNK] carries no meaning (model2vec drops it too)
+    empty = _same_affine_map(states, projected, empty_state)
     return vectors, (empty / np.linalg.norm(empty)).astype(np.float32)
 
 
-def mean_pooled_states(encoder: Any, token_ids: np.ndarray, *, cls_id: int, sep_id: int, batch_size: int = 1024) -> np.ndarray:
-    """float32 [M, H]: the mean of ``encoder``'s last hidden states over ``[CLS] t [SEP]``, per token t.
+def model2vec_vocabulary(tokenizer_json: Path) -> tuple[Any, list[str]]:
+    """(skeletoken.TokenizerModel, list[str] of T tokens): what model2vec's ``distill`` works from.
 
-    An empty ``token_ids`` gives one row: the states of ``[CLS] [SEP]`` (what an empty text embeds to).
+    The first is the tokenizer with the added tokens it has no use for pruned ([MASK] for
+    MiniLM; the ids after it move down one). The second lists the tokens model2vec
+    distils, in its order: that tokenizer's vocabulary by id, less the added tokens other
+    than padding and unknown ([CLS], [SEP]) and less ``RECIPE["token_remove_pattern"]``
+    (MiniLM: [PAD] [UNK] ! " # ... ``the`` at 999 ..., 29,525 tokens). Position ``i`` is the
+    token's Zipf rank ``i + 2`` in model2vec's SIF weights (``compute_weights``).
     """
-    import torch
+    import re
 
-    ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64))
-    if len(ids) == 0:
-        batch = torch.tensor([[cls_id, sep_id]])
-        return encoder(input_ids=batch, attention_mask=torch.ones_like(batch)).last_hidden_state.mean(1).numpy()
-    out = []
-    for start in range(0, len(ids), batch_size):
-        part = ids[start : start + batch_size, None]
-        batch = torch.cat([torch.full_like(part, cls_id), part, torch.full_like(part, sep_id)], dim=1)
-        out.append(encoder(input_ids=batch, attention_mask=torch.ones_like(batch)).last_hidden_state.mean(1))
-    return torch.cat(out).numpy().astype(np.float32)
+    from model2vec.tokenizer import clean_and_create_vocabulary
+    from skeletoken import TokenizerModel
+    from tokenizers import Tokenizer
+
+    pruned = TokenizerModel.from_tokenizer(Tokenizer.from_file(str(tokenizer_json))).prune_added_tokens()
+    cleaned = clean_and_create_vocabulary(pruned.deep_copy(), [], token_remove_regex=re.compile(RECIPE["token_remove_pattern"]))
+    return pruned, cleaned.sorted_vocabulary
 
 
-def pca(x: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float64 [H] mean, float64 [H, dims] components) of the rows of ``x`` (float [M, H]).
+def _same_affine_map(x: np.ndarray, y: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """float64 [D]: ``row`` (float [H]) through the affine map that takes the rows of ``x`` (float [M, H]) to ``y`` (float [M, D]).
 
-    Components are the top eigenvectors of the covariance, largest first, each signed
-    so its largest-magnitude entry is positive (the same result on every run).
+    model2vec's ``apply_pca`` returns the projected rows, not the projection. When it
+    skipped the PCA (``y`` is ``x``) the map is the identity; otherwise it is centring then
+    a linear map, which least squares on ``[x, 1]`` recovers exactly whenever the rows of
+    ``x`` span the input space (a full vocabulary; not a subset of fewer than H tokens).
     """
-    x = np.asarray(x, dtype=np.float64)
-    mean = x.mean(axis=0)
-    centred = x - mean
-    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
-    components = eigenvectors[:, np.argsort(-eigenvalues)[:dims]]
-    signs = np.sign(components[np.abs(components).argmax(axis=0), np.arange(dims)])
-    return mean, components * signs
-
-
-def vocabulary_ranks(token_ids: np.ndarray, *, first_char_id: int, first_word_id: int) -> np.ndarray:
-    """float64 [M]: estimated frequency rank (from 2) of each token id.
-
-    BERT's WordPiece vocabulary lists [unused] slots, then single characters from ``!``
-    (id 999), then word pieces roughly by frequency from ``the`` (id 1996). Ranking each
-    run from its own start, rather than by raw id as model2vec does, makes ``the`` the
-    most frequent token instead of the 1,996th (+0.04 same-topic share on examples/corpus).
-    """
-    ids = np.asarray(token_ids, dtype=np.float64)
-    return np.where(ids >= first_word_id, ids - first_word_id, np.maximum(ids - first_char_id, 0)) + 2.0
-
-
-def zipf_sif_weights(ranks: np.ndarray, vocab_size: int, coefficient: float) -> np.ndarray:
-    """float64 [M]: SIF weight ``a / (a + p)`` per token, ``p ∝ 1 / rank`` (Zipf's law) over ``vocab_size`` ranks."""
-    probability = (1.0 / np.asarray(ranks, dtype=np.float64)) / (1.0 / np.arange(2, vocab_size + 2, dtype=np.float64)).sum()
-    return coefficient / (coefficient + probability)
+    if y.shape == x.shape and np.array_equal(x, y):
+        return np.asarray(row, np.float64)
+    design = np.hstack([np.asarray(x, np.float64), np.ones((len(x), 1))])
+    coefficients = np.linalg.lstsq(design, np.asarray(y, np.float64), rcond=None)[0]
+    return np.append(np.asarray(row, np.float64), 1.0) @ coefficients
 
 
 def token_bag(model: StaticModel, texts: Sequence[str]) -> Any:
