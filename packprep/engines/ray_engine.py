@@ -57,8 +57,9 @@ class RayEngine:
 
     def tokenize(
         self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
-        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter, workers: int | None = None,
     ) -> tuple[DocStore, ReadSummary]:
+        # ``workers`` is the local engine's: Ray places its tasks on the cluster's cores.
         from packprep.corpus import corpus_fingerprint, corpus_root, list_corpus_files, source_parts
         from packprep.tokenizers import smallest_token_dtype
 

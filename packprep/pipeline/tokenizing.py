@@ -72,7 +72,8 @@ def _tokenize(corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool,
         return store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts)
 
     store, read = run.backend.tokenize(
-        corpus, work, config=config, tokenizer=tokenizer, fingerprint=fingerprint, manifest=manifest, reporter=reporter
+        corpus, work, config=config, tokenizer=tokenizer, fingerprint=fingerprint, manifest=manifest, reporter=reporter,
+        workers=run.workers,
     )
     report_read(reporter, config, read.counts, with_id=read.with_id, first_errors=read.first_errors)
     return store

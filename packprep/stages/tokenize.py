@@ -8,7 +8,7 @@ batches, tokens and hashes on every engine.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,26 +24,40 @@ def tokenize_into(
 ) -> int:
     """Tokenize ``(id, text)`` pairs batch by batch into ``writer``; return how many were empty.
 
-    Empty documents (no text, only whitespace, or no tokens) are dropped and counted; every
-    kept one is stored with the hash of its normalised text, which exact dedup uses later.
-    ``writer``: anything with ``DocStoreWriter.append``'s signature. Both engines call this.
+    ``writer``: anything with ``DocStoreWriter.append``'s signature. Every engine's batches
+    go through :func:`tokenize_batch`, so the store is the same whoever ran it.
     """
     dropped_empty = 0
-    for batch in _batches(documents):
-        # A whitespace-only text tokenizes to a few space tokens: a document with nothing to learn from.
-        batch_kept = [(doc_id, text) for doc_id, text in batch if text and not text.isspace()]
-        flat, lengths = tokenizer.encode_batch([text for _, text in batch_kept])
-        keep = lengths > 0
-        dropped_empty += len(batch) - int(keep.sum())
-        kept = list(itertools.compress(batch_kept, keep))
-        hashes = np.array([normalized_text_hash(text) for _, text in kept], dtype=np.uint64)
-        writer.append(flat, lengths[keep], [doc_id for doc_id, _ in kept], hashes)
+    for batch in batches(documents):
+        flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch)
+        dropped_empty += dropped
+        writer.append(flat, lengths, ids, hashes)
         if progress is not None:
             progress(len(batch), tokens=len(flat))
     return dropped_empty
 
 
-def _batches(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+def tokenize_batch(
+    batch: list[tuple[str, str]], encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int]:
+    """One batch of ``(id, text)`` as the store keeps it: ``(tokens, lengths, ids, text_hash, dropped)``.
+
+    ``encode``: a tokenizer's ``encode_batch`` (flat uint32 ids, int64 lengths). Empty documents
+    (no text, only whitespace, or no tokens) are dropped and counted in ``dropped``; the kept
+    ones give flat uint32 ``tokens`` [T], int64 ``lengths`` [K], ``ids`` [K] and the uint64
+    ``text_hash`` [K] of their normalised text, which exact dedup uses later.
+    """
+    # A whitespace-only text tokenizes to a few space tokens: a document with nothing to learn from.
+    kept = [(doc_id, text) for doc_id, text in batch if text and not text.isspace()]
+    flat, lengths = encode([text for _, text in kept])
+    keep = lengths > 0
+    kept = list(itertools.compress(kept, keep))
+    hashes = np.fromiter((normalized_text_hash(text) for _, text in kept), dtype=np.uint64, count=len(kept))
+    return flat, lengths[keep], [doc_id for doc_id, _ in kept], hashes, len(batch) - len(kept)
+
+
+def batches(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    """``documents`` in lists of at most _BATCH_DOCS documents or about _BATCH_CHARS characters."""
     batch: list[tuple[str, str]] = []
     chars = 0
     for doc in documents:

@@ -159,7 +159,7 @@ class DocStoreWriter:
         """Add a batch: flat ``tokens`` with int64 ``lengths`` [B], ``ids`` [B], uint64 ``text_hash`` [B]."""
         if len(tokens) and int(tokens.max()) > np.iinfo(self.dtype).max:
             raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
-        self._tokens.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
         self._ids.extend(ids)
         self._lengths.append(np.asarray(lengths, dtype=np.int64))
         self._hashes.append(np.asarray(text_hash, dtype=np.uint64))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from packprep.tokenizers.base import flatten
+from packprep.tokenizers.text_cuts import PIECE_CHARS, encode_in_pieces
 from packprep.tokenizers.tiktoken_backend import TiktokenTokenizer
 
 # Below this many characters a batch is encoded in-process: sending text to a worker
@@ -54,9 +55,13 @@ class BpeOpenAICl100k(TiktokenTokenizer):
         return fast
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        texts = list(texts)
+        # A huge text goes in pieces cut where cl100k's regex cuts anyway (text_cuts), a
+        # group of pieces at a time over all processes: same ids, memory bounded by a group.
+        return encode_in_pieces(list(texts), self._encode_spread, group_chars=self._processes * 4 * PIECE_CHARS)
+
+    def _encode_spread(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self._processes == 1 or not sys.executable or sum(map(len, texts)) < _PARALLEL_MIN_CHARS:
-            return _bpe_openai_encode(texts)
+            return encode_in_process(texts)
         if not self._workers:
             self._workers = [_EncoderProcess() for _ in range(self._processes - 1)]
         parts = _split_by_chars(texts, self._processes)
@@ -67,7 +72,7 @@ class BpeOpenAICl100k(TiktokenTokenizer):
         try:
             for worker, i in zip(self._workers, remote):
                 worker.send(parts[i])
-            encoded[local] = _bpe_openai_encode(parts[local])
+            encoded[local] = encode_in_process(parts[local])
             for worker, i in zip(self._workers, remote):
                 encoded[i] = worker.receive()
         except BaseException:  # a reply left unread would answer the next batch: start afresh
@@ -134,7 +139,7 @@ def _serve_encoder() -> None:
             texts = pickle.load(requests)
         except EOFError:
             return
-        pickle.dump(_bpe_openai_encode(texts), replies, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(encode_in_process(texts), replies, protocol=pickle.HIGHEST_PROTOCOL)
         replies.flush()
 
 
@@ -171,8 +176,16 @@ def _bpe_openai_bindings() -> Any:
     raise ImportError("No module named 'bpe_openai'")
 
 
-def _bpe_openai_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """encode_ordinary of each text (flat uint32 [T], int64 lengths [N]); runs in workers too."""
+def encode_in_process(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """encode_ordinary of each text (flat uint32 [T], int64 lengths [N]); runs in workers too.
+
+    A text over ``text_cuts.PIECE_CHARS`` is encoded in pieces cut where cl100k's regex
+    cuts anyway: same ids, without a list of Python ints as long as the document.
+    """
+    return encode_in_pieces(texts, _encode_whole)
+
+
+def _encode_whole(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     tokenizer = bpe_openai_cl100k()
     lists = []
     for text in texts:

@@ -68,7 +68,15 @@ class TiktokenTokenizer:
         return cls(encoding, name=name, pattern=pattern, threads=threads, eos=specials["eos"], bos=specials["bos"])
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        return flatten(self._encoding.encode_ordinary_batch(list(texts), num_threads=self._threads))
+        if self._pattern != CL100K_PATTERN:  # text_cuts knows where cl100k's regex cuts, not other patterns
+            return self._encode_lists(list(texts))
+        from packprep.tokenizers.text_cuts import PIECE_CHARS, encode_in_pieces
+
+        # A huge text in pieces: whole, tiktoken returns one list of Python ints (~40 bytes a token).
+        return encode_in_pieces(list(texts), self._encode_lists, group_chars=self._threads * PIECE_CHARS)
+
+    def _encode_lists(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return flatten(self._encoding.encode_ordinary_batch(texts, num_threads=self._threads))
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self._encoding.decode(as_int_list(ids))

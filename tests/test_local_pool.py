@@ -1,0 +1,121 @@
+"""The local engine's worker pool (engines.local_tokenize) writes the store this process writes, byte for byte."""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from packprep.config import TokenizeConfig
+from packprep.corpus import byte_ranges
+from packprep.engines import local, local_tokenize
+from packprep.errors import PackprepError
+from packprep.pipeline import tokenize
+from tests.conftest import make_documents, write_jsonl
+
+STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", "store.json")
+RANGE_BYTES = 8 << 10  # the big file (about 40 KB) becomes 5 or 6 parts
+
+
+@pytest.fixture
+def pooled(monkeypatch):
+    """Any corpus goes through the pool, its .jsonl files in byte ranges of RANGE_BYTES."""
+    monkeypatch.setattr(local, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(local_tokenize, "RANGE_BYTES", RANGE_BYTES)
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A big .jsonl (BOM, blank lines, records without ids, an empty and a whitespace text, no final
+    newline), a gzipped one, a folder of .txt: byte ranges and whole sources in one run."""
+    docs = make_documents(300, seed=13)
+    for i in range(0, 300, 7):
+        del docs[i]["id"]  # these get the id "big.jsonl:<line>"
+    docs[150]["text"], docs[151]["text"] = "", " \n\t "
+    docs[152]["text"] = "😀" * 3 + " 東京は日本の首都です。"
+    lines = [json.dumps(d) for d in docs]
+    for i in (40, 41, 200):
+        lines[i] = "\n" + lines[i]  # blank lines shift every later line number
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "big.jsonl").write_bytes(codecs.BOM_UTF8 + "\n".join(lines).encode())
+    more = make_documents(30, seed=2)
+    (folder / "c.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in more[:20]).encode()))
+    for i, doc in enumerate(more[20:]):
+        (folder / "texts").mkdir(exist_ok=True)
+        (folder / "texts" / f"t{i:02d}.txt").write_text(doc["text"], encoding="utf-8")
+    return folder
+
+
+def store_bytes(work: Path) -> dict[str, bytes]:
+    return {name: (work / name).read_bytes() for name in STORE_FILES if name != "store.json"} | {
+        "store.json": json.loads((work / "store.json").read_text())
+    }
+
+
+def test_the_pool_writes_the_serial_store_byte_for_byte(corpus, tmp_path, pooled):
+    assert len(byte_ranges(corpus / "big.jsonl", RANGE_BYTES)) >= 4
+    serial = tokenize(corpus, tmp_path / "serial", workers=1)
+    store = tokenize(corpus, tmp_path / "pool", workers=2)
+    assert store.manifest["counts"] == serial.manifest["counts"] == {"records": 330, "dropped_empty": 2, "skipped_records": 0}
+    assert store_bytes(tmp_path / "pool") == store_bytes(tmp_path / "serial")
+    assert {"big.jsonl:1", "big.jsonl:298"} <= set(store.doc_ids)
+
+
+@pytest.mark.parametrize("backend", ["tiktoken", "bpe-openai"])
+def test_the_pool_gives_the_same_bytes_on_either_backend(corpus, tmp_path, pooled, monkeypatch, backend):
+    if backend == "bpe-openai":
+        pytest.importorskip("bpe_openai")
+    monkeypatch.setenv("PACKPREP_TOKENIZER_BACKEND", backend)  # the workers inherit it
+    tokenize(corpus, tmp_path / "serial", workers=1)
+    tokenize(corpus, tmp_path / "pool", workers=3)
+    assert store_bytes(tmp_path / "pool") == store_bytes(tmp_path / "serial")
+
+
+def test_bad_records_raise_or_are_skipped_as_in_this_process(corpus, tmp_path, pooled):
+    big = corpus / "big.jsonl"
+    lines = big.read_bytes().split(b"\n")
+    start, end, first_line = byte_ranges(big, RANGE_BYTES)[2]
+    bad_line = first_line + 3
+    lines[bad_line - 1] = b'{"id": "broken", "text": '
+    lines[bad_line + 40] = b'{"id": 7, "body": "no text field"}'
+    big.write_bytes(b"\n".join(lines))
+    with pytest.raises(PackprepError) as here:
+        tokenize(corpus, tmp_path / "serial", workers=1)
+    with pytest.raises(PackprepError) as pool:
+        tokenize(corpus, tmp_path / "pool", workers=2)
+    assert str(pool.value) == str(here.value) and (pool.value.path, pool.value.line) == (str(big), bad_line)
+    assert not (tmp_path / "pool").exists()  # a failed run leaves nothing that looks finished
+
+    config = TokenizeConfig(on_error="skip")
+    serial = tokenize(corpus, tmp_path / "serial", config=config, workers=1)
+    store = tokenize(corpus, tmp_path / "pool", config=config, workers=2)
+    assert store.manifest["counts"] == serial.manifest["counts"] and store.manifest["counts"]["skipped_records"] == 2
+    assert store_bytes(tmp_path / "pool") == store_bytes(tmp_path / "serial")
+
+
+def test_a_worker_that_dies_fails_the_run_and_no_worker_is_left(corpus, tmp_path, pooled, monkeypatch):
+    started = []
+    real = local_tokenize._Worker.__init__
+
+    def spy(self):
+        real(self)
+        started.append(self._process)
+        if len(started) == 1:
+            self._process.kill()
+
+    monkeypatch.setattr(local_tokenize._Worker, "__init__", spy)
+    with pytest.raises(RuntimeError, match="worker process died"):
+        tokenize(corpus, tmp_path / "pool", workers=2)
+    assert all(process.poll() is not None for process in started)
+
+
+def test_a_small_corpus_stays_in_this_process(small_corpus, tmp_path, monkeypatch):
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a corpus under POOL_MIN_BYTES started worker processes")
+
+    monkeypatch.setattr(local_tokenize, "tokenize_parts", no_pool)
+    assert tokenize(small_corpus, tmp_path / "work", workers=2).num_documents == 40
