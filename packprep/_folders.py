@@ -48,7 +48,8 @@ def is_output_file(path: Path) -> bool:
     name = path.name
     if name in CONVERTED_DIRNAMES or name.startswith(tuple(f".{d}." for d in CONVERTED_DIRNAMES)):
         return True  # a conversion, or one interrupted before its rename
-    return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest"
+    # order.partial: the partitioned ordering's journal (packprep.order_files)
+    return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest" or name == "order.partial"
 
 
 def packprep_folder_kind(folder: Path) -> str | None:

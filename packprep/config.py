@@ -83,6 +83,16 @@ MAX_KNN = 1024
 DEFAULT_ICP_SEMANTIC_THRESHOLD = 0.97
 
 
+# icp and cluster order corpora larger than this partition by partition (stages.partition).
+# Why 1M: ordering a partition peaks at about 3.3 KB per document at D = 384 (float32 rows,
+# the IVF index's copy of them, the kNN graph; docs/semantic.md "Partitioned ordering" has the
+# measurement), so a 1M partition needs ~3.3 GB: one partition task per core fits nodes with
+# 4 GB per core, the common cloud shape, and 1M is the largest size the single-node icp
+# benchmark measures (README). Larger partitions order a little better (fewer seams) but
+# need bigger machines per task.
+DEFAULT_PARTITION_DOCS = 1_000_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class PackConfig:
     strategy: str = "eos"
@@ -94,6 +104,7 @@ class PackConfig:
     semantic_threshold: float | None = None  # None: icp's default for the embedder (selection.semantic_threshold), off otherwise
     clusters: int | None = None  # None: about sqrt(number of documents)
     knn: int = 10
+    partition_docs: int = DEFAULT_PARTITION_DOCS  # icp/cluster: order in partitions of at most this many (0: never)
 
     def __post_init__(self) -> None:
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)
@@ -107,6 +118,7 @@ class PackConfig:
         _require(self.clusters is None or self.clusters >= 1, "--clusters", "at least 1", self.clusters)
         _require(self.knn >= 1, "--knn", "at least 1", self.knn)
         _require(self.knn <= MAX_KNN, "--knn", f"at most {MAX_KNN:,}", self.knn)
+        _require(self.partition_docs >= 0, "--partition-docs", "0 (never partition) or more", self.partition_docs)
 
     @property
     def semantic(self) -> bool:

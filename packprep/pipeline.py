@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from packprep.config import (
 from packprep.engines import LOCAL, Engine
 from packprep.errors import PackprepError
 from packprep.formats import npy
+from packprep.order_files import ORDER_JOURNAL_DIRNAME
 from packprep.progress import Reporter, SilentReporter
 from packprep.selection import select_documents
 from packprep.semantic import HeldEmbedder, held_embed_config
@@ -278,7 +280,8 @@ def _pack(
     if (out / npy.MANIFEST_NAME).is_file() and not overwrite:
         raise PackprepError("holds a packprep output made with other options; pass --overwrite to replace it", path=out)
     finished = npy.finished_shards(out, key)
-    clear_output(out, keep={entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS} | {npy.JOURNAL_NAME})
+    finished_files = {entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS}
+    clear_output(out, keep=finished_files | {npy.JOURNAL_NAME, ORDER_JOURNAL_DIRNAME})
     if finished:
         reporter.info(f"pack: resuming; {len(finished)} finished shards of an interrupted run are reused")
 
@@ -290,7 +293,8 @@ def _pack(
         raise PackprepError(f"--seq-len {config.seq_len} leaves no room next to the {sep_len}-token separator")
 
     selection = select_documents(
-        store, config=config, dedup_config=dedup_config, embed_config=embed_config, engine=engine, reporter=reporter
+        store, config=config, dedup_config=dedup_config, embed_config=embed_config, engine=engine, reporter=reporter,
+        order_journal=out / ORDER_JOURNAL_DIRNAME, key=key,
     )
     sequence_lengths = store.lengths() + sep_len
     # A semantic order is the point of cluster/icp: bestfit then packs along it, not by length.
@@ -339,6 +343,7 @@ def _pack(
         },
     )
     (out / npy.JOURNAL_NAME).unlink(missing_ok=True)
+    shutil.rmtree(out / ORDER_JOURNAL_DIRNAME, ignore_errors=True)
     return out
 
 

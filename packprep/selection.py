@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,15 @@ def select_documents(
     embed_config: EmbedConfig = EmbedConfig(),
     engine: Engine = LOCAL,
     reporter: Reporter = SilentReporter(),
+    order_journal: Path | None = None,
+    key: str = "",
 ) -> Selection:
+    """Dedup, then order the kept documents by ``config.strategy``.
+
+    icp/cluster over more than ``config.partition_docs`` documents are ordered partition by
+    partition (``order_files.order_by_partition``; on Ray, one task each), every finished
+    partition journaled in ``order_journal`` under ``key`` so a rerun resumes.
+    """
     from packprep import semantic
     from packprep.stages import order as orders
 
@@ -63,6 +72,14 @@ def select_documents(
             f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {chosen['value']:.4g} ({chosen['source']})"
         )
     kept = np.flatnonzero(reason == 0)
+    if 0 < config.partition_docs < len(kept):
+        from packprep.order_files import order_by_partition
+
+        order = order_by_partition(
+            kept, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
+            n_clusters=config.clusters, journal_folder=order_journal, key=key, engine=engine, reporter=reporter,
+        )
+        return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         if config.strategy == "cluster":
             order = orders.cluster_order(kept, embeddings, n_clusters=config.clusters, seed=config.seed, progress=advance)

@@ -235,3 +235,39 @@ def embed_on_ray(
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+# ---------------------------------------------------------------------------- order
+
+
+def order_partitions_on_ray(
+    embeddings: np.ndarray,
+    tasks: list[tuple[int, np.ndarray, dict[str, Any]]],
+    *,
+    address: str | None = None,
+    on_part: Any,
+    progress: Any = None,
+) -> None:
+    """Order partitions as Ray tasks: ``tasks`` are ``(p, members, params)`` for ``stages.partition.order_partition``;
+    ``on_part(p, PartOrder)`` is called here as each finishes (in finishing order).
+
+    A memmapped ``embeddings`` (what ``semantic.embed`` returns) is passed by path: each
+    task reads only its partition's rows. faiss and numba run single-threaded in a task
+    with one CPU; their results do not depend on the thread count (checked by the tests,
+    which compare with the local engine's multi-threaded order).
+    """
+    from packprep.engines import ray_order
+
+    if not tasks:
+        return
+    ray = connect(address)
+    source = str(embeddings.filename) if isinstance(embeddings, np.memmap) and embeddings.filename else ray.put(np.asarray(embeddings))
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_order._order_part)
+    pending = [task.remote(p, source, members, params) for p, members, params in tasks]
+    sizes = {p: len(members) for p, members, _ in tasks}
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        p, part = ray.get(ready[0])
+        on_part(p, part)
+        if progress is not None:
+            progress(sizes[p])
