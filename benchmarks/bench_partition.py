@@ -12,6 +12,16 @@ identical inputs. Per run it prints:
 - cosine: mean cosine of consecutive documents (``stages.order.adjacent_cosine``);
 - seams: pairs that join two partitions, their same-topic share and mean cosine;
 - parts: number of partitions and the largest; seconds of the ordering.
+
+    .venv/bin/python benchmarks/bench_partition.py --memory 20000 --memory 50000 [--memory 60000 --exact-max 50000]
+
+instead measures what ordering one icp partition of M documents costs (random unit
+vectors, D = 384, float16 memmap like the embed stage writes; each size in a fresh
+process): peak resident memory above the process's baseline after imports, per document,
+and the seconds and CPU seconds it took. Above ``--exact-max`` documents (200,000, the
+default of ``stages.order.icp_order``) the kNN search is IVF-Flat without kicks, below it
+exact; lowering it measures the IVF regime's bytes per document at a size this machine
+orders in minutes.
 """
 
 from __future__ import annotations
@@ -72,6 +82,35 @@ def seams_of(order: np.ndarray, plan) -> np.ndarray:
     return np.flatnonzero(part_of[order[:-1]] != part_of[order[1:]])
 
 
+def measure_one(m: int, folder: Path, exact_max: int) -> None:
+    """Print peak RSS growth, wall and CPU seconds of ordering one icp partition of ``m`` random documents."""
+    import resource
+
+    from packprep.stages.order import icp_order
+    from packprep.stages.partition import order_partition
+
+    path = folder / f"random-{m}.npy"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(m, 384))
+        for start in range(0, m, 50_000):
+            x = rng.standard_normal((min(50_000, m - start), 384)).astype(np.float32)
+            out[start : start + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out.flush()
+        del out
+    embeddings = np.load(path, mmap_mode="r")
+    order_partition(np.arange(64), embeddings, strategy="icp", seed=0)  # faiss, numba and their kernels loaded
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start, cpu = time.perf_counter(), time.process_time()
+    if exact_max == 200_000:
+        order_partition(np.arange(m), embeddings, strategy="icp", seed=0)
+    else:  # what order_partition runs, with the exact/approximate switch moved
+        icp_order(np.arange(m), embeddings, seed=0, exact_max=exact_max)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"{m:>9,} {(peak - base) / 2**20:>9.0f} {(peak - base) / m:>9.0f} {seconds:>8.1f} {cpu:>8.1f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, action="append", help="a labelled corpus; repeat it")
@@ -79,7 +118,19 @@ def main() -> None:
     parser.add_argument("--embedder", choices=("minilm", "static"), default="minilm")
     parser.add_argument("--work", type=Path, default=Path("bench-data/partition"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory", type=int, action="append", help="measure one icp partition of this many documents")
+    parser.add_argument("--exact-max", type=int, default=200_000, help="with --memory: exact kNN up to this many documents")
+    parser.add_argument("--measure-one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_one:
+        return measure_one(args.measure_one, args.work, args.exact_max)
+    if args.memory:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(f"{'documents':>9} {'peak MiB':>9} {'B/doc':>9} {'s':>8} {'cpu s':>8}", flush=True)
+        for m in args.memory:  # a fresh process each: ru_maxrss only grows
+            command = [sys.executable, __file__, "--measure-one", str(m), "--work", str(args.work), "--exact-max", str(args.exact_max)]
+            subprocess.run(command, check=True)
+        return None
     corpora = args.corpus or [Path("examples/corpus"), DOCSTRINGS]
     if DOCSTRINGS in corpora and not DOCSTRINGS.exists():
         subprocess.run([sys.executable, "benchmarks/make_docstring_corpus.py", "--out", str(DOCSTRINGS / "docstrings.jsonl")], check=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, save_json, save_npy, sha256_file
+from packprep._files import load_json, release_pages, save_json, save_npy, sha256_file
 from packprep.stages.partition import PartOrder, Partitions
 
 ORDER_JOURNAL_DIRNAME = "order.partial"
@@ -109,6 +109,7 @@ def order_by_partition(
 
     reporter.info(f"order: planning partitions of at most {max_docs:,} documents")
     plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed)
+    release_pages(embeddings)  # planning read every row: mapped pages would count as ours, growing with the corpus
     total = len(plan.members)
     journal = OrderJournal.resume(journal_folder, key=key, plan=plan) if journal_folder is not None else None
     done = {p: journal.load(p) for p in journal.finished} if journal else {}
