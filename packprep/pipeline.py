@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from packprep import __version__
+from packprep._files import save_json
 from packprep._folders import (
     WORK_DIRNAME,
     claim_folder,
@@ -308,10 +309,19 @@ def _pack(
 
     rows_per_shard = config.rows_per_shard or npy.default_rows_per_shard(config.seq_len, store.tokens.dtype)
     with reporter.track("write shards", total=plan.num_rows, unit="rows") as advance:
-        shards = npy.write_shards(
-            out, plan, read_spans=store.read_spans, offsets=store.offsets, dtype=store.tokens.dtype,
-            sep_id=sep_id, pad_id=pad_id, rows_per_shard=rows_per_shard, key=key, finished=finished, on_rows=advance,
-        )
+        if engine.ray:  # one task per shard, the same write_shard: the same files
+            from packprep.engines.ray_engine import write_shards_on_ray
+
+            shards = write_shards_on_ray(
+                out, plan, store, rows_per_shard=rows_per_shard, finished=finished, address=engine.address, on_rows=advance,
+                params={"dtype": store.tokens.dtype, "sep_id": sep_id, "pad_id": pad_id},
+                on_shard=lambda prefix: save_json(out / npy.JOURNAL_NAME, {"key": key, "shards": prefix}),
+            )
+        else:
+            shards = npy.write_shards(
+                out, plan, read_spans=store.read_spans, offsets=store.offsets, dtype=store.tokens.dtype,
+                sep_id=sep_id, pad_id=pad_id, rows_per_shard=rows_per_shard, key=key, finished=finished, on_rows=advance,
+            )
     doc_files = npy.write_doc_table(
         out, ids_from=store.path / "doc_ids", sequence_lengths=sequence_lengths, reason=selection.reason,
         dup_of=selection.dup_of,

@@ -57,6 +57,7 @@ def test_a_worker_killed_mid_partition_is_retried_and_the_bytes_are_the_same(sto
     assert shard_bytes(on_ray) == shard_bytes(local)
 
 
+@pytest.mark.slow  # two CLI drivers joining the module's Ray: about a minute on a quiet 2-core machine, 5 on a loaded one
 def test_a_killed_ray_driver_resumes_its_finished_partitions(store_path, tmp_path):
     """The driver joins this module's Ray cluster and is SIGKILLed after journaling two partitions;
     the cluster lives on, and a rerun on it orders only the other partitions."""
@@ -88,3 +89,55 @@ def test_in_memory_embeddings_go_through_the_object_store():
     order_partitions_on_ray(x, tasks, on_part=lambda p, part: got.setdefault(p, part))
     for p, members, params in tasks:
         assert got[p].order.tolist() == order_partition(members, x, **params).order.tolist()
+
+
+# ---------------------------------------------------------------------------- shards written by Ray tasks
+
+
+def test_a_worker_killed_while_writing_a_shard_is_retried_and_the_bytes_are_the_same(store_path, tmp_path, monkeypatch):
+    from packprep.engines import ray_pack
+
+    marker = tmp_path / "crashed-once"
+    real = ray_pack._write_shard
+
+    def dies_once_in_shard_2(out, index, *args):
+        import os
+
+        if index == 2 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return real(out, index, *args)
+
+    monkeypatch.setattr(ray_pack, "_write_shard", dies_once_in_shard_2)
+    local = pack(store_path, tmp_path / "local", config=config("icp", "bestfit"), embed_config=EMBED)
+    on_ray = pack(store_path, tmp_path / "ray", config=config("icp", "bestfit"), embed_config=EMBED, engine=RAY)
+    assert marker.exists()
+    assert shard_bytes(on_ray) == shard_bytes(local)
+    assert (on_ray / "manifest.json").read_text().count('"sha256"') == (local / "manifest.json").read_text().count('"sha256"')
+
+
+# SIGKILL of the driver once the shard journal lists two finished shards (Ray tasks write them).
+KILLED_AFTER_TWO_SHARDS = [
+    sys.executable, "-c",
+    "import os, signal, packprep.pipeline as p\n"
+    "real = p.save_json\n"
+    "def save_json(path, obj):\n"
+    "    real(path, obj)\n"
+    "    if path.name == 'manifest.partial.json' and len(obj['shards']) >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "p.save_json = save_json\n"
+    "from packprep.cli import main; main()",
+]
+
+
+@pytest.mark.slow  # as above
+def test_a_driver_killed_while_ray_writes_shards_resumes_the_finished_ones(store_path, tmp_path):
+    local = pack(store_path, tmp_path / "local", config=config("cluster"), embed_config=EMBED)
+    out = tmp_path / "out"
+    address = ray.get_runtime_context().gcs_address
+    command = ["pack", str(store_path), str(out), *cli_options("cluster"), "--engine", "ray", "--ray-address", address]
+    killed = subprocess.run([*KILLED_AFTER_TWO_SHARDS, *command], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = subprocess.run([sys.executable, "-m", "packprep.cli", *command], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "finished shards of an interrupted run are reused" in rerun.stderr
+    assert shard_bytes(out) == shard_bytes(local)

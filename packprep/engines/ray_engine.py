@@ -271,3 +271,52 @@ def order_partitions_on_ray(
         on_part(p, part)
         if progress is not None:
             progress(sizes[p])
+
+
+# ---------------------------------------------------------------------------- shards
+
+
+def write_shards_on_ray(
+    out: Path,
+    plan: Any,
+    store: DocStore,
+    *,
+    rows_per_shard: int,
+    params: dict[str, Any],
+    finished: list[dict[str, Any]],
+    on_shard: Any,
+    address: str | None = None,
+    on_rows: Any = None,
+) -> list[dict[str, Any]]:
+    """``formats.npy.write_shards`` with one Ray task per shard not in ``finished``: the same files.
+
+    ``params``: ``write_shard``'s ``dtype``, ``sep_id``, ``pad_id``. ``on_shard(entries)`` is
+    called with the finished prefix (shards 0..k, all done) whenever it grows: what the
+    journal may record, since a rerun reuses a prefix only.
+    """
+    from packprep.engines import ray_pack
+
+    ray = connect(address)
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack._write_shard)
+    done = {index: entry for index, entry in enumerate(finished)}
+    pending = {}
+    for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
+        stop = min(start + rows_per_shard, plan.num_rows)
+        if index in done:
+            if on_rows:
+                on_rows(stop - start, resumed=True)
+            continue
+        ref = task.remote(str(out), index, ray_pack.plan_rows(plan, start, stop), str(store.path), params)
+        pending[ref] = (index, stop - start)
+    prefix = len(finished)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        index, rows = pending.pop(ready[0])
+        done[index] = ray.get(ready[0])
+        if on_rows:
+            on_rows(rows)
+        if prefix in done:
+            while prefix in done:
+                prefix += 1
+            on_shard([done[i] for i in range(prefix)])
+    return [done[i] for i in range(len(done))]
