@@ -84,12 +84,12 @@ DEFAULT_ICP_SEMANTIC_THRESHOLD = 0.97
 
 
 # icp and cluster order corpora larger than this partition by partition (stages.partition).
-# Why 1M: ordering a partition peaks at about 3.3 KB per document at D = 384 (float32 rows,
-# the IVF index's copy of them, the kNN graph; docs/semantic.md "Partitioned ordering" has the
-# measurement), so a 1M partition needs ~3.3 GB: one partition task per core fits nodes with
-# 4 GB per core, the common cloud shape, and 1M is the largest size the single-node icp
-# benchmark measures (README). Larger partitions order a little better (fewer seams) but
-# need bigger machines per task.
+# Why 1M: ordering a partition peaks at about 5 KB per document at D = 384 once the kNN search
+# is IVF (float16 rows read, their float32 copy, the index's copy, the kNN graph; measured with
+# benchmarks/bench_partition.py --memory, docs/semantic.md "Partitioned ordering"), so a 1M
+# partition is a ~5 GB task: one per core on nodes with 5 GB per core, and about 12 minutes of
+# two cores (README's 1M icp), which bounds what a lost worker costs. Larger partitions order a
+# little better (fewer seams) but need bigger machines per task.
 DEFAULT_PARTITION_DOCS = 1_000_000
 
 

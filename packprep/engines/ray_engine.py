@@ -254,7 +254,9 @@ def order_partitions_on_ray(
     A memmapped ``embeddings`` (what ``semantic.embed`` returns) is passed by path: each
     task reads only its partition's rows. faiss and numba run single-threaded in a task
     with one CPU; their results do not depend on the thread count (checked by the tests,
-    which compare with the local engine's multi-threaded order).
+    which compare with the local engine's multi-threaded order). Each task declares the
+    memory its partition needs (``ray_order.partition_bytes``), so Ray places it on a node
+    where it fits instead of running out of memory there.
     """
     from packprep.engines import ray_order
 
@@ -263,7 +265,11 @@ def order_partitions_on_ray(
     ray = connect(address)
     source = str(embeddings.filename) if isinstance(embeddings, np.memmap) and embeddings.filename else ray.put(np.asarray(embeddings))
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_order._order_part)
-    pending = [task.remote(p, source, members, params) for p, members, params in tasks]
+    dim = int(embeddings.shape[1])
+    pending = [
+        task.options(memory=ray_order.partition_bytes(len(members), dim)).remote(p, source, members, params)
+        for p, members, params in tasks
+    ]
     sizes = {p: len(members) for p, members, _ in tasks}
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)

@@ -12,6 +12,18 @@ from typing import Any
 
 import numpy as np
 
+# Peak bytes per document of ordering one partition at D = 384 (benchmarks/bench_partition.py
+# --memory: 3.6-3.9 KB with exact kNN, 5.0 KB with the IVF index); scaled by D, plus a floor
+# for the process's own arrays. Ray schedules by it; it limits nothing.
+_BYTES_PER_DOC_AT_384 = 5_000
+_TASK_FLOOR = 64 << 20
+
+
+def partition_bytes(num_docs: int, dim: int) -> int:
+    """The memory (bytes) a Ray task ordering ``num_docs`` documents of ``dim`` dimensions reserves."""
+    return _TASK_FLOOR + num_docs * _BYTES_PER_DOC_AT_384 * max(dim, 1) // 384
+
+
 
 def _order_part(p: int, embeddings: Any, members: np.ndarray, params: dict[str, Any]) -> tuple[int, Any]:
     """Ray task: (``p``, partition ``p`` ordered). ``embeddings``: the path of an ``.npy`` (opened
