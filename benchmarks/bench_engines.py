@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 40_000])
     parser.add_argument("--partition-docs", type=int, default=2000)
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes-only", action="store_true", help="with --order-rss: only the multi-node layout (stores and local outputs from an earlier run)")
     args = parser.parse_args()
     if args.order_rss:
         from bench_order_rss import order_rss

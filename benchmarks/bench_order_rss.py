@@ -69,6 +69,8 @@ def shards_equal(a: Path, b: Path) -> bool:
 
 def order_rss(args) -> None:
     source = args.corpus if args.corpus != Path("bench-data/kernel-docs.jsonl") else Path("bench-data/kernel-docs-64mb-x4.jsonl")
+    if args.nodes_only:
+        return multi_node(prepared_store(source, args.sizes[0]), args)
     print(f"corpus: first {args.sizes} documents of {source}; icp, --partition-docs {args.partition_docs}, "
           f"static embeddings, no dedup; ray with {args.cpus} CPUs")
     print(f"{'documents':>9} {'ray driver MiB':>15} {'ray s':>7} {'local MiB':>10} {'local s':>8} {'identical':>9}")
@@ -86,39 +88,44 @@ def order_rss(args) -> None:
 
 def multi_node(store: Path, args) -> None:
     """The smallest store on ``args.nodes`` Ray nodes of one CPU each (one machine, one file system)."""
+    import shutil
+
     import ray
     from ray.cluster_utils import Cluster
 
     from packprep.config import EmbedConfig, PackConfig
-    from packprep.engines import Engine
+    from packprep.engines import Engine, ray_order
     from packprep.pipeline import pack
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for _ in range(args.nodes - 1):
         cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False)
+    seen = WORK / "nodes-seen"
+    shutil.rmtree(seen, ignore_errors=True)
+    seen.mkdir(parents=True)
+    real = ray_order._order_part
+
+    def noting_the_node(p, *rest):  # a closure: pickled by value, so the workers run it as it is
+        import ray as worker_ray
+
+        (seen / f"{p}.txt").write_text(worker_ray.get_runtime_context().get_node_id())
+        return real(p, *rest)
+
+    ray_order._order_part = noting_the_node
     try:
         out = WORK / "out-nodes"
-        import shutil
-
         shutil.rmtree(out, ignore_errors=True)
         config = PackConfig(strategy="icp", seq_len=2048, dedup=False, semantic_threshold=0.0, partition_docs=args.partition_docs)
         start = time.perf_counter()
         pack(store, out, config=config, embed_config=EmbedConfig(model="static"), engine=Engine("ray"))
         seconds = time.perf_counter() - start
-        nodes = _task_nodes(ray)
+        from collections import Counter
+
+        per_node = sorted(Counter(f.read_text() for f in seen.iterdir()).values(), reverse=True)
         same = shards_equal(out, WORK / f"out-local-{args.sizes[0]}")
-        print(f"{args.nodes} nodes x 1 CPU: {seconds:.1f} s, partition tasks per node {nodes}, identical to local: {same}")
+        print(f"{args.nodes} nodes x 1 CPU: {seconds:.1f} s, partition tasks per node {per_node}, identical to local: {same}")
     finally:
+        ray_order._order_part = real
         ray.shutdown()
         cluster.shutdown()
-
-
-def _task_nodes(ray) -> list[int]:
-    """How many finished ``_order_part`` tasks ran on each node (Ray's state API)."""
-    from collections import Counter
-
-    from ray.util.state import list_tasks
-
-    tasks = list_tasks(filters=[("func_or_class_name", "=", "_order_part"), ("state", "=", "FINISHED")], limit=10_000)
-    return sorted(Counter(t.node_id for t in tasks).values(), reverse=True)
