@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The edit loop: everything but the tests marked slow (the README walkthrough).
+# The edit loop: everything but the tests marked slow (SIGKILL, Ray, MiniLM, training, the README walkthrough).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 

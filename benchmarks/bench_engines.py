@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from packprep.config import DedupConfig, PackConfig
+from packprep.engines import Engine
 from packprep.pipeline import pack, tokenize
 
 
@@ -79,7 +80,7 @@ def main() -> None:
 
     import ray
 
-    from packprep import semantic
+    from packprep.pipeline import semantic
     from packprep.engines import ray_engine
 
     with tempfile.TemporaryDirectory(dir=args.corpus.parent) as tmp:
@@ -93,7 +94,7 @@ def main() -> None:
         rows.append(("local", 0.0, t_tok, t_pack))
 
         _, t_init = timed(ray.init, num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-        ray_store, t_tok = timed(ray_engine.tokenize_on_ray, tmp / "corpus", tmp / "ray-work")
+        ray_store, t_tok = timed(tokenize, tmp / "corpus", tmp / "ray-work", engine=Engine("ray"))
         _, t_pack = timed(pack, ray_store.path, tmp / "ray-out", config=config)
         rows.append(("ray", t_init, t_tok, t_pack))
 

@@ -43,7 +43,7 @@ def prepared_store(source: Path, n: int) -> Path:
     """WORK/store-<n>: the first ``n`` documents of ``source``, tokenized and embedded (static), cached."""
     from packprep.config import EmbedConfig
     from packprep.pipeline import tokenize
-    from packprep.semantic import embed
+    from packprep.pipeline.semantic import embed
 
     corpus = first_lines(source, n, WORK / f"corpus-{n}" / "docs.jsonl")
     store = tokenize(corpus.parent, WORK / f"store-{n}")
@@ -104,7 +104,7 @@ def multi_node(store: Path, args) -> None:
     seen = WORK / "nodes-seen"
     shutil.rmtree(seen, ignore_errors=True)
     seen.mkdir(parents=True)
-    real = ray_order._order_part
+    real = ray_order.order_part
 
     def noting_the_node(p, *rest):  # a closure: pickled by value, so the workers run it as it is
         import ray as worker_ray
@@ -112,7 +112,7 @@ def multi_node(store: Path, args) -> None:
         (seen / f"{p}.txt").write_text(worker_ray.get_runtime_context().get_node_id())
         return real(p, *rest)
 
-    ray_order._order_part = noting_the_node
+    ray_order.order_part = noting_the_node
     try:
         out = WORK / "out-nodes"
         shutil.rmtree(out, ignore_errors=True)
@@ -126,6 +126,6 @@ def multi_node(store: Path, args) -> None:
         same = shards_equal(out, WORK / f"out-local-{args.sizes[0]}")
         print(f"{args.nodes} nodes x 1 CPU: {seconds:.1f} s, partition tasks per node {per_node}, identical to local: {same}")
     finally:
-        ray_order._order_part = real
+        ray_order.order_part = real
         ray.shutdown()
         cluster.shutdown()

@@ -37,7 +37,7 @@ import numpy as np
 
 from packprep.config import EmbedConfig
 from packprep.pipeline import tokenize
-from packprep.semantic import embed
+from packprep.pipeline.semantic import embed
 from packprep.stages.order import adjacent_cosine, cluster_order, icp_order
 from packprep.stages.partition import partition_documents, partitioned_order
 from packprep.store import DocStore

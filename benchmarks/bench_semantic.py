@@ -35,7 +35,7 @@ from packprep import PackedDataset
 from packprep.config import DedupConfig, EmbedConfig, PackConfig
 from packprep.inspect import compute_stats
 from packprep.pipeline import pack, tokenize
-from packprep.semantic import dedup, embed
+from packprep.pipeline.semantic import dedup, embed
 
 DOCSTRINGS = Path("bench-data/stdlib-docstrings")
 DEFAULTS = ((Path("examples/corpus"), 6144), (DOCSTRINGS, 1024))

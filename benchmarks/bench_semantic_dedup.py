@@ -13,7 +13,7 @@ Corpora, built here from text on this machine:
 - ``examples`` (``--examples``): examples/corpus, 2,923 documents (slow: MiniLM on 256 tokens each).
 
 Each corpus is tokenized twice under ``--cache`` (one store per embedder) and embedded
-by the real embed stage (``packprep.semantic.embed``), so reruns reuse the embeddings and
+by the real embed stage (``packprep.pipeline.semantic.embed``), so reruns reuse the embeddings and
 the static run records the calibration it measured. Semantic dedup then runs on all
 documents (no exact/MinHash pass first, so exact copies count for both embedders):
 MiniLM at 0.95 / 0.97 / 0.99, static at MiniLM's default number (the old behaviour) and at
@@ -43,7 +43,8 @@ import numpy as np
 
 from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, EmbedConfig
 from packprep.pipeline import tokenize
-from packprep.semantic import embed, embed_manifest
+from packprep.pipeline.semantic import embed
+from packprep.store.embeddings import embed_manifest
 from packprep.stages.dedup import semantic_duplicates
 
 THRESHOLDS = (0.95, 0.97, 0.99)
@@ -88,7 +89,7 @@ def embedded(records: list[dict], folder: Path, model: str) -> tuple[np.ndarray,
     start = time.perf_counter()
     vectors = np.asarray(embed(store, config=EmbedConfig(model=model)), dtype=np.float32)
     print(f"  {model}: {len(vectors):,} documents embedded (or reused) in {time.perf_counter() - start:.0f} s", flush=True)
-    return vectors, embed_manifest(store)
+    return vectors, embed_manifest(store.path, model)
 
 
 def drops(vectors: np.ndarray, threshold: float) -> np.ndarray:

@@ -8,7 +8,7 @@ stage functions :func:`tokenize` and :func:`pack` (what the CLI runs) and
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from packprep.version import __version__
 
 from packprep.reader import PackedDataset
 

@@ -13,7 +13,7 @@ from typer import _click as click  # Typer vendors its own click: its exception 
 from typer.core import TyperGroup
 
 from packprep import options as o
-from packprep._folders import folder_lock
+from packprep.io import folder_lock
 from packprep.errors import EXIT_INTERRUPTED, PackprepError
 
 class _OneLineErrors(TyperGroup):
@@ -97,7 +97,7 @@ def _embed_config(embedder: Optional[o.Embedder], model: Optional[str], embed_to
     """The embed config the options ask for; with neither --embedder nor --model, a
     ``HeldEmbedder`` (pack uses a document store's own embeddings, else MiniLM)."""
     from packprep.config import EmbedConfig
-    from packprep.semantic import HeldEmbedder
+    from packprep.pipeline.semantic import HeldEmbedder
     from packprep.stages.embed import DEFAULT_MODEL
 
     tokens = {} if embed_tokens is None else {"embed_tokens": embed_tokens}
@@ -113,7 +113,7 @@ def _embed_config(embedder: Optional[o.Embedder], model: Optional[str], embed_to
 def _rows_of(out: Path) -> Optional[int]:
     """The row count an output's manifest states, for a progress bar; None when it has none
     (the command itself then says what is wrong with the manifest)."""
-    from packprep._files import load_json
+    from packprep.io import load_json
     from packprep.formats import npy
 
     try:
@@ -178,7 +178,7 @@ def dedup(
 ) -> None:
     """Find exact and near duplicates in a document store (a keep-mask beside it; nothing is deleted)."""
     from packprep.config import DedupConfig
-    from packprep.semantic import dedup as run
+    from packprep.pipeline.semantic import dedup as run
     from packprep.store import DocStore
 
     config = DedupConfig(minhash_threshold=minhash_threshold, near=near)
@@ -204,8 +204,8 @@ def embed(
     """Embed every document of a store (first --embed-tokens tokens) into WORK/embeddings.npy
     (MiniLM; another embedder's go beside it, e.g. WORK/embeddings.static.npy). A killed run resumes."""
     _use_workers(workers)
-    from packprep.embed_files import EmbedFiles
-    from packprep.semantic import embed as run
+    from packprep.store.embeddings import EmbedFiles
+    from packprep.pipeline.semantic import embed as run
     from packprep.store import DocStore
 
     config = _embed_config(embedder, model, embed_tokens)  # --embedder defaults to minilm here: an EmbedConfig
@@ -282,11 +282,13 @@ def convert(
     quiet: o.Quiet = False,
 ) -> None:
     """Convert an existing output to another trainer format without repacking."""
-    from packprep.convert import convert as run
+    from packprep.formats.convert import convert as run
+
+    from packprep.formats import labels_ignored
 
     reporter = _reporter(quiet)
-    if labels and to is not o.ConvertFormat.arrow:
-        reporter.warn(f"--labels adds a column to the arrow copy only; ignored with --to {to.value}")
+    if warning := labels_ignored(to.value, labels, "--to"):
+        reporter.warn(warning)
     with reporter.track(f"convert to {to.value}", total=_rows_of(out), unit="rows") as advance:
         written = run(out, to=to.value, dest=dest, labels=labels is not False, progress=advance)
     if not quiet:
@@ -301,6 +303,7 @@ def verify(
     quiet: o.Quiet = False,
 ) -> None:
     """Check checksums, shapes, dtypes, boundaries, token ids, coverage and the converted copies; exit 1 on any problem."""
+    from packprep.formats import CONVERSIONS
     from packprep.verify import verify_output
 
     total = _rows_of(out)
@@ -314,7 +317,7 @@ def verify(
         raise typer.Exit(1)
     if not quiet:
         checked = "tokens, boundaries and coverage" + (f", against the store {against}" if against else "")
-        copies = [name for name in ("arrow", "megatron") if (out / name).is_dir()]
+        copies = [name for name in CONVERSIONS if (out / name).is_dir()]
         checked += "".join(f", {out / name} against the shards" for name in copies)
         print(f"ok: {out} ({total:,} rows; checksums, {checked})", file=sys.stderr)
 
@@ -331,7 +334,7 @@ def inspect(
 ) -> None:
     """Statistics of a packed output: fill, padding, documents, segments, histograms."""
     from packprep import inspect as report
-    from packprep.dropped import dropped_pairs, print_dropped
+    from packprep.inspect.dropped import dropped_pairs, print_dropped
 
     dataset = report.open_output(out)
     if row is not None:

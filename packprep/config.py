@@ -10,9 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from packprep.errors import PackprepError
+from packprep.stages.strategies import DEFAULT_ICP_SEMANTIC_THRESHOLD, STRATEGIES
 
-STRATEGIES = ("random", "eos", "cluster", "icp")
-SEMANTIC_STRATEGIES = ("cluster", "icp")
+__all__ = [
+    "DEFAULT_ICP_SEMANTIC_THRESHOLD", "MAX_KNN", "MAX_SEQ_LEN", "PACKINGS", "STRATEGIES", "DedupConfig", "EmbedConfig",
+    "PackConfig", "TokenizeConfig", "as_dict", "check_workers", "stage_key",
+]
+
 PACKINGS = ("split", "bestfit")
 ON_ERROR = ("raise", "skip")
 
@@ -75,12 +79,6 @@ MAX_SEQ_LEN = 2**31 - 1
 MAX_KNN = 1024
 
 
-# MiniLM cosine above which icp drops a document as a semantic duplicate of an earlier kept
-# one (docs/semantic.md, benchmarks/bench_semantic_dedup.py): 97 % of copies with one word
-# in 60 edited score above it, while sibling documents that share a template (boto3 S3/SES
-# stubs, KVM VGICv2/v3 pages) sit at 0.95-0.97. Other embedders get their own number
-# standing for this one (stages.static_embed.calibrate_threshold for the static one).
-DEFAULT_ICP_SEMANTIC_THRESHOLD = 0.97
 
 
 # icp and cluster order corpora larger than this partition by partition (stages.partition).
@@ -101,7 +99,7 @@ class PackConfig:
     seed: int = 0
     rows_per_shard: int | None = None  # None: about 256 MB of tokens per shard
     dedup: bool | None = None  # None: on for cluster/icp, off for random/eos
-    semantic_threshold: float | None = None  # None: icp's default for the embedder (selection.semantic_threshold), off otherwise
+    semantic_threshold: float | None = None  # None: the strategy's default for the embedder (pipeline.selection.semantic_threshold)
     clusters: int | None = None  # None: about sqrt(number of documents)
     knn: int = 10
     partition_docs: int = DEFAULT_PARTITION_DOCS  # icp/cluster: order in partitions of at most this many (0: never)
@@ -122,7 +120,8 @@ class PackConfig:
 
     @property
     def semantic(self) -> bool:
-        return self.strategy in SEMANTIC_STRATEGIES
+        """Whether the strategy orders by embeddings (stages.strategies)."""
+        return STRATEGIES[self.strategy].needs_embeddings
 
     @property
     def run_dedup(self) -> bool:

@@ -22,6 +22,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,9 +31,10 @@ from typing import Any, Literal
 
 import orjson
 
-from packprep._files import load_json
-from packprep._folders import packprep_folder_kind
+from packprep.io import load_json
 from packprep.errors import PackprepError
+from packprep.formats import npy
+from packprep.store import MANIFEST_NAME as STORE_MANIFEST, STORE_FORMAT
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt", ".md")
 _CHUNK = 1 << 20  # 1 MiB: per-chunk Python overhead vanishes, memory stays flat
@@ -41,6 +43,7 @@ _TABLE_BATCH_ROWS = 1024  # parquet rows per batch; bounded so 100 KB documents 
 _MAX_FIRST_ERRORS = 5
 _MISSING = object()
 _SKIP_HINT = "or pass --on-error skip"
+_COUNT_CHUNK = 8 << 20  # byte_ranges counts newlines this much at a time
 _WHOLE_JSON_MAX = 256 << 20  # a pretty-printed file is parsed whole to say what it is, up to this size
 
 
@@ -59,10 +62,17 @@ class ReadCounters:
 class _Reader:
     """Per-call settings plus the one place a bad record is either raised or counted."""
 
-    def __init__(self, text_field: str, id_field: str, on_error: str, counters: ReadCounters):
+    def __init__(
+        self, text_field: str, id_field: str, on_error: str, counters: ReadCounters, fingerprint: Fingerprint | None = None
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         self.text_field, self.id_field, self.on_error, self.counters = text_field, id_field, on_error, counters
+        self.fingerprint = fingerprint  # fed the raw bytes of every file read whole
+
+    def feed(self, data: bytes) -> None:
+        if self.fingerprint is not None:
+            self.fingerprint.feed(data)
 
     def bad(self, message: str, path: Path, line: int | None) -> None:
         error = PackprepError(message, path=path, line=line)
@@ -139,7 +149,7 @@ def _walk(folder: Path, listing: CorpusListing, seen: set[str]) -> None:
             (listing.sources if _suffix(entry.name) else listing.unsupported).append(Path(entry.path))
 
 
-def _root(path: Path) -> Path:
+def corpus_root(path: Path) -> Path:
     """The folder that ids and fingerprints are relative to: the corpus folder, or a single file's parent."""
     return path if path.is_dir() else path.parent
 
@@ -206,6 +216,7 @@ def iter_documents(
     id_field: str = "id",
     on_error: Literal["raise", "skip"] = "raise",
     counters: ReadCounters | None = None,
+    fingerprint: Fingerprint | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(doc_id, text)`` from a file or folder in a deterministic order; empty texts included.
 
@@ -214,23 +225,67 @@ def iter_documents(
     a .txt/.md file is one document whose id is its relative path. Record-level problems
     raise :class:`PackprepError` (``path:line: why``) or, with ``on_error="skip"``, are
     counted in ``counters``; file-level problems (missing path, corrupt archive, a .json
-    that does not parse, a table without the text column) always raise.
+    that does not parse, a table without the text column) always raise. ``fingerprint``
+    (``Fingerprint(corpus_root(path))``) is fed the files as they are read: once the
+    documents are exhausted, its digest is ``corpus_fingerprint(path)``.
     """
     path = Path(path)
     sources = list_corpus_files(path)
-    root = _root(path)
-    reader = _Reader(text_field, id_field, on_error, counters if counters is not None else ReadCounters())
+    root = corpus_root(path)
+    counters = counters if counters is not None else ReadCounters()
     for source in sources:
-        for doc in _read_source(source, root, reader):
-            reader.counters.records += 1
-            yield doc
+        yield from read_source(
+            source, root, text_field=text_field, id_field=id_field, on_error=on_error, counters=counters,
+            fingerprint=fingerprint,
+        )
 
 
-def _read_source(source: Path, root: Path, reader: _Reader) -> Iterator[tuple[str, str]]:
+def read_source(
+    source: Path,
+    root: Path,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    on_error: Literal["raise", "skip"] = "raise",
+    counters: ReadCounters | None = None,
+    byte_range: tuple[int, int, int] | None = None,
+    fingerprint: Fingerprint | None = None,
+) -> Iterator[tuple[str, str]]:
+    """``(doc_id, text)`` of one corpus source (a file, or a saved dataset folder) as :func:`iter_documents`
+    reads it; ids are relative to ``root`` (:func:`corpus_root`). Both engines read through this.
+
+    ``byte_range``: ``(start, end, first_line)`` from :func:`source_parts`: only the lines of a plain
+    ``.jsonl`` in bytes [start, end), numbered from ``first_line``, with the same parsing, ids and errors.
+    ``fingerprint``: see :func:`iter_documents` (whole sources only).
+    """
+    assert fingerprint is None or byte_range is None, "a fingerprint covers whole files"
+    reader = _Reader(text_field, id_field, on_error, counters if counters is not None else ReadCounters(), fingerprint)
+    for doc in _read_source(source, root, reader, byte_range):
+        reader.counters.records += 1
+        yield doc
+
+
+def _read_source(source: Path, root: Path, reader: _Reader, byte_range: tuple[int, int, int] | None) -> Iterator[tuple[str, str]]:
+    if byte_range is not None:
+        yield from _read_jsonl(source, source.relative_to(root).as_posix(), reader, suffix=".jsonl", byte_range=byte_range)
+        return
     if source.is_dir():
         for arrow in _hf_arrow_files(source):
-            yield from _read_arrow(arrow, arrow.relative_to(root).as_posix(), reader)
+            yield from _fingerprinted(arrow, reader, _read_arrow(arrow, arrow.relative_to(root).as_posix(), reader))
         return
+    yield from _fingerprinted(source, reader, _read_file(source, root, reader))
+
+
+def _fingerprinted(file: Path, reader: _Reader, documents: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    if reader.fingerprint is None:
+        yield from documents
+        return
+    reader.fingerprint.start(file)
+    yield from documents
+    reader.fingerprint.end()
+
+
+def _read_file(source: Path, root: Path, reader: _Reader) -> Iterator[tuple[str, str]]:
     rel, suffix = source.relative_to(root).as_posix(), _suffix(source.name)
     reader.counters.files += 1
     if suffix in (".jsonl", ".jsonl.gz", ".jsonl.zst"):
@@ -243,29 +298,76 @@ def _read_source(source: Path, root: Path, reader: _Reader) -> Iterator[tuple[st
         yield from _read_text(source, rel, reader)
 
 
-def _chunks(path: Path, suffix: str) -> Iterator[bytes]:
-    """Decompressed bytes of ``path`` in chunks of roughly a MiB."""
+def _chunks(path: Path, suffix: str, feed: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
+    """Decompressed bytes of ``path`` in chunks of roughly a MiB; ``feed`` gets the raw bytes as they are read."""
     if suffix == ".jsonl":
         with open(path, "rb") as fh:
             while chunk := fh.read(_CHUNK):
+                if feed is not None:
+                    feed(chunk)
                 yield chunk
         return
     if suffix == ".jsonl.zst":
         import zstandard
 
         dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)  # also reads `zstd --long=31` files
-        yield from _decompress(path, dctx.decompressobj)
+        yield from _decompress(path, dctx.decompressobj, feed)
     else:
-        yield from _decompress(path, lambda: zlib.decompressobj(wbits=31))  # 31: gzip header and trailer
+        yield from _decompress(path, lambda: zlib.decompressobj(wbits=31), feed)  # 31: gzip header and trailer
 
 
-def _decompress(path: Path, new_stream: Callable[[], Any]) -> Iterator[bytes]:
+def _file_range(path: Path, begin: int, end: int) -> Iterator[bytes]:
+    """Bytes [begin, end) of ``path`` in chunks of about a MiB."""
+    with open(path, "rb") as fh:
+        fh.seek(begin)
+        while begin < end and (chunk := fh.read(min(_CHUNK, end - begin))):
+            begin += len(chunk)
+            yield chunk
+
+
+def source_parts(sources: list[Path], range_bytes: int) -> list[tuple[Path, tuple[int, int, int] | None]]:
+    """The reads that cover ``sources`` in corpus order: ``(source, None)`` for a whole source, and
+    ``(source, (start, end, first_line))`` for each byte range of a plain ``.jsonl`` larger than
+    ``range_bytes`` (:func:`read_source` reads either). The Ray engine runs one task per part."""
+    parts: list[tuple[Path, tuple[int, int, int] | None]] = []
+    for source in sources:
+        big = source.is_file() and _suffix(source.name) == ".jsonl" and source.stat().st_size > range_bytes
+        ranges = byte_ranges(source, range_bytes) if big else []
+        parts += [(source, span) for span in ranges] if len(ranges) > 1 else [(source, None)]
+    return parts
+
+
+def byte_ranges(path: Path, range_bytes: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first_line)``: consecutive byte ranges covering ``path``, about ``range_bytes`` each (sizes
+    evened out), every one but the last ending just after a newline; ``first_line`` is the 1-based line number
+    of the range's first line. Reads the file up to its last cut, counting newlines."""
+    size = path.stat().st_size
+    step = -(-size // max(1, -(-size // max(1, range_bytes))))  # ceil(size / number of ranges)
+    cuts, lines_before = [0], [0]
+    target, pos, newlines = step, 0, 0
+    with open(path, "rb") as fh:
+        while target < size and (chunk := fh.read(_COUNT_CHUNK)):
+            while target < size and (at := chunk.find(b"\n", max(target - 1 - pos, 0))) >= 0:
+                cuts.append(pos + at + 1)
+                lines_before.append(newlines + chunk.count(b"\n", 0, at + 1))
+                target = cuts[-1] + step
+            newlines += chunk.count(b"\n")
+            pos += len(chunk)
+    if cuts[-1] >= size:  # the file ends with the newline of the last cut: no empty range after it
+        cuts.pop()
+        lines_before.pop()
+    return [(start, end, lines + 1) for start, end, lines in zip(cuts, cuts[1:] + [size], lines_before)]
+
+
+def _decompress(path: Path, new_stream: Callable[[], Any], feed: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
     # Our own loop instead of gzip.open / zstd stream_reader: GzipFile.read(n) drops the lines it
     # had decoded when it hits a truncated end, and zstandard's stream_reader ends silently at a
     # truncated frame (and by default after the first frame). Here every frame must reach its end.
     stream, in_frame = new_stream(), False
     with open(path, "rb") as fh:
         while raw := fh.read(_COMPRESSED_CHUNK):
+            if feed is not None:
+                feed(raw)
             while raw:
                 if out := stream.decompress(raw):
                     yield out
@@ -288,13 +390,23 @@ def _stream_errors(suffix: str) -> tuple[type[BaseException], ...]:
     return ()
 
 
-def _read_jsonl(path: Path, rel: str, reader: _Reader, *, suffix: str) -> Iterator[tuple[str, str]]:
+def _read_jsonl(
+    path: Path, rel: str, reader: _Reader, *, suffix: str, byte_range: tuple[int, int, int] | None = None
+) -> Iterator[tuple[str, str]]:
     loads, decode_error, document = orjson.loads, orjson.JSONDecodeError, reader.document
-    lineno, first = 0, True
+    lineno, first, shift = 0, True, 0
+    chunks = _chunks(path, suffix, reader.feed)
+    if byte_range is not None:
+        start, end, first_line = byte_range
+        # A range after the first is read from the newline before it: _lines then starts with an
+        # empty line (skipped), and strips a BOM only where the file starts, as a whole-file read.
+        begin = start - 1 if start else 0
+        chunks, first, shift = _file_range(path, begin, end), start == 0, first_line - 1 - (start - begin)
     try:
-        for lineno, line in _lines(_chunks(path, suffix), reader.counters):
+        for lineno, line in _lines(chunks, reader.counters):
             if not line or line.isspace():
                 continue
+            lineno += shift
             try:
                 record = loads(line)
             except decode_error as exc:
@@ -401,6 +513,7 @@ def _read_json(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str
         yield from _read_jsonl(path, rel, reader, suffix=".jsonl")
         return
     data = path.read_bytes()
+    reader.feed(data)
     reader.counters.bytes_read += len(data)
     try:
         records = orjson.loads(data.removeprefix(codecs.BOM_UTF8))
@@ -417,6 +530,7 @@ def _read_json(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str
 
 def _read_text(path: Path, rel: str, reader: _Reader) -> Iterator[tuple[str, str]]:
     data = path.read_bytes()  # one document per file, so it is held whole anyway
+    reader.feed(data)
     reader.counters.bytes_read += len(data)
     try:
         text = data.decode("utf-8-sig")
@@ -508,17 +622,70 @@ def corpus_fingerprint(path: str | Path) -> str:
     Contents rather than mtimes: a copied or re-downloaded corpus keeps its cached stages, an edited one does not.
     """
     path = Path(path)
-    root = _root(path)
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(b"packprep-corpus-v1\0")
+    fingerprint = Fingerprint(corpus_root(path))
     for source in list_corpus_files(path):
         # Of a saved dataset, only the shards it lists: `datasets` drops cache-*.arrow files beside them.
         for file in [source] if source.is_file() else _hf_arrow_files(source):
-            rel = file.relative_to(root).as_posix().encode("utf-8")
-            # Length prefixes keep (name, content) boundaries unambiguous.
-            digest.update(len(rel).to_bytes(8, "little") + rel + file.stat().st_size.to_bytes(8, "little"))
-            with open(file, "rb") as fh:
-                while chunk := fh.read(1 << 22):
-                    digest.update(chunk)
-    return digest.hexdigest()
+            fingerprint.start(file)
+            fingerprint.end()
+    return fingerprint.hexdigest()
 
+
+class Fingerprint:
+    """:func:`corpus_fingerprint`, fed by the readers as they read, so a tokenize run reads the corpus once.
+
+    For each file in corpus order: :meth:`start`, :meth:`feed` with its raw bytes from the
+    start as the reader reads them, :meth:`end`, which reads whatever was not fed (a parquet
+    or arrow file, read by pyarrow, is read a second time here).
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._digest = hashlib.blake2b(digest_size=16)
+        self._digest.update(b"packprep-corpus-v1\0")
+        self._file: Path | None = None
+        self._fed = 0
+
+    def start(self, file: Path) -> None:
+        rel = file.relative_to(self.root).as_posix().encode("utf-8")
+        # Length prefixes keep (name, content) boundaries unambiguous.
+        self._digest.update(len(rel).to_bytes(8, "little") + rel + file.stat().st_size.to_bytes(8, "little"))
+        self._file, self._fed = file, 0
+
+    def feed(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._fed += len(data)
+
+    def end(self) -> None:
+        assert self._file is not None, "end() without start()"
+        with open(self._file, "rb") as fh:
+            fh.seek(self._fed)
+            while chunk := fh.read(1 << 22):
+                self._digest.update(chunk)
+        self._file = None
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def packprep_folder_kind(folder: Path) -> str | None:
+    """``"output"`` or ``"store"`` when packprep wrote ``folder`` (finished or interrupted), else None.
+
+    Decided by what the manifest says, not by file names alone: a corpus may well hold a ``manifest.json``.
+    """
+    if _declares(folder / npy.MANIFEST_NAME, npy.FORMAT_NAME) or (folder / npy.JOURNAL_NAME).is_file():
+        return "output"
+    if _declares(folder / STORE_MANIFEST, STORE_FORMAT) or (folder / "tokens.bin.tmp").is_file():
+        return "store"  # finished, or being written (DocStoreWriter's temporary token file)
+    return None
+
+
+def _declares(manifest: Path, format_name: str) -> bool:
+    """Whether the JSON file ``manifest`` says ``"format": format_name`` near its start (where
+    packprep writes it), read without parsing what may be a large file of someone else's."""
+    try:
+        with open(manifest, "rb") as fh:
+            head = fh.read(1 << 12)
+    except OSError:
+        return False
+    return re.search(rb'"format"\s*:\s*"' + re.escape(format_name.encode()) + rb'"', head) is not None

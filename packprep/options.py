@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from packprep.formats import CONVERSIONS, FORMATS
+from packprep.stages.strategies import STRATEGIES
 
-class Strategy(str, Enum):
-    random = "random"
-    eos = "eos"
-    cluster = "cluster"
-    icp = "icp"
+
+# The choices come from the registries, so a new strategy or format needs no edit here.
+Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)
 
 
 class Packing(str, Enum):
@@ -21,15 +21,8 @@ class Packing(str, Enum):
     bestfit = "bestfit"
 
 
-class Format(str, Enum):
-    npy = "npy"
-    arrow = "arrow"
-    megatron = "megatron"
-
-
-class ConvertFormat(str, Enum):
-    arrow = "arrow"
-    megatron = "megatron"
+Format = Enum("Format", {name: name for name in FORMATS}, type=str)
+ConvertFormat = Enum("ConvertFormat", {name: name for name in CONVERSIONS}, type=str)
 
 
 class EngineName(str, Enum):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import StringTable
+from packprep.io import StringTable
 from packprep.formats.npy import Shard, read_manifest
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips

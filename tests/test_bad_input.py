@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import packprep._files
+import packprep.io
 import packprep.progress
 import packprep.store
 from packprep import PackedDataset
@@ -212,7 +212,7 @@ def test_configs_check_themselves_so_notebooks_get_the_cli_errors(make, message)
 
 
 def test_a_semantic_threshold_of_0_still_means_off(tmp_path, good_corpus):
-    from packprep.selection import semantic_threshold
+    from packprep.pipeline.selection import semantic_threshold
 
     chosen = semantic_threshold(PackConfig(strategy="icp", semantic_threshold=0.0), "all-MiniLM-L6-v2", None)
     assert chosen["value"] == 0.0 and chosen["source"] == "--semantic-threshold"  # 0 passes the range check, and is off
@@ -344,7 +344,7 @@ def test_disk_full_while_writing_the_token_store(tmp_path, good_corpus, monkeypa
 
 def test_disk_full_while_writing_shards(tmp_path, good_corpus, monkeypatch):
     # Every shard array but the token memmap goes through _files.save_npy's `open`: fill the disk there.
-    monkeypatch.setattr(packprep._files, "open", open_that_fills_the_disk(64, only="shard-"), raising=False)
+    monkeypatch.setattr(packprep.io, "open", open_that_fills_the_disk(64, only="shard-"), raising=False)
     made = tmp_path / "made"
     result = invoke("pack", good_corpus, made, "-q", "--seq-len", "16", "--shard-size", "2")
     assert_user_error(result, made, "No space left on device", "shard-")
@@ -352,7 +352,7 @@ def test_disk_full_while_writing_shards(tmp_path, good_corpus, monkeypatch):
 
 def test_the_disk_full_seams_are_the_ones_writes_go_through(tmp_path, good_corpus, monkeypatch):
     """Guards the two tests above: if the writers stop using these `open`s, the patches must be moved."""
-    monkeypatch.setattr(packprep._files, "open", open_that_fills_the_disk(64, only="shard-"), raising=False)
+    monkeypatch.setattr(packprep.io, "open", open_that_fills_the_disk(64, only="shard-"), raising=False)
     with pytest.raises(OSError) as caught:
         pack(good_corpus, tmp_path / "out", config=PackConfig(seq_len=16, rows_per_shard=2))
     assert caught.value.errno == errno.ENOSPC
@@ -369,6 +369,7 @@ BIG_DOC_BYTES = 100_000_000
 BIG_DOC_MAX_RSS = 2 << 30  # measured 0.97 GiB for this document (tokenize holds its ids as Python ints); 2 GiB flags a regression
 
 
+@pytest.mark.slow
 def test_a_100_mb_document_packs_with_bounded_memory(tmp_path):
     """One document of 100 MB of short words: packs (one split document, every row full but the last).
 
@@ -429,6 +430,7 @@ class RecordingReporter(packprep.progress.SilentReporter):
         self.lines.append(f"warning: {message}")
 
 
+@pytest.mark.slow
 def test_ray_drops_whitespace_documents_warns_and_reads_pretty_json_as_locally(tmp_path):
     """Whitespace-only documents, an --id-field no record has, other files, and a pretty-printed
     .jsonl read in byte ranges (the Ray engine's own JSONL loop): the same store, lines and errors."""
@@ -449,17 +451,17 @@ def test_ray_drops_whitespace_documents_warns_and_reads_pretty_json_as_locally(t
             store = tokenize(corpus, tmp_path / name, config=config, engine=Engine(name), reporter=said[name])
             assert store.manifest["counts"] == {"records": 200, "dropped_empty": 120, "skipped_records": 0}
         assert said["ray"].lines == said["local"].lines and len(said["local"].lines) == 3
-        for name in packprep.store._STORE_FILES:
+        for name in packprep.store.STORE_FILES:
             assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
 
         pretty = tmp_path / "pretty.jsonl"
         pretty.write_text(json.dumps([{"text": f"record {i}"} for i in range(300)], indent=2))
         with pytest.raises(PackprepError) as local:
             tokenize(pretty, tmp_path / "local2")
-        from packprep.engines.ray_engine import tokenize_on_ray
+        from packprep.engines.ray_engine import RayEngine
 
         with pytest.raises(PackprepError) as on_ray:
-            tokenize_on_ray(pretty, tmp_path / "ray2", range_bytes=4096)  # several byte ranges
+            tokenize(pretty, tmp_path / "ray2", engine=RayEngine(range_bytes=4096))  # several byte ranges
         assert str(on_ray.value) == str(local.value) == (
             f"{pretty}: a JSON list spread over lines, not JSON lines; name it .json to read it as a list of records"
         )

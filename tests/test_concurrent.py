@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from packprep._folders import OWNER_NAME
+from packprep.io import OWNER_NAME
 from tests.conftest import make_documents, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +64,7 @@ def test_a_second_run_into_the_same_folder_stops_naming_the_first(corpus, tmp_pa
     assert not (folder / OWNER_NAME).exists()  # the holder cleans up after itself
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_does_not_block_the_next(corpus, tmp_path):
     out = tmp_path / "out"
     command = [*PACKPREP, "pack", str(corpus), str(out), "--quiet"]

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from packprep import __version__
-from packprep._files import load_json
-from packprep.bpe_openai_backend import _PARALLEL_MIN_CHARS
+from packprep.io import load_json
+from packprep.tokenizers.bpe_openai import _PARALLEL_MIN_CHARS
 from packprep.corpus import corpus_fingerprint
 from tests.conftest import make_documents, write_jsonl
 from tests.test_resume import REPO, output_digest
@@ -23,7 +23,7 @@ PACKPREP = [sys.executable, "-m", "packprep.cli"]
 # split the work (below _PARALLEL_MIN_CHARS both settings would encode in-process).
 SPIED_PACKPREP = [sys.executable, "-c", """
 import atexit, os, sys
-from packprep import bpe_openai_backend as backend
+from packprep.tokenizers import bpe_openai as backend
 sent = [0]
 send = backend._EncoderProcess.send
 def spy(self, texts):
@@ -70,6 +70,7 @@ def pack_counting_remote_texts(corpus, out, *options) -> tuple[dict[str, str], i
     ],
     ids=["eos-split", "random-bestfit"],
 )
+@pytest.mark.slow
 def test_same_bytes_for_any_workers_and_every_run(corpus, tmp_path, options):
     one, sent_by_one = pack_counting_remote_texts(corpus, tmp_path / "w1", *options, "--workers", "1")
     two, sent_by_two = pack_counting_remote_texts(corpus, tmp_path / "w2", *options, "--workers", "2")
@@ -78,6 +79,7 @@ def test_same_bytes_for_any_workers_and_every_run(corpus, tmp_path, options):
     assert one == two == again
 
 
+@pytest.mark.slow
 def test_icp_same_bytes_for_any_workers(tmp_path):
     # Embedding runs torch matmuls whose thread count could change the last bits.
     folder = tmp_path / "corpus"

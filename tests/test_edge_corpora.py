@@ -145,6 +145,7 @@ def test_identical_documents_with_dedup_keep_exactly_one(tmp_path, strategy):
     assert dup_of.tolist() == [-1] + [0] * (n - 1)
 
 
+@pytest.mark.slow
 def test_icp_on_a_tiny_unicode_corpus(tmp_path):
     """The one semantic run here (the embedder is slow): the ordering changes nothing in the text."""
     records = [{"id": name, "text": text} for name, text in UNICODE_TEXTS.items()]

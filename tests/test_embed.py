@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from packprep.errors import PackprepError
-from packprep.stages import embed
+from packprep.stages import embed, model_files
 from packprep.stages.embed import DEFAULT_MODEL, embed_documents, embed_texts, first_tokens_text, load_embedder
 
 TEXTS = [
@@ -45,13 +45,15 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
+@pytest.mark.slow
 def test_packaged_model_is_described_for_manifests(embedder):
     assert (embedder.name, embedder.dim) == (DEFAULT_MODEL, 384)
     assert len(embedder.fingerprint) == 64 and int(embedder.fingerprint, 16) >= 0
-    assert embedder.fingerprint == embed._fingerprint(embed._packaged_model_dir())  # stable across calls
+    assert embedder.fingerprint == model_files.model_fingerprint(model_files.packaged_model_dir())  # stable across calls
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
 
 
+@pytest.mark.slow
 def test_output_shape_dtype_and_unit_norm(embedder):
     calls: list[int] = []
     vectors = embed_texts(embedder, TEXTS, batch_size=3, progress=calls.append)
@@ -64,6 +66,7 @@ def test_output_shape_dtype_and_unit_norm(embedder):
     assert embed_texts(embedder, []).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_order_is_preserved_despite_length_sorting(embedder):
     # TEXTS is deliberately not sorted by length, so batching permutes it internally.
     batched = embed_texts(embedder, TEXTS, batch_size=3, dtype=np.float32)
@@ -73,6 +76,7 @@ def test_order_is_preserved_despite_length_sorting(embedder):
     assert np.array_equal(batched, embed_texts(embedder, TEXTS, batch_size=3, dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_similar_sentences_are_closer_than_unrelated_ones(embedder):
     v = _f32(
         embed_texts(embedder, PAIRED_TEXTS)
@@ -100,6 +104,7 @@ def test_first_tokens_text_truncates_and_is_lazy():
         next(first_tokens_text(decode, tokens, offsets, np.array([0]), max_tokens=0))
 
 
+@pytest.mark.slow
 def test_embed_documents_fills_a_memmap(embedder, tmp_path):
     words = "the cat sat on a mat stocks fell sharply today as investors sold shares".split()
     decode = lambda ids: " ".join(words[i] for i in ids)  # noqa: E731
@@ -122,9 +127,10 @@ def test_embed_documents_fills_a_memmap(embedder, tmp_path):
         embed_documents(embedder, decode, tokens, offsets, doc_indices, out=np.zeros((2, embedder.dim), np.float16))
 
 
+@pytest.mark.slow
 def test_local_model_folder_loads_with_the_network_off(tmp_path, monkeypatch):
     folder = tmp_path / "my-model"
-    source = embed._packaged_model_dir()
+    source = model_files.packaged_model_dir()
     for path in source.rglob("*"):  # a copy made of symlinks: same files, a different folder
         if path.is_file():
             link = folder / path.relative_to(source)
@@ -137,10 +143,11 @@ def test_local_model_folder_loads_with_the_network_off(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     loaded = load_embedder(str(folder))
     assert loaded.name == str(folder.resolve()) and loaded.dim == 384
-    assert loaded.fingerprint == embed._fingerprint(source)
+    assert loaded.fingerprint == model_files.model_fingerprint(source)
     assert embed_texts(loaded, ["Hello"]).shape == (1, 384)
 
 
+@pytest.mark.slow
 def test_bad_model_paths_are_user_errors(tmp_path):
     with pytest.raises(PackprepError, match="not found") as missing:
         load_embedder(str(tmp_path / "nope"))
@@ -159,12 +166,12 @@ def test_bad_model_paths_are_user_errors(tmp_path):
 def test_fingerprint_sees_config_changes_and_skips_hidden_files(tmp_path):
     (tmp_path / "config.json").write_text('{"hidden_size": 384}')
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 100)
-    before = embed._fingerprint(tmp_path)
+    before = model_files.model_fingerprint(tmp_path)
     (tmp_path / ".cache").mkdir()
     (tmp_path / ".cache" / "lock").write_text("x")
-    assert embed._fingerprint(tmp_path) == before
+    assert model_files.model_fingerprint(tmp_path) == before
     (tmp_path / "config.json").write_text('{"hidden_size": 768}')
-    assert embed._fingerprint(tmp_path) != before
+    assert model_files.model_fingerprint(tmp_path) != before
 
 
 # ---------------------------------------------------------------------------- which embeddings a pack uses
@@ -177,7 +184,7 @@ def static_stub(tmp_path, monkeypatch) -> None:
     from packprep.stages import static_embed
     from tests.conftest import SENTENCES
 
-    source = embed._packaged_model_dir()
+    source = model_files.packaged_model_dir()
     tokenizer = static_embed._plain_tokenizer(source / "tokenizer.json")
     ids = np.concatenate([e.ids for e in tokenizer.encode_batch(SENTENCES, add_special_tokens=False)] + [[0, 100, 101, 102, 103]])
     distilled = static_embed.distill(source, token_ids=ids)
@@ -208,6 +215,7 @@ def embedder_of(out) -> str:
 ICP = ["--strategy", "icp", "--seq-len", "128", "-q"]
 
 
+@pytest.mark.slow  # MiniLM distils the stub and embeds the fit sample
 def test_pack_of_a_store_uses_the_embedder_it_was_embedded_with(static_stub, work, tmp_path):
     from pathlib import Path
 
@@ -222,6 +230,7 @@ def test_pack_of_a_store_uses_the_embedder_it_was_embedded_with(static_stub, wor
     assert not (work / "embeddings.npy").exists() and not (work / "embed.json").exists()  # MiniLM never ran
 
 
+@pytest.mark.slow  # MiniLM distils the stub and embeds the fit sample
 def test_embeddings_of_two_embedders_sit_side_by_side(static_stub, work, tmp_path):
     from pathlib import Path
 
@@ -245,12 +254,13 @@ def test_embeddings_of_two_embedders_sit_side_by_side(static_stub, work, tmp_pat
     again = cli("embed", work)
     assert again.exit_code == 0 and "reusing the stored embeddings" in again.output
     assert {name: (work / name).stat().st_mtime_ns for name in files} == files
-    from packprep.semantic import load_embeddings  # what inspect reads: the embedder the output names
+    from packprep.store.embeddings import load_embeddings  # what inspect reads: the embedder the output names
 
     assert np.array_equal(load_embeddings(work, "static"), np.load(work / "embeddings.static.npy"))
     assert np.array_equal(load_embeddings(work), np.load(work / "embeddings.npy"))
 
 
+@pytest.mark.slow
 def test_a_raw_corpus_without_embedder_gets_minilm(tmp_path):
     from tests.conftest import make_documents, write_jsonl
 
@@ -266,8 +276,9 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow  # MiniLM distils the stub and embeds the fit sample
 def test_static_fit_is_not_redone_after_an_interrupt(static_stub, work, tmp_path, monkeypatch):
-    from packprep import semantic
+    from packprep.pipeline import semantic
     from packprep.config import EmbedConfig
     from packprep.pipeline import tokenize
     from packprep.store import DocStore

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains with the example scripts: make test-fast leaves it out
+
 pytest.importorskip("torch")
 
 from packprep import PackedDataset, pack  # noqa: E402

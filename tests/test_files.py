@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from packprep._folders import LOCK_FILES  # the lock is not output: it holds no data to sync
+from packprep.io import LOCK_FILES  # the lock is not output: it holds no data to sync
 from packprep.config import PackConfig
 from packprep.pipeline import pack
 

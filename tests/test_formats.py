@@ -172,6 +172,7 @@ def test_megatron_documents_equal_store(small_corpus: Path, tmp_path: Path, stra
     assert (dest / "text_document.bin").stat().st_size == 4 * int(lengths.sum())
 
 
+@pytest.mark.slow
 def test_megatron_core_reads_our_files(packed: Path):
     indexed = pytest.importorskip("megatron.core.datasets.indexed_dataset")
     dest = convert(packed, to="megatron")

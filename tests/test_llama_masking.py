@@ -13,6 +13,8 @@ import random
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds and runs tiny Llama models: make test-fast leaves it out
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

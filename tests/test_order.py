@@ -90,6 +90,7 @@ def test_compiled_walk_matches_the_pure_python_fallback():
     assert sorted(expected.tolist()) == list(range(300))
 
 
+@pytest.mark.slow
 def test_semantic_orders_put_similar_documents_next_to_each_other(clustered):
     embeddings, labels = clustered
     given = np.arange(len(embeddings))

@@ -117,7 +117,7 @@ def test_order_partition_returns_centroid_and_ends(groups):
     assert np.allclose(part.ends, groups[part.order[[0, -1]]].astype(np.float32))
     assert part.centroid.dtype == np.float32 and abs(float(np.linalg.norm(part.centroid)) - 1) < 1e-5
     assert float(part.centroid @ groups[0].astype(np.float32)) > 0.99
-    with pytest.raises(ValueError, match="icp and cluster"):
+    with pytest.raises(ValueError, match="embedding strategies"):
         order_partition(members, groups, strategy="random", seed=0)
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from packprep import PackedDataset
-from packprep._files import sha256_file
+from packprep.io import sha256_file
 from packprep.config import EmbedConfig, PackConfig
 from packprep.pipeline import pack, tokenize
-from packprep.semantic import embed
+from packprep.pipeline.semantic import embed
 from tests.conftest import make_documents, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_partition_docs_must_not_be_negative():
 # SIGKILL of the driver right after it journaled its second partition: a real kill, at a known point.
 KILLED_AFTER_TWO = [
     sys.executable, "-c",
-    "import os, signal, packprep.order_files as f\n"
+    "import os, signal, packprep.pipeline.ordering as f\n"
     "real = f.OrderJournal.finish\n"
     "def finish(self, p, part):\n"
     "    real(self, p, part)\n"

@@ -40,7 +40,7 @@ def test_partitions_on_ray_write_the_local_bytes(store_path, tmp_path, strategy,
 
 def test_a_worker_killed_mid_partition_is_retried_and_the_bytes_are_the_same(store_path, tmp_path, monkeypatch):
     marker = tmp_path / "crashed-once"
-    real = ray_order._order_part
+    real = ray_order.order_part
 
     def dies_once_in_partition_1(p, *args):
         import os
@@ -50,7 +50,7 @@ def test_a_worker_killed_mid_partition_is_retried_and_the_bytes_are_the_same(sto
             os._exit(1)  # the worker process dies mid-task, as on a lost node or an OOM kill
         return real(p, *args)
 
-    monkeypatch.setattr(ray_order, "_order_part", dies_once_in_partition_1)
+    monkeypatch.setattr(ray_order, "order_part", dies_once_in_partition_1)
     local = pack(store_path, tmp_path / "local", config=config("icp"), embed_config=EMBED)
     on_ray = pack(store_path, tmp_path / "ray", config=config("icp"), embed_config=EMBED, engine=RAY)
     assert marker.exists()
@@ -98,7 +98,7 @@ def test_a_worker_killed_while_writing_a_shard_is_retried_and_the_bytes_are_the_
     from packprep.engines import ray_pack
 
     marker = tmp_path / "crashed-once"
-    real = ray_pack._write_shard
+    real = ray_pack.write_shard_task
 
     def dies_once_in_shard_2(out, index, *args):
         import os
@@ -108,7 +108,7 @@ def test_a_worker_killed_while_writing_a_shard_is_retried_and_the_bytes_are_the_
             os._exit(1)
         return real(out, index, *args)
 
-    monkeypatch.setattr(ray_pack, "_write_shard", dies_once_in_shard_2)
+    monkeypatch.setattr(ray_pack, "write_shard_task", dies_once_in_shard_2)
     local = pack(store_path, tmp_path / "local", config=config("icp", "bestfit"), embed_config=EMBED)
     on_ray = pack(store_path, tmp_path / "ray", config=config("icp", "bestfit"), embed_config=EMBED, engine=RAY)
     assert marker.exists()
@@ -119,12 +119,12 @@ def test_a_worker_killed_while_writing_a_shard_is_retried_and_the_bytes_are_the_
 # SIGKILL of the driver once the shard journal lists two finished shards (Ray tasks write them).
 KILLED_AFTER_TWO_SHARDS = [
     sys.executable, "-c",
-    "import os, signal, packprep.pipeline as p\n"
-    "real = p.save_json\n"
-    "def save_json(path, obj):\n"
-    "    real(path, obj)\n"
-    "    if path.name == 'manifest.partial.json' and len(obj['shards']) >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
-    "p.save_json = save_json\n"
+    "import os, signal, packprep.formats.npy as npy\n"
+    "real = npy.save_journal\n"
+    "def save_journal(out, key, shards):\n"
+    "    real(out, key, shards)\n"
+    "    if len(shards) >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "npy.save_journal = save_journal\n"
     "from packprep.cli import main; main()",
 ]
 

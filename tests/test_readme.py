@@ -67,6 +67,7 @@ def test_an_option_prefix_is_not_an_option():
     assert "--seq-len" in names and "-q" in names and "--seq" not in names
 
 
+@pytest.mark.slow
 def test_readme_python_snippets_run(small_corpus, tmp_path, monkeypatch):
     snippets = blocks(ROOT / "README.md", "python")
     assert snippets

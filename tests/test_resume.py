@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from packprep._files import load_json, sha256_file
+pytestmark = pytest.mark.slow  # SIGKILLed CLI runs and their reruns: make test-fast leaves it out
+
+from packprep.io import load_json, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 PACKPREP = [sys.executable, "-m", "packprep.cli"]

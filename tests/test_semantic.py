@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytestmark = pytest.mark.slow  # MiniLM embeds every corpus: make test-fast leaves it out
 from typer.testing import CliRunner
 
 from packprep import PackedDataset

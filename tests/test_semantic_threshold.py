@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from packprep.cli import app
 from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, DedupConfig, PackConfig
 from packprep.pipeline import pack
-from packprep.selection import semantic_threshold
+from packprep.pipeline.selection import semantic_threshold
 from packprep.stages.static_embed import calibrate_threshold, neighbour_pair_cosines
 from tests.conftest import write_jsonl
 
@@ -90,12 +90,14 @@ def packed(tmp_path_factory):
     return pack(path, folder / "out", config=PackConfig(strategy="icp", seq_len=32, semantic_threshold=0.9))
 
 
+@pytest.mark.slow
 def test_manifest_records_the_threshold_used(packed):
     manifest = json.loads((packed / "manifest.json").read_text())
     assert manifest["semantic_threshold"] == {"value": 0.9, "source": "--semantic-threshold", "embedder": "all-MiniLM-L6-v2"}
     assert manifest["dropped"] == {"exact": 1, "near": 0, "semantic": 1}
 
 
+@pytest.mark.slow
 def test_inspect_dropped_shows_the_kept_twin_reason_and_cosine(packed):
     result = CliRunner().invoke(app, ["inspect", str(packed), "--dropped"], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -108,6 +110,7 @@ def test_inspect_dropped_shows_the_kept_twin_reason_and_cosine(packed):
     assert "2 dropped documents; semantic threshold 0.9 (--semantic-threshold" in result.output
 
 
+@pytest.mark.slow
 def test_inspect_dropped_json_and_limit(packed):
     result = CliRunner().invoke(app, ["inspect", str(packed), "--dropped", "--json", "--limit", "1"])
     assert result.exit_code == 0, result.output

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # distils and fits the static embedder against MiniLM: make test-fast leaves it out
+
 from packprep.config import EmbedConfig
 from packprep.pipeline import tokenize
-from packprep.semantic import embed
+from packprep.pipeline.semantic import embed
 from packprep.stages import static_embed
-from packprep.stages.embed import _fingerprint, _packaged_model_dir, embed_texts, load_embedder
+from packprep.stages.embed import embed_texts, load_embedder
+from packprep.stages.model_files import model_fingerprint, packaged_model_dir
 from packprep.stages.order import icp_order
 from packprep.stages.static_embed import (
     RECIPE,
@@ -42,7 +45,7 @@ SPECIALS = [0, 100, 101, 102, 103]  # [PAD] [UNK] [CLS] [SEP] [MASK]
 
 @pytest.fixture(scope="module")
 def source() -> Path:
-    return _packaged_model_dir()
+    return packaged_model_dir()
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +138,7 @@ def test_cache_is_written_once_and_reused(cache, source, tmp_path):
     first = load_embedder("static")
     assert len(cache) == 1 and cache[0] == source
     assert (first.name, first.dim) == ("static", first.model.vectors.shape[1])
-    assert first.fingerprint == static_fingerprint(_fingerprint(source))
+    assert first.fingerprint == static_fingerprint(model_fingerprint(source))
     folder = tmp_path / "cache" / f"static-{first.fingerprint[:16]}"
     assert sorted(p.name for p in folder.iterdir()) == ["empty.npy", "static.json", "tokenizer.json", "vectors.npy"]
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temporary folder left behind

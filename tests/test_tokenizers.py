@@ -138,7 +138,7 @@ def test_bpe_openai_ids_equal_tiktoken_on_varied_text_and_the_example_corpus():
     texts = VARIED_TEXTS + _examples_texts()
     assert len(texts) == len(VARIED_TEXTS) + 2923
     fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=1)  # in-process
-    assert type(fast).__name__ == "_BpeOpenAICl100k"
+    assert type(fast).__name__ == "BpeOpenAICl100k"
     flat, lengths = fast.encode_batch(texts)
     assert flat.dtype == np.uint32 and lengths.dtype == np.int64
     got, expected = _per_text(flat, lengths), _tiktoken_ids(texts)
@@ -148,8 +148,9 @@ def test_bpe_openai_ids_equal_tiktoken_on_varied_text_and_the_example_corpus():
     assert fast.decode(flat[: lengths[1]]) == texts[1]
 
 
+@pytest.mark.slow
 def test_bpe_openai_worker_processes_give_the_same_ids():
-    from packprep.bpe_openai_backend import _PARALLEL_MIN_CHARS
+    from packprep.tokenizers.bpe_openai import _PARALLEL_MIN_CHARS
 
     texts = _examples_texts() + VARIED_TEXTS
     assert sum(map(len, texts)) > 2 * _PARALLEL_MIN_CHARS  # large enough to be cut into parts
@@ -164,6 +165,7 @@ def test_bpe_openai_worker_processes_give_the_same_ids():
     assert small_flat.tolist() == [15339, 1917] and small_lengths.tolist() == [2, 0]
 
 
+@pytest.mark.slow
 def test_bpe_openai_worker_that_died_is_replaced():
     texts = _examples_texts()
     fast = load_tokenizer("cl100k", backend="bpe-openai", num_threads=2)
@@ -177,7 +179,7 @@ def test_bpe_openai_worker_that_died_is_replaced():
 
 
 def test_split_by_chars_is_contiguous_and_balanced():
-    from packprep.bpe_openai_backend import _split_by_chars
+    from packprep.tokenizers.bpe_openai import _split_by_chars
 
     texts = ["a" * n for n in (5, 1, 1, 1, 1, 1, 50, 40)]
     parts = _split_by_chars(texts, 3)
@@ -198,16 +200,16 @@ def test_bpe_openai_equals_tiktoken_on_any_text(text):
 
 
 def test_backend_choice_env_var_and_errors(monkeypatch):
-    import packprep.bpe_openai_backend as bpe_openai_backend
+    import packprep.tokenizers.bpe_openai as bpe_openai_backend
     import packprep.tokenizers as tokenizers
 
     monkeypatch.delenv(tokenizers.BACKEND_ENV, raising=False)
     fast = load_tokenizer("cl100k")
-    assert type(fast).__name__ == "_BpeOpenAICl100k"
+    assert type(fast).__name__ == "BpeOpenAICl100k"
     monkeypatch.setenv(tokenizers.BACKEND_ENV, "tiktoken")
     reference = load_tokenizer("cl100k")
-    assert type(reference).__name__ == "_TiktokenTokenizer"
-    assert type(load_tokenizer("cl100k", backend="bpe-openai")).__name__ == "_BpeOpenAICl100k"  # the argument wins
+    assert type(reference).__name__ == "TiktokenTokenizer"
+    assert type(load_tokenizer("cl100k", backend="bpe-openai")).__name__ == "BpeOpenAICl100k"  # the argument wins
     # same vocabulary, same ids: same name, ids and cache key
     assert (fast.name, fast.vocab_size, fast.eos_id, fast.bos_id) == (
         reference.name, reference.vocab_size, reference.eos_id, reference.bos_id)
@@ -220,9 +222,9 @@ def test_backend_choice_env_var_and_errors(monkeypatch):
     def missing():
         raise ImportError("No module named 'bpe_openai'")
 
-    monkeypatch.setattr(bpe_openai_backend, "_bpe_openai_cl100k", missing)
+    monkeypatch.setattr(bpe_openai_backend, "bpe_openai_cl100k", missing)
     monkeypatch.setenv(tokenizers.BACKEND_ENV, "auto")
-    assert type(load_tokenizer("cl100k")).__name__ == "_TiktokenTokenizer"  # falls back
+    assert type(load_tokenizer("cl100k")).__name__ == "TiktokenTokenizer"  # falls back
     monkeypatch.setenv(tokenizers.BACKEND_ENV, "bpe-openai")
     with pytest.raises(PackprepError, match="pip install bpe-openai"):
         load_tokenizer("cl100k")

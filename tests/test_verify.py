@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packprep._files import load_json, save_json, save_npy, sha256_file
+from packprep.io import load_json, save_json, save_npy, sha256_file
 from packprep.config import PackConfig
 from packprep.errors import PackprepError
 from packprep.formats import npy

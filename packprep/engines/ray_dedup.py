@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from packprep.config import DedupConfig
-from packprep.engines import RAY_MAX_RETRIES
+from packprep.engines.base import RAY_MAX_RETRIES
 from packprep.store import DocStore
 
 
-def _document_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
+def document_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
     """Up to ``parts`` consecutive, non-empty ``(first, end)`` document ranges with about equal tokens."""
     n = len(offsets) - 1
     cuts = np.searchsorted(offsets, np.linspace(0, offsets[-1], max(1, parts) + 1)[1:-1], side="left")
@@ -28,13 +28,13 @@ def _document_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _sign_and_shuffle(
+def sign_and_shuffle(
     ray: Any, store_path: Path, ranges: list[tuple[int, int]], config: DedupConfig, *, keep: np.ndarray, progress: Any
 ) -> tuple[np.ndarray, np.ndarray]:
     """Signatures [N, num_perm] in document order, and candidate pairs int64 [P, 2] (lower index first)."""
     partitions = len(ranges)
     params = {"num_perm": config.num_perm, "shingle": config.shingle, "seed": config.seed, "threshold": config.minhash_threshold}
-    sign = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=1 + partitions)(_sign_range)
+    sign = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=1 + partitions)(sign_range)
     outputs = [sign.remote(str(store_path), d0, d1, params, keep[d0:d1], partitions) for d0, d1 in ranges]
     reduce = ray.remote(max_retries=RAY_MAX_RETRIES)(_band_pairs)
     # Reducer p takes partition p of every range: the shuffle happens in Ray's object store.
@@ -50,14 +50,13 @@ def _sign_and_shuffle(
     return signatures, (np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64))
 
 
-def _sign_range(store_path: str, first: int, end: int, params: dict[str, Any], keep: np.ndarray | None, partitions: int) -> Any:
+def sign_range(store_path: str, first: int, end: int, params: dict[str, Any], keep: np.ndarray | None, partitions: int) -> Any:
     """Ray task: MinHash signatures of documents [first, end); with ``partitions``, also their LSH band keys
     as uint64 rows (band, key, document) split by ``key % partitions``.
 
-    The band keys are ``stages.dedup._band_candidates``' (the same weights, sums and finaliser).
+    The band keys are ``stages.dedup.band_keys``, as the local engine's.
     """
-    from packprep.stages.dedup import _EMPTY_SIGNATURE, document_signatures, lsh_params
-    from packprep.stages.shingles import splitmix64
+    from packprep.stages.dedup import EMPTY_SIGNATURE, band_keys, document_signatures, lsh_params
     from packprep.tokenizers import tokenizer_from_manifest
 
     store = DocStore.open(store_path)  # memory-mapped here: tokens never travel through Ray
@@ -69,15 +68,13 @@ def _sign_range(store_path: str, first: int, end: int, params: dict[str, Any], k
     )
     if not partitions:
         return signatures
-    active = np.asarray(keep, dtype=bool) & ~(signatures == _EMPTY_SIGNATURE).all(axis=1)
+    active = np.asarray(keep, dtype=bool) & ~(signatures == EMPTY_SIGNATURE).all(axis=1)
     docs = (np.flatnonzero(active) + first).astype(np.uint64)
     bands, rows = lsh_params(params["num_perm"], params["threshold"])
-    weights = np.random.default_rng(params["seed"] + 1).integers(1, 1 << 63, size=rows, dtype=np.uint64) | np.uint64(1)
     sig = signatures[active]
     tables = []
     for band in range(bands):
-        block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        keys = splitmix64((block * weights).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+        keys = band_keys(sig, band, rows, params["seed"])
         tables.append(np.stack([np.full(len(docs), band, np.uint64), keys, docs], axis=1))
     table = np.concatenate(tables) if tables else np.zeros((0, 3), np.uint64)
     part = table[:, 1] % np.uint64(partitions)
@@ -85,25 +82,7 @@ def _sign_range(store_path: str, first: int, end: int, params: dict[str, Any], k
 
 
 def _band_pairs(*tables: np.ndarray) -> np.ndarray:
-    """Ray task: int64 [P, 2] candidate pairs from (band, key, document) rows, as ``_band_candidates`` makes them:
-    in every bucket, the lowest document with each other one, and all pairs in buckets of at most 64."""
-    from packprep.stages.dedup import _MAX_FULL_PAIRS_RUN
+    """Ray task (a shuffle reducer): ``stages.dedup.bucket_pairs`` of the rows every range sent to this partition."""
+    from packprep.stages.dedup import bucket_pairs
 
-    table = np.concatenate(tables)
-    if not len(table):
-        return np.zeros((0, 2), np.int64)
-    table = table[np.lexsort((table[:, 2], table[:, 1], table[:, 0]))]
-    docs = table[:, 2].astype(np.int64)
-    new = np.ones(len(table), dtype=bool)
-    new[1:] = (table[1:, 0] != table[:-1, 0]) | (table[1:, 1] != table[:-1, 1])
-    run_id = np.cumsum(new) - 1
-    run_start = np.flatnonzero(new)
-    run_len = np.diff(np.append(run_start, len(table)))
-    members = np.flatnonzero((run_len[run_id] > 1) & ~new)
-    lefts, rights = [docs[run_start[run_id[members]]]], [docs[members]]
-    small = (run_len > 2) & (run_len <= _MAX_FULL_PAIRS_RUN)
-    for start, length in zip(run_start[small], run_len[small]):
-        i, j = np.triu_indices(int(length), 1)
-        lefts.append(docs[start + i])
-        rights.append(docs[start + j])
-    return np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)
+    return bucket_pairs(np.concatenate(tables))

@@ -12,7 +12,7 @@ from packprep.config import EmbedConfig
 from packprep.store import DocStore
 
 
-class _EmbedWorker:
+class EmbedWorker:
     """Ray actor: the model and the memmapped store, loaded once per worker."""
 
     def __init__(self, store_path: str, config: EmbedConfig, threads: int):

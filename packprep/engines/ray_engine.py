@@ -1,7 +1,8 @@
 """The heavy stages on Ray, writing the same bytes as the local engine.
 
-This module is the entry point: ``connect``, then one function per stage. Each stage's
-tasks and actors live in a module of their own, importable on the workers:
+This module is the entry point: ``RayEngine`` (the ``engines.Backend`` the pipeline calls),
+``connect``, and one function per stage. Each stage's tasks and actors live in a module of
+their own, importable on the workers:
 
 - tokenize (``ray_tokenize``): one task per corpus source, or per byte range of a large
   ``.jsonl``, writes a block store; copy tasks concatenate the blocks into WORK's store.
@@ -10,6 +11,9 @@ tasks and actors live in a module of their own, importable on the workers:
 - embed (``ray_embed``): a pool of actors, each holding the model, embeds the local
   engine's chunks (4096 documents each) so every batch has the same composition and the
   same floats.
+- order (``ray_order``): one task per partition of a partitioned icp/cluster order, reading
+  only its rows of the embeddings memmap.
+- shards (``ray_pack``): one task per shard, given only its rows of the pack plan.
 
 Workers must see the corpus and WORK at the same paths (one machine, or a shared
 file system). A worker that dies is retried by Ray (``RAY_MAX_RETRIES``); every task
@@ -22,22 +26,97 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packprep._folders import claim_folder, finished_with_key, is_store_file, removed_on_error
 from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig
-from packprep.corpus import list_corpus_files
-from packprep.engines import RAY_INSTALL_HINT, RAY_MAX_RETRIES
-from packprep.engines.ray_dedup import _document_ranges, _sign_and_shuffle, _sign_range
-from packprep.engines.ray_embed import _EmbedWorker
-from packprep.engines.ray_tokenize import BLOCKS_DIRNAME, RANGE_BYTES, _block_parts, _concatenate, _run_blocks
+from packprep.engines.base import RAY_INSTALL_HINT, RAY_MAX_RETRIES, ReadSummary
+from packprep.engines.ray_dedup import document_ranges, sign_and_shuffle, sign_range
+from packprep.engines.ray_embed import EmbedWorker
+from packprep.engines.ray_tokenize import RANGE_BYTES, run_blocks
 from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
-from packprep.store import MANIFEST_NAME, DocStore
+from packprep.store import BLOCKS_DIRNAME, DocStore, concatenate, copy_range
 
+
+class RayEngine:
+    """:class:`packprep.engines.Backend` on Ray: the local engine's bytes, computed in tasks and actors.
+
+    ``address``: None starts a local Ray, ``"auto"`` joins the running cluster. ``range_bytes``:
+    a plain ``.jsonl`` larger than this is read by several tasks, one per byte range of about this size.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, range_bytes: int = RANGE_BYTES):
+        self.address = address
+        self.range_bytes = range_bytes
+
+    def backend(self) -> RayEngine:
+        return self
+
+    def tokenize(
+        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
+        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+    ) -> tuple[DocStore, ReadSummary]:
+        from packprep.corpus import corpus_fingerprint, corpus_root, list_corpus_files, source_parts
+        from packprep.tokenizers import smallest_token_dtype
+
+        if fingerprint is None:
+            # The tasks read the corpus on other workers, in parallel: the digest (a stream over every
+            # file in order) is taken here, in a pass of its own.
+            fingerprint = corpus_fingerprint(corpus)
+        ray = connect(self.address)
+        dtype = smallest_token_dtype(tokenizer.vocab_size)
+        blocks = work / BLOCKS_DIRNAME
+        try:
+            parts = source_parts(list_corpus_files(corpus), self.range_bytes)
+            summaries = run_blocks(ray, parts, corpus_root(corpus), blocks, config, dtype, reporter)
+            counts = {
+                "records": sum(s["records"] for s in summaries),
+                "dropped_empty": sum(s["dropped_empty"] for s in summaries),
+                "skipped_records": sum(s["skipped"] for s in summaries),
+            }
+            recorded = manifest(counts, sum(s["num_documents"] for s in summaries), fingerprint)
+            copy = ray.remote(max_retries=RAY_MAX_RETRIES)(copy_range)  # idempotent: a retry rewrites the same bytes
+
+            def copy_in_tasks(copies: list[tuple[str, str, int]]) -> None:
+                ray.get([copy.remote(*job) for job in copies])
+
+            block_paths = [blocks / f"{i:06d}" for i in range(len(summaries))]
+            store = concatenate(block_paths, work, dtype=dtype, manifest=recorded, copy=copy_in_tasks)
+        finally:
+            shutil.rmtree(blocks, ignore_errors=True)
+        first_errors = [e for s in summaries for e in s["first_errors"]]
+        return store, ReadSummary(counts, with_id=sum(s["with_id"] for s in summaries), first_errors=first_errors)
+
+    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
+        return dedup_on_ray(store, config=config, address=self.address, reporter=reporter)
+
+    def embed(
+        self, store: DocStore, embedder: Any, decode: Callable[[Any], str], *, config: EmbedConfig, out: np.ndarray,
+        starts: list[int], chunk: int, progress: Callable[..., None], on_chunk: Callable[[int], None],
+    ) -> None:
+        # Each actor loads its own copy of the model (``embedder`` and ``decode`` stay on the driver).
+        embed_on_ray(store, config=config, out=out, starts=starts, chunk=chunk, address=self.address, progress=progress, on_chunk=on_chunk)
+
+    def order_partitions(
+        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        on_part: Callable[[int, Any], None], progress: Callable[..., None],
+    ) -> None:
+        order_partitions_on_ray(embeddings, tasks, address=self.address, on_part=on_part, progress=progress)
+
+    def write_shards(
+        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
+        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
+    ) -> list[dict[str, Any]]:
+        return write_shards_on_ray(
+            out, plan, store, rows_per_shard=rows_per_shard, params={"dtype": dtype, "sep_id": sep_id, "pad_id": pad_id},
+            finished=finished, on_shard=journal, address=self.address, on_rows=on_rows,
+        )
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
@@ -62,74 +141,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
     return ray
 
 
-# ---------------------------------------------------------------------------- tokenize
-
-
-def tokenize_on_ray(
-    corpus: str | Path,
-    work: str | Path,
-    *,
-    config: TokenizeConfig = TokenizeConfig(),
-    overwrite: bool = False,
-    address: str | None = None,
-    reporter: Reporter = SilentReporter(),
-    range_bytes: int = RANGE_BYTES,
-) -> DocStore:
-    """``pipeline.tokenize`` on Ray: the same document store, byte for byte, and the same errors.
-
-    ``range_bytes``: a plain ``.jsonl`` larger than this is read by several tasks, one per
-    byte range of about this size.
-    """
-    corpus, work = Path(corpus), Path(work)
-    list_corpus_files(corpus)
-    with removed_on_error(work):
-        return _tokenize(corpus, work, config, overwrite, address, reporter, range_bytes)
-
-
-def _tokenize(
-    corpus: Path,
-    work: Path,
-    config: TokenizeConfig,
-    overwrite: bool,
-    address: str | None,
-    reporter: Reporter,
-    range_bytes: int,
-) -> DocStore:
-    from packprep.pipeline import no_documents_error, report_read, store_manifest, tokenize_key
-    from packprep.tokenizers import load_tokenizer, smallest_token_dtype
-
-    tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id)
-    key, fingerprint = tokenize_key(corpus, config, tokenizer)
-    if finished_with_key(work, key):
-        reporter.info(f"tokenize: reusing the document store in {work}")
-        return DocStore.open(work)
-    blocks = work / BLOCKS_DIRNAME
-    shutil.rmtree(blocks, ignore_errors=True)  # an interrupted run's blocks; claim_folder would call them foreign
-    claim_folder(work, overwrite=overwrite, ours=is_store_file)
-    (work / MANIFEST_NAME).unlink(missing_ok=True)
-
-    ray = connect(address)
-    dtype = smallest_token_dtype(tokenizer.vocab_size)
-    root = corpus if corpus.is_dir() else corpus.parent
-    try:
-        parts = _block_parts(list_corpus_files(corpus), range_bytes)
-        summaries = _run_blocks(ray, parts, root, blocks, config, dtype, reporter)
-        counts = {
-            "records": sum(s["records"] for s in summaries),
-            "dropped_empty": sum(s["dropped_empty"] for s in summaries),
-            "skipped_records": sum(s["skipped"] for s in summaries),
-        }
-        if sum(s["num_documents"] for s in summaries) == 0:
-            raise no_documents_error(corpus, counts)
-        manifest = store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts)
-        store = _concatenate(ray, blocks, summaries, work, dtype, manifest)
-    finally:
-        shutil.rmtree(blocks, ignore_errors=True)
-    first_errors = [e for s in summaries for e in s["first_errors"]]
-    report_read(reporter, config, counts, with_id=sum(s["with_id"] for s in summaries), first_errors=first_errors)
-    return store
-
-
 # ---------------------------------------------------------------------------- dedup
 
 
@@ -141,7 +152,7 @@ def dedup_on_ray(
     num_tasks: int | None = None,
     reporter: Reporter = SilentReporter(),
 ) -> Any:
-    """The ``stages.dedup.DedupResult`` that ``semantic.dedup`` computes locally, with MinHash and LSH on Ray.
+    """The ``stages.dedup.DedupResult`` that the local engine computes, with MinHash and LSH on Ray.
 
     Exact dedup (a sort of N uint64 hashes) stays on the driver. ``num_tasks``: document
     ranges (balanced by tokens) for the MinHash tasks, and as many shuffle reducers;
@@ -154,9 +165,9 @@ def dedup_on_ray(
     if not config.near:
         return result
     ray = connect(address)
-    ranges = _document_ranges(store.offsets, num_tasks or 2 * int(ray.cluster_resources().get("CPU", 1)))
+    ranges = document_ranges(store.offsets, num_tasks or 2 * int(ray.cluster_resources().get("CPU", 1)))
     with reporter.track("minhash", total=n, unit="docs") as advance:
-        signatures, pairs = _sign_and_shuffle(ray, store.path, ranges, config, keep=result.keep, progress=advance)
+        signatures, pairs = sign_and_shuffle(ray, store.path, ranges, config, keep=result.keep, progress=advance)
     near = stage.verified_near_duplicates(signatures, pairs, threshold=config.minhash_threshold)
     return stage.combine(result, near)
 
@@ -173,9 +184,9 @@ def minhash_signatures_on_ray(
     """uint32 [N, num_perm]: ``stages.dedup.document_signatures`` of the store at ``store_path``, in Ray tasks."""
     ray = connect(address)
     store = DocStore.open(store_path)
-    task = ray.remote(max_retries=RAY_MAX_RETRIES)(_sign_range)
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(sign_range)
     params = {"num_perm": num_perm, "shingle": shingle, "seed": seed, "threshold": None}
-    refs = [task.remote(str(store_path), d0, d1, params, None, 0) for d0, d1 in _document_ranges(store.offsets, num_tasks)]
+    refs = [task.remote(str(store_path), d0, d1, params, None, 0) for d0, d1 in document_ranges(store.offsets, num_tasks)]
     return np.concatenate(ray.get(refs)) if refs else np.zeros((0, num_perm), np.uint32)
 
 
@@ -195,7 +206,7 @@ def embed_on_ray(
     progress: Any = None,
     on_chunk: Any = None,
 ) -> None:
-    """Fill ``out`` (``config.dtype`` [N, D], e.g. the memmap ``semantic.embed`` opens) as the local engine does.
+    """Fill ``out`` (``config.dtype`` [N, D], e.g. the memmap ``pipeline.semantic.embed`` opens) as the local engine does.
 
     A pool of actors each loads the model once; chunk i is documents [i*chunk, (i+1)*chunk)
     (default ``stages.embed.EMBED_CHUNK``), embedded exactly as ``stages.embed.embed_documents``
@@ -222,7 +233,7 @@ def embed_on_ray(
     node_cpus = max(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node["Alive"])
     actor_cpus = min(threads, node_cpus)
     fit = max(1, int(ray.cluster_resources().get("CPU", 1)) // actor_cpus)  # more would wait for CPUs forever
-    worker = ray.remote(num_cpus=actor_cpus, max_restarts=RAY_MAX_RETRIES, max_task_retries=RAY_MAX_RETRIES)(_EmbedWorker)
+    worker = ray.remote(num_cpus=actor_cpus, max_restarts=RAY_MAX_RETRIES, max_task_retries=RAY_MAX_RETRIES)(EmbedWorker)
     actors = [worker.remote(str(store.path), config, threads) for _ in range(min(num_actors or fit, fit, len(starts)))]
     try:
         pool = ActorPool(actors)
@@ -264,7 +275,7 @@ def order_partitions_on_ray(
         return
     ray = connect(address)
     source = str(embeddings.filename) if isinstance(embeddings, np.memmap) and embeddings.filename else ray.put(np.asarray(embeddings))
-    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_order._order_part)
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_order.order_part)
     dim = int(embeddings.shape[1])
     pending = [
         task.options(memory=ray_order.partition_bytes(len(members), dim)).remote(p, source, members, params)
@@ -303,7 +314,7 @@ def write_shards_on_ray(
     from packprep.engines import ray_pack
 
     ray = connect(address)
-    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack._write_shard)
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack.write_shard_task)
     done = {index: entry for index, entry in enumerate(finished)}
     pending = {}
     for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):

@@ -25,7 +25,7 @@ def partition_bytes(num_docs: int, dim: int) -> int:
 
 
 
-def _order_part(p: int, embeddings: Any, members: np.ndarray, params: dict[str, Any]) -> tuple[int, Any]:
+def order_part(p: int, embeddings: Any, members: np.ndarray, params: dict[str, Any]) -> tuple[int, Any]:
     """Ray task: (``p``, partition ``p`` ordered). ``embeddings``: the path of an ``.npy`` (opened
     memory-mapped here) or the array itself (through the object store, for in-memory embeddings)."""
     from packprep.stages.partition import order_partition

@@ -23,7 +23,7 @@ def plan_rows(plan: PackPlan, start: int, stop: int) -> PackPlan:
     )
 
 
-def _write_shard(out: str, index: int, rows: PackPlan, store_path: str, params: dict[str, Any]) -> dict[str, Any]:
+def write_shard_task(out: str, index: int, rows: PackPlan, store_path: str, params: dict[str, Any]) -> dict[str, Any]:
     """Ray task: ``rows`` (a plan's rows, :func:`plan_rows`) written into ``out`` as shard ``index``; its manifest entry."""
     from packprep.formats.npy import write_shard
     from packprep.store import DocStore

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import fsync_path, save_json
+from packprep.io import fsync_path, save_json
 from packprep.formats import CONVERSION_MANIFEST, read_conversion_info
 from packprep.formats.npy import Shard, read_manifest
 from packprep.reader import IGNORE_INDEX
@@ -253,7 +253,7 @@ def check_arrow(out: Path, dest: Path) -> list[tuple[str, str]]:
 
 
 def _state_files(disk: Path) -> list[dict[str, Any]]:
-    from packprep._files import load_json
+    from packprep.io import load_json
 
     return load_json(disk / "state.json")["_data_files"]
 
@@ -296,3 +296,13 @@ def _compare_batches(batches: Iterator[Any], shard: Shard, names: tuple[str, ...
     if r0 != rows:
         return f"holds {r0} rows; the shard has {rows}"
     return None
+
+
+def write(out: Path, dest: Path, *, labels: bool, progress: Callable[[int], None] | None = None) -> None:
+    """The registry's writer (``formats.CONVERSIONS``): :func:`write_arrow`."""
+    write_arrow(out, dest, labels=labels, progress=progress)
+
+
+def check(out: Path, dest: Path) -> list[tuple[str, str]]:
+    """The registry's checker (``formats.CONVERSIONS``): :func:`check_arrow`."""
+    return check_arrow(out, dest)

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import atomic_path, save_json, save_npy
+from packprep.io import atomic_path, save_json, save_npy
 from packprep.formats import CONVERSION_MANIFEST, read_conversion_info
 from packprep.formats.npy import Shard, read_manifest
 from packprep.stages.pack import concat_ranges
@@ -285,3 +285,13 @@ def _piece_positions(
     src = concat_ranges(seg_rows * seq_len + shard.seg_start[p0:p1], length)
     dst = concat_ranges(doc_start[doc] + shard.seg_doc_offset[p0:p1], length)
     return src, dst, np.repeat(doc, length)
+
+
+def write(out: Path, dest: Path, *, labels: bool, progress: Callable[[int], None] | None = None) -> None:
+    """The registry's writer (``formats.CONVERSIONS``): :func:`write_megatron` (Megatron derives labels itself: ``labels`` is unused)."""
+    write_megatron(out, dest, progress=progress)
+
+
+def check(out: Path, dest: Path) -> list[tuple[str, str]]:
+    """The registry's checker (``formats.CONVERSIONS``): :func:`check_megatron`."""
+    return check_megatron(out, dest)

@@ -25,13 +25,13 @@ REASON_KEPT, REASON_EXACT, REASON_NEAR, REASON_SEMANTIC = 0, 1, 2, 3
 REASON_NAMES = {REASON_KEPT: "kept", REASON_EXACT: "exact", REASON_NEAR: "near", REASON_SEMANTIC: "semantic"}
 DEFAULT_SHINGLE, DEFAULT_NUM_PERM = 3, 128  # config.DedupConfig's defaults (docs/semantic.md says why)
 
-_EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)
+EMPTY_SIGNATURE = np.uint32(0xFFFFFFFF)  # the signature of a document with no shingles: never a candidate
 _SHINGLE_CHUNK = 1 << 16  # shingles signed per chunk: 512 KB arrays stay in cache over 128 permutations (~1.4x faster)
 _TEXT_CHUNK_TOKENS = 1 << 18  # tokens decoded per chunk: ~1M characters, ~40 MB of word-hashing temporaries
-_MAX_FULL_PAIRS_RUN = 64  # LSH buckets larger than this are linked as a star, not all pairs
+MAX_FULL_PAIRS_RUN = 64  # LSH buckets larger than this are linked as a star, not all pairs
 
 
-# Part of the document store's cache key (pipeline.tokenize_key): changing exact_normal_form
+# Part of the document store's cache key (pipeline.tokenizing.tokenize_key): changing exact_normal_form
 # must change it, so that a store hashed the old way is re-tokenised rather than reused.
 EXACT_HASH = "blake2b64(nfkc-casefold-whitespace)/2"
 
@@ -162,7 +162,7 @@ def minhash_signatures(
     n = len(offsets) - 1
     # Odd multipliers: x -> a*x mod 2**64 is a bijection of the (already mixed) shingle hashes.
     a = np.random.default_rng(seed).integers(1, 1 << 63, size=num_perm, dtype=np.uint64) | np.uint64(1)
-    signatures = np.full((n, num_perm), _EMPTY_SIGNATURE, dtype=np.uint32)
+    signatures = np.full((n, num_perm), EMPTY_SIGNATURE, dtype=np.uint32)
     doc = 0
     while doc < n:
         end = _chunk_end(offsets, doc, _SHINGLE_CHUNK)
@@ -226,7 +226,7 @@ def near_duplicates(
     """
     n, num_perm = signatures.shape
     active = np.ones(n, dtype=bool) if keep is None else np.asarray(keep, dtype=bool).copy()
-    active &= ~(signatures == _EMPTY_SIGNATURE).all(axis=1)
+    active &= ~(signatures == EMPTY_SIGNATURE).all(axis=1)
     ids = np.flatnonzero(active)
     bands, rows = lsh_params(num_perm, threshold)
     left, right = _band_candidates(signatures[ids], bands, rows, seed)
@@ -246,13 +246,44 @@ def verified_near_duplicates(signatures: np.ndarray, pairs: np.ndarray, *, thres
     return _result(n, _lowest_in_component(n, pairs), REASON_NEAR)
 
 
+def band_keys(sig: np.ndarray, band: int, rows: int, seed: int) -> np.ndarray:
+    """uint64 [M]: the LSH bucket key of each signature row (uint32 [M, bands*rows]) in ``band``.
+
+    Both engines bucket with it (the Ray engine's reducers group these keys across tasks).
+    """
+    weights = np.random.default_rng(seed + 1).integers(1, 1 << 63, size=rows, dtype=np.uint64) | np.uint64(1)
+    block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
+    return splitmix64((block * weights).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+
+
+def bucket_pairs(table: np.ndarray) -> np.ndarray:
+    """int64 [P, 2] candidate pairs from uint64 rows (band, key, document), as ``_band_candidates`` makes
+    them per band: in every bucket, the lowest document with each other one, and all pairs in buckets
+    of at most MAX_FULL_PAIRS_RUN. The Ray engine's reducers call it on their partition of the rows."""
+    if not len(table):
+        return np.zeros((0, 2), np.int64)
+    table = table[np.lexsort((table[:, 2], table[:, 1], table[:, 0]))]
+    docs = table[:, 2].astype(np.int64)
+    new = np.ones(len(table), dtype=bool)
+    new[1:] = (table[1:, 0] != table[:-1, 0]) | (table[1:, 1] != table[:-1, 1])
+    run_id = np.cumsum(new) - 1
+    run_start = np.flatnonzero(new)
+    run_len = np.diff(np.append(run_start, len(table)))
+    members = np.flatnonzero((run_len[run_id] > 1) & ~new)
+    lefts, rights = [docs[run_start[run_id[members]]]], [docs[members]]
+    small = (run_len > 2) & (run_len <= MAX_FULL_PAIRS_RUN)
+    for start, length in zip(run_start[small], run_len[small]):
+        i, j = np.triu_indices(int(length), 1)
+        lefts.append(docs[start + i])
+        rights.append(docs[start + j])
+    return np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)
+
+
 def _band_candidates(sig: np.ndarray, bands: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Position pairs sharing at least one band (all pairs in small buckets, a star in large ones)."""
-    weights = np.random.default_rng(seed + 1).integers(1, 1 << 63, size=rows, dtype=np.uint64) | np.uint64(1)
     lefts, rights = [], []
     for band in range(bands):
-        block = sig[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        keys = splitmix64((block * weights).sum(axis=1, dtype=np.uint64) + np.uint64(band))
+        keys = band_keys(sig, band, rows, seed)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         new = np.ones(len(keys), dtype=bool)
@@ -267,7 +298,7 @@ def _band_candidates(sig: np.ndarray, bands: int, rows: int, seed: int) -> tuple
         is_head = members == run_start[run_id[members]]
         lefts.append(head[~is_head])
         rights.append(order[members[~is_head]])
-        for start in run_start[(run_len > 2) & (run_len <= _MAX_FULL_PAIRS_RUN)]:
+        for start in run_start[(run_len > 2) & (run_len <= MAX_FULL_PAIRS_RUN)]:
             group = order[start : start + run_len[np.searchsorted(run_start, start)]]
             i, j = np.triu_indices(len(group), 1)
             lefts.append(group[i])

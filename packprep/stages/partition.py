@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from packprep.errors import PackprepError
-from packprep.stages.order import Progress, cluster_order, icp_order
+from packprep.stages.order import Progress, icp_order
 
 _SAMPLE_PER_PARTITION = 256  # k-means training points per centroid (faiss's own subsampling figure)
 _ASSIGN_BATCH = 65536  # rows compared with the centroids at a time: bounds the float32 copy
@@ -105,6 +105,15 @@ def partition_seed(seed: int, p: int, num_partitions: int) -> int:
 
 
 @dataclass(frozen=True)
+class _PartitionParams:
+    """What a strategy's order reads (``stages.strategies.OrderParams``), for one partition."""
+
+    seed: int
+    clusters: int | None
+    knn: int
+
+
+@dataclass(frozen=True)
 class PartOrder:
     """One ordered partition: ``order`` int64 [m] (document indices), ``centroid`` float32 [D]
     (the normalised mean of its rows), ``ends`` float32 [2, D] (the rows of its first and last documents)."""
@@ -124,17 +133,18 @@ def order_partition(
     n_clusters: int | None = None,
     progress: Progress = None,
 ) -> PartOrder:
-    """Order one partition's ``members`` (int [m]) as the global ``strategy`` (``icp`` or ``cluster``) would.
+    """Order one partition's ``members`` (int [m]) as the global ``strategy`` (``icp`` or ``cluster``:
+    its ``stages.strategies`` entry) would.
 
     Reads only the ``members`` rows of ``embeddings``. ``seed``: :func:`partition_seed`;
     ``n_clusters``: this partition's share of ``--clusters`` (None: about ``sqrt(m)``).
     """
-    if strategy == "icp":
-        order = icp_order(members, embeddings, k=k, seed=seed, progress=progress)
-    elif strategy == "cluster":
-        order = cluster_order(members, embeddings, n_clusters=n_clusters, seed=seed, progress=progress)
-    else:
-        raise ValueError(f"partitioned ordering is for icp and cluster, not {strategy!r}")
+    from packprep.stages.strategies import STRATEGIES
+
+    if strategy not in STRATEGIES or not STRATEGIES[strategy].needs_embeddings:
+        raise ValueError(f"partitioned ordering is for the embedding strategies (icp, cluster), not {strategy!r}")
+    params = _PartitionParams(seed=seed, clusters=n_clusters, knn=k)
+    order = STRATEGIES[strategy].order(members, embeddings, params, progress)
     total = np.zeros(embeddings.shape[1], dtype=np.float64)
     for start in range(0, len(order), _ASSIGN_BATCH):
         total += _rows(embeddings, np.sort(order[start : start + _ASSIGN_BATCH])).sum(axis=0, dtype=np.float64)

@@ -60,8 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD
 from packprep.errors import PackprepError
+from packprep.stages.strategies import DEFAULT_ICP_SEMANTIC_THRESHOLD
 
 STATIC_MODEL = "static"
 RECIPE = {"version": 2, "pooling": "mean", "pca_dims": 256, "sif_coefficient": 1e-4, "ranks": "bert-vocabulary"}
@@ -142,9 +142,9 @@ def distill(source: Path, *, token_ids: np.ndarray | None = None, batch_size: in
     import torch
     from transformers import AutoModel
 
-    from packprep.stages.embed import _force_offline
+    from packprep.stages.model_files import force_offline
 
-    _force_offline()
+    force_offline()
     tokenizer = _plain_tokenizer(source / "tokenizer.json")
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     special = np.fromiter((i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special), dtype=np.int64)

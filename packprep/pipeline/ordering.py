@@ -1,4 +1,4 @@
-"""The journal that makes partitioned ordering resumable, and the run that uses it.
+"""Partitioned ordering wired to disk: the journal that makes it resumable, and the run that uses it.
 
 While ``pack`` orders a corpus partition by partition (``stages.partition``), every
 finished partition is saved in ``OUT/order.partial/``::
@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, release_pages, save_json, save_npy, sha256_file
+from packprep.io import load_json, release_pages, save_json, save_npy, sha256_file
+from packprep.pipeline.run import Run
 from packprep.stages.partition import PartOrder, Partitions
-
-ORDER_JOURNAL_DIRNAME = "order.partial"
 
 
 def plan_digest(plan: Partitions) -> str:
@@ -96,17 +94,17 @@ def order_by_partition(
     n_clusters: int | None,
     journal_folder: Path | None,
     key: str,
-    engine: Any,
-    reporter: Any,
+    run: Run,
 ) -> np.ndarray:
-    """int64 [M]: ``stages.partition.partitioned_order``, each partition journaled, on ``engine``.
+    """int64 [M]: ``stages.partition.partitioned_order``, each partition journaled, on ``run.backend``.
 
     Both engines run the same plan and the same per-partition function with the same
     seeds, so the order (and every byte packed from it) does not depend on the engine.
     ``journal_folder`` None: nothing is journaled (a notebook call without an output folder).
     """
-    from packprep.stages.partition import assemble, order_partition, partition_clusters, partition_documents, partition_seed
+    from packprep.stages.partition import assemble, partition_clusters, partition_documents, partition_seed
 
+    reporter = run.reporter
     reporter.info(f"order: planning partitions of at most {max_docs:,} documents")
     plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed)
     release_pages(embeddings)  # planning read every row: mapped pages would count as ours, growing with the corpus
@@ -130,12 +128,5 @@ def order_by_partition(
 
     with reporter.track(f"order ({strategy}, {len(plan)} partitions)", total=total, unit="docs") as advance:
         advance(int(sum(sizes[p] for p in done)), resumed=True)
-        if engine.ray:
-            from packprep.engines.ray_engine import order_partitions_on_ray
-
-            order_partitions_on_ray(embeddings, tasks, address=engine.address, on_part=finished, progress=advance)
-        else:
-            for p, members, params in tasks:
-                finished(p, order_partition(members, embeddings, **params))
-                advance(len(members))
+        run.backend.order_partitions(embeddings, tasks, on_part=finished, progress=advance)
     return assemble([done[p] for p in range(len(plan))], seed=seed, k=k)

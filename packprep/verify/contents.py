@@ -1,6 +1,6 @@
 """The content checks of ``packprep verify``: what the rows hold, against the document table and the store.
 
-``verify.py`` checks the structure (manifest, document table, shard files, segment boundaries) and
+``verify`` (this package's ``__init__``) checks the structure (manifest, document table, shard files, segment boundaries) and
 calls these once it holds:
 
 - :func:`token_problems`, per shard and per chunk of rows: token ids below the vocabulary and, with
@@ -10,7 +10,7 @@ calls these once it holds:
 - :func:`coverage_problems`: every kept document's pieces tile its sequence exactly once and dropped
   documents have none.
 
-:class:`Problem` and :class:`Output` live here, below ``verify.py``, so that the two modules do not
+:class:`Problem` and :class:`Output` live here, below ``verify/__init__.py``, so that the two modules do not
 import each other; ``packprep.verify`` re-exports ``Problem``.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import StringTable, release_pages, sha256_file
+from packprep.io import StringTable, release_pages, sha256_file
 from packprep.stages.pack import concat_ranges, piece_token_spans
 from packprep.store import DocStore
 

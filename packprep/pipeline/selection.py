@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from packprep.config import DEFAULT_ICP_SEMANTIC_THRESHOLD, DedupConfig, EmbedConfig, PackConfig
-from packprep.engines import LOCAL, Engine
-from packprep.progress import Reporter, SilentReporter
+from packprep.config import DedupConfig, EmbedConfig, PackConfig
+from packprep.pipeline.run import Run
 from packprep.stages.dedup import REASON_NAMES
+from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore
+from packprep.store.embeddings import embed_manifest
 
 
 @dataclass(frozen=True)
@@ -36,31 +37,31 @@ def select_documents(
     config: PackConfig,
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig = EmbedConfig(),
-    engine: Engine = LOCAL,
-    reporter: Reporter = SilentReporter(),
+    run: Run = Run(),
     order_journal: Path | None = None,
     key: str = "",
 ) -> Selection:
     """Dedup, then order the kept documents by ``config.strategy``.
 
     icp/cluster over more than ``config.partition_docs`` documents are ordered partition by
-    partition (``order_files.order_by_partition``; on Ray, one task each), every finished
+    partition (``pipeline.ordering.order_by_partition``; on Ray, one task each), every finished
     partition journaled in ``order_journal`` under ``key`` so a rerun resumes.
     """
-    from packprep import semantic
-    from packprep.stages import order as orders
+    from packprep.pipeline import semantic
 
+    reporter = run.reporter
     n = store.num_documents
     reason = np.zeros(n, dtype=np.uint8)
     dup_of = np.full(n, -1, dtype=np.int64)
     if config.run_dedup:
-        found = semantic.dedup(store, config=dedup_config, engine=engine, reporter=reporter)
+        found = semantic.dedup_in(store, config=dedup_config, run=run)
         reason, dup_of = found.reason.copy(), found.dup_of.copy()
-    if not config.semantic:
-        return Selection(order=orders.random_order(np.flatnonzero(reason == 0), seed=config.seed), reason=reason, dup_of=dup_of)
+    strategy = STRATEGIES[config.strategy]
+    if not strategy.needs_embeddings:
+        return Selection(order=strategy.order(np.flatnonzero(reason == 0), None, config, None), reason=reason, dup_of=dup_of)
 
-    embeddings = semantic.embed(store, config=embed_config, engine=engine, reporter=reporter)
-    calibration = (semantic.embed_manifest(store, embed_config.model) or {}).get("calibration")
+    embeddings = semantic.embed_in(store, config=embed_config, run=run)
+    calibration = (embed_manifest(store.path, embed_config.model) or {}).get("calibration")
     chosen = semantic_threshold(config, embed_config.model, calibration)
     if chosen and chosen["value"]:
         from packprep.stages.dedup import semantic_duplicates
@@ -73,26 +74,23 @@ def select_documents(
         )
     kept = np.flatnonzero(reason == 0)
     if 0 < config.partition_docs < len(kept):
-        from packprep.order_files import order_by_partition
+        from packprep.pipeline.ordering import order_by_partition
 
         order = order_by_partition(
             kept, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
-            n_clusters=config.clusters, journal_folder=order_journal, key=key, engine=engine, reporter=reporter,
+            n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run,
         )
         return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
-        if config.strategy == "cluster":
-            order = orders.cluster_order(kept, embeddings, n_clusters=config.clusters, seed=config.seed, progress=advance)
-        else:
-            order = orders.icp_order(kept, embeddings, k=config.knn, seed=config.seed, progress=advance)
+        order = strategy.order(kept, embeddings, config, advance)
     return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
 
 
 def semantic_threshold(config: PackConfig, model: str, calibration: dict[str, Any] | None) -> dict[str, Any] | None:
     """The cosine above which semantic dedup drops a document, and how it was chosen; None: no semantic dedup.
 
-    ``--semantic-threshold`` wins as given (0: off). Otherwise icp uses
-    DEFAULT_ICP_SEMANTIC_THRESHOLD, measured on MiniLM's scale; for the static embedder
+    ``--semantic-threshold`` wins as given (0: off). Otherwise the strategy's default
+    (``stages.strategies``; icp: DEFAULT_ICP_SEMANTIC_THRESHOLD), measured on MiniLM's scale; for the static embedder
     that is the ``calibration`` its embed stage measured (``stages.static_embed.calibrate_threshold``),
     the static cosine that reproduces MiniLM's decisions at the default on the fit sample.
     """
@@ -100,9 +98,10 @@ def semantic_threshold(config: PackConfig, model: str, calibration: dict[str, An
 
     if config.semantic_threshold is not None:
         return {"value": config.semantic_threshold, "source": "--semantic-threshold", "embedder": model}
-    if config.strategy != "icp":
+    default = STRATEGIES[config.strategy].semantic_threshold
+    if default is None:
         return None
     if model == STATIC_MODEL and calibration is not None:
         return {"value": calibration["threshold"], "source": f"calibrated to MiniLM's {calibration['reference']}",
                 "embedder": model, "calibration": calibration}
-    return {"value": DEFAULT_ICP_SEMANTIC_THRESHOLD, "source": "default", "embedder": model}
+    return {"value": default, "source": "default", "embedder": model}

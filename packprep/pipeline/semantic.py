@@ -12,93 +12,62 @@ means the stage is reused):
                           static embedder its calibration: the threshold standing for MiniLM's
                           default (stages.static_embed.Calibration)
     embeddings.static.npy, embed.static.json    the same for --embedder static; every embedder
-                          has its own pair, and a journal while it runs (packprep.embed_files)
+                          has its own pair, and a journal while it runs (packprep.store.embeddings)
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, save_json, save_npy
 from packprep.config import DedupConfig, EmbedConfig, as_dict, stage_key
-from packprep.embed_files import ChunkJournal, EmbedFiles, finished_manifests
-from packprep.engines import LOCAL, Engine
+from packprep.engines import LOCAL, Backend, Engine
+from packprep.io import cached_manifest
 from packprep.errors import PackprepError
+from packprep.pipeline.run import Run
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
+from packprep.store.cached import DEDUP_MANIFEST, Dedup, load_dedup, save_dedup
+from packprep.store.embeddings import ChunkJournal, EmbedFiles, finished_manifests
 
-DEDUP_MANIFEST = "dedup.json"
-_DEDUP_ARRAYS = ("keep", "reason", "dup_of")
-
-
-@dataclass(frozen=True)
-class Dedup:
-    """A stored dedup result: the arrays of ``stages.dedup.DedupResult`` plus its manifest."""
-
-    keep: np.ndarray
-    reason: np.ndarray
-    dup_of: np.ndarray
-    manifest: dict[str, Any]
+__all__ = ["Dedup", "HeldEmbedder", "dedup", "dedup_in", "embed", "embed_in", "held_embed_config"]
 
 
 def dedup(
-    store: DocStore, *, config: DedupConfig = DedupConfig(), engine: Engine = LOCAL, reporter: Reporter = SilentReporter()
+    store: DocStore, *, config: DedupConfig = DedupConfig(), engine: Engine | Backend = LOCAL, reporter: Reporter = SilentReporter()
 ) -> Dedup:
     """Exact (normalised-text hash) and near (MinHash LSH over the decoded, normalised text) dedup of
     ``store``; cached in its folder."""
+    return dedup_in(store, config=config, run=Run.of(engine, reporter))
+
+
+def dedup_in(store: DocStore, *, config: DedupConfig, run: Run) -> Dedup:
+    """:func:`dedup` as a step of a larger ``run``."""
     from packprep.stages.shingles import NORMALIZATION
 
+    reporter = run.reporter
     key = stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
-    cached = _cached(store.path / DEDUP_MANIFEST, key)
+    cached = cached_manifest(store.path / DEDUP_MANIFEST, key)
     if cached is not None:
         reporter.info("dedup: reusing the stored result")
-        return _load_dedup(store.path, cached)
+        return load_dedup(store.path, cached)
     (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
 
-    if engine.ray:
-        from packprep.engines.ray_engine import dedup_on_ray
-
-        result = dedup_on_ray(store, config=config, address=engine.address, reporter=reporter)
-    else:
-        result = _dedup_here(store, config, reporter)
-    for name in _DEDUP_ARRAYS:
-        save_npy(store.path / f"dedup.{name}.npy", getattr(result, name))
+    result = run.backend.dedup(store, config=config, reporter=reporter)
     manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
-    save_json(store.path / DEDUP_MANIFEST, manifest)
+    save_dedup(store.path, result, manifest)
     reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
-    return _load_dedup(store.path, manifest)
-
-
-def _dedup_here(store: DocStore, config: DedupConfig, reporter: Reporter) -> Any:
-    """The dedup stage in this process: a ``stages.dedup.DedupResult``."""
-    from packprep.stages import dedup as stage
-
-    result = stage.exact_duplicates(store.text_hash) if config.exact else stage.DedupResult.all_kept(store.num_documents)
-    if config.near:
-        from packprep.tokenizers import tokenizer_from_manifest
-
-        decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
-        with reporter.track("minhash", total=store.num_documents, unit="docs") as advance:
-            signatures = stage.document_signatures(
-                decode, store.tokens, store.offsets, num_perm=config.num_perm, shingle=config.shingle, seed=config.seed,
-                progress=advance,
-            )
-        near = stage.near_duplicates(signatures, threshold=config.minhash_threshold, seed=config.seed, keep=result.keep)
-        result = stage.combine(result, near)
-    return result
+    return load_dedup(store.path, manifest)
 
 
 def embed(
-    store: DocStore, *, config: EmbedConfig = EmbedConfig(), engine: Engine = LOCAL, reporter: Reporter = SilentReporter()
+    store: DocStore, *, config: EmbedConfig = EmbedConfig(), engine: Engine | Backend = LOCAL, reporter: Reporter = SilentReporter()
 ) -> np.ndarray:
     """Embed every document of ``store`` (its first ``embed_tokens`` tokens); cached as a memmap.
 
-    Each embedder has its own files (``embed_files``), so switching embedders keeps the
+    Each embedder has its own files (``store.embeddings``), so switching embedders keeps the
     other's vectors. Finished chunks are journaled as they are written: a killed run's
     rerun embeds only the rest and writes the same bytes.
 
@@ -107,10 +76,16 @@ def embed(
     and embeds every document in this process, whatever the engine: it runs at
     thousands of documents per second and the fitted model exists only here.
     """
+    return embed_in(store, config=config, run=Run.of(engine, reporter))
+
+
+def embed_in(store: DocStore, *, config: EmbedConfig, run: Run) -> np.ndarray:
+    """:func:`embed` as a step of a larger ``run``."""
     from packprep.stages import embed as stage
     from packprep.stages.static_embed import STATIC_MODEL, fitted_fingerprint
     from packprep.tokenizers import tokenizer_from_manifest
 
+    reporter = run.reporter
     static = config.model == STATIC_MODEL
     if static:
         _report_distilling(reporter)
@@ -118,7 +93,7 @@ def embed(
     fingerprint = fitted_fingerprint(embedder.fingerprint) if static else embedder.fingerprint
     key = stage_key("embed", config, store=store.manifest["key"], model=fingerprint)
     files = EmbedFiles.of(store.path, config.model)
-    if _cached(files.manifest, key) is not None:
+    if cached_manifest(files.manifest, key) is not None:
         reporter.info("embed: reusing the stored embeddings")
         return np.load(files.vectors, mmap_mode="r")
     files.manifest.unlink(missing_ok=True)
@@ -128,10 +103,11 @@ def embed(
     calibration = None
     if static and store.num_documents:
         embedder, calibration = _fit_static(store, embedder, decode, config, reporter, journal=journal)
-    _embed_chunks(store, embedder, decode, config, engine, reporter, journal=journal, on_ray=engine.ray and not static)
+    # The static model exists only in this process (fitted just now), and runs at thousands of documents per second.
+    backend = LOCAL.backend() if static else run.backend
+    _embed_chunks(store, embedder, decode, config, backend, reporter, journal=journal)
     journal.publish()
-    save_json(
-        files.manifest,
+    files.save_manifest(
         {"key": key, "config": as_dict(config), "model": embedder.name, "dim": embedder.dim, "fingerprint": fingerprint,
          "chunk": journal.chunk, "store_key": store.manifest["key"], "calibration": calibration},
     )
@@ -140,12 +116,10 @@ def embed(
 
 
 def _embed_chunks(
-    store: DocStore, embedder: Any, decode: Any, config: EmbedConfig, engine: Engine, reporter: Reporter,
-    *, journal: ChunkJournal, on_ray: bool,
+    store: DocStore, embedder: Any, decode: Any, config: EmbedConfig, backend: Backend, reporter: Reporter,
+    *, journal: ChunkJournal,
 ) -> None:
     """Embed the chunks ``journal`` does not hold yet into its partial vectors, journaling each."""
-    from packprep.stages.embed import embed_documents
-
     n = store.num_documents
     out = journal.open_vectors((n, embedder.dim), np.dtype(config.dtype))
     todo = journal.todo(n)
@@ -154,28 +128,17 @@ def _embed_chunks(
         reporter.info(f"embed: resuming; {reused:,} documents embedded by an interrupted run are reused")
     with reporter.track(f"embed ({embedder.name})", total=n, unit="docs") as advance:
         advance(reused, resumed=True)
-        if on_ray:
-            from packprep.engines.ray_engine import embed_on_ray
-
-            embed_on_ray(
-                store, config=config, out=out, starts=todo, chunk=journal.chunk, address=engine.address,
-                progress=advance, on_chunk=journal.finish,
-            )
-            return
-        for start in todo:
-            end = min(start + journal.chunk, n)
-            embed_documents(
-                embedder, decode, store.tokens, store.offsets, np.arange(start, end), out=out[start:end],
-                max_tokens=config.embed_tokens, batch_size=config.batch_size, chunk=journal.chunk, progress=advance,
-            )
-            journal.finish(start)
+        backend.embed(
+            store, embedder, decode, config=config, out=out, starts=todo, chunk=journal.chunk, progress=advance,
+            on_chunk=journal.finish,
+        )
 
 
 def _report_distilling(reporter: Reporter) -> None:
-    from packprep.stages.embed import _fingerprint, _packaged_model_dir
+    from packprep.stages.model_files import model_fingerprint, packaged_model_dir
     from packprep.stages.static_embed import is_distilled
 
-    if not is_distilled(_fingerprint(_packaged_model_dir())):
+    if not is_distilled(model_fingerprint(packaged_model_dir())):
         reporter.info("embed: distilling the static model from MiniLM (first use only, about a minute)")
 
 
@@ -210,18 +173,6 @@ def _fit_static(
         return fitted, None
     calibration = calibrate_static(static.model, model, texts, targets, whole_store=len(sample) == store.num_documents)
     return fitted, asdict(calibration)
-
-
-def embed_manifest(store: DocStore, model: str) -> dict[str, Any] | None:
-    """What the embed stage of ``model`` recorded beside ``store`` (model, calibration), or None before it ran."""
-    path = EmbedFiles.of(store.path, model).manifest
-    return load_json(path) if path.is_file() else None
-
-
-def load_embeddings(store_path: Path, model: str = "all-MiniLM-L6-v2") -> np.ndarray | None:
-    """The embeddings ``model`` made of the document store at ``store_path``, or None when it has none."""
-    files = EmbedFiles.of(Path(store_path), model)
-    return np.load(files.vectors, mmap_mode="r") if files.manifest.is_file() and files.vectors.is_file() else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,19 +221,3 @@ def _embedder_label(model: str) -> str:
     if model in DEFAULT_ALIASES:
         return "--embedder minilm"
     return "--embedder static" if model == STATIC_MODEL else f"--model {model}"
-
-
-def _cached(manifest_path: Path, key: str) -> dict[str, Any] | None:
-    if not manifest_path.is_file():
-        return None
-    try:
-        manifest = load_json(manifest_path)
-    except json.JSONDecodeError:
-        return None
-    return manifest if manifest.get("key") == key else None
-
-
-def _load_dedup(folder: Path, manifest: dict[str, Any]) -> Dedup:
-    arrays = {name: np.load(folder / f"dedup.{name}.npy") for name in _DEDUP_ARRAYS}
-    return Dedup(manifest=manifest, **arrays)
-

@@ -18,19 +18,24 @@ Later stages (dedup, embed) add their own files and manifests beside these.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packprep._files import StringTable, StringTableWriter, load_json, replace_durably, save_json, save_npy
+from packprep.io import StringTable, StringTableWriter, load_json, replace_durably, save_json, save_npy
 from packprep.errors import PackprepError
 
 STORE_FORMAT = "packprep-docstore"
 STORE_VERSION = 1
 MANIFEST_NAME = "store.json"
-_STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
+# Scratch of an engine that writes the store in blocks (the Ray engine): removed once they are
+# concatenated, and by the next run when a killed one left them.
+BLOCKS_DIRNAME = ".blocks"
+_COPY_CHUNK = 8 << 20
+STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
 
 
 @dataclass(frozen=True)
@@ -168,20 +173,77 @@ class DocStoreWriter:
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         save_npy(self.path / "text_hash.npy", np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))
-        full = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "dtype": self.dtype.name,
-            "num_documents": self.num_documents,
-            "num_tokens": self.num_tokens,
-            **manifest,
-        }
-        save_json(self.path / MANIFEST_NAME, full)
+        _write_manifest(self.path, self.dtype, self.num_documents, self.num_tokens, manifest)
         return DocStore.open(self.path)
 
     def abort(self) -> None:
         self._tokens.close()
         self._ids.abort()
-        for name in _STORE_FILES:
+        for name in STORE_FILES:
             (self.path / (name + ".tmp")).unlink(missing_ok=True)
         self._tokens_tmp.unlink(missing_ok=True)
+
+
+def is_store_file(path: Path) -> bool:
+    """Whether ``path`` in WORK is one of the files the store and its cached stages write."""
+    return path.name.split(".")[0] in {"tokens", "offsets", "text_hash", "doc_ids", "store", "dedup", "embed", "embeddings"}
+
+
+def _write_manifest(path: Path, dtype: np.dtype, num_documents: int, num_tokens: int, manifest: dict[str, Any]) -> None:
+    """``store.json``, written last: the format header, the sizes, then what the caller records."""
+    header = {"format": STORE_FORMAT, "version": STORE_VERSION, "dtype": np.dtype(dtype).name}
+    save_json(path / MANIFEST_NAME, {**header, "num_documents": num_documents, "num_tokens": num_tokens, **manifest})
+
+
+def concatenate(
+    blocks: list[Path],
+    work: Path,
+    *,
+    dtype: np.dtype,
+    manifest: dict[str, Any],
+    copy: Callable[[list[tuple[str, str, int]]], None] | None = None,
+) -> DocStore:
+    """Write WORK's store from finished block stores (``DocStoreWriter`` outputs) in order: the files,
+    bytes and manifest one ``DocStoreWriter`` would write from all their documents.
+
+    ``copy``: runs the byte copies ``(source, target, start)`` (default: here, one after another);
+    the Ray engine runs them as tasks, so no token passes through its driver.
+    """
+    parts = [DocStore.open(b) for b in blocks]
+    (work / MANIFEST_NAME).unlink(missing_ok=True)
+    copies = []
+    for name in ("tokens.bin", "doc_ids.bin"):
+        sizes = [(p.path / name).stat().st_size for p in parts]
+        tmp = work / (name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.truncate(sum(sizes))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+        copies += [(str(p.path / name), str(tmp), start) for p, start, size in zip(parts, starts, sizes) if size]
+    (copy or _copy_here)(copies)
+    for name in ("tokens.bin", "doc_ids.bin"):
+        replace_durably(work / (name + ".tmp"), work / name)
+    save_npy(work / "doc_ids.idx.npy", _stack_offsets([np.load(p.path / "doc_ids.idx.npy") for p in parts]))
+    offsets = _stack_offsets([p.offsets for p in parts])
+    save_npy(work / "offsets.npy", offsets)
+    save_npy(work / "text_hash.npy", np.concatenate([p.text_hash for p in parts]))
+    _write_manifest(work, dtype, len(offsets) - 1, int(offsets[-1]), manifest)
+    return DocStore.open(work)
+
+
+def copy_range(source: str, target: str, start: int) -> None:
+    """Write the bytes of ``source`` into ``target`` at byte ``start`` (idempotent: a retry writes the same bytes)."""
+    with open(source, "rb") as src, open(target, "r+b") as dst:
+        dst.seek(start)
+        while chunk := src.read(_COPY_CHUNK):
+            dst.write(chunk)
+
+
+def _copy_here(copies: list[tuple[str, str, int]]) -> None:
+    for source, target, start in copies:
+        copy_range(source, target, start)
+
+
+def _stack_offsets(parts: list[np.ndarray]) -> np.ndarray:
+    """int64 [sum(N_i)+1]: the [N_i+1] offset arrays of consecutive blocks as one."""
+    lengths = [np.diff(p) for p in parts]
+    return np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)

@@ -18,7 +18,7 @@ Checks, in order (docs/format.md is the contract):
    beside its writer in ``packprep.formats``).
 
 This module checks the structure (1-3, the boundaries of 4, and 5); the checks of what the rows hold
-(tokens, padding, separators, coverage, the store) are in :mod:`packprep.verify_contents`.
+(tokens, padding, separators, coverage, the store) are in :mod:`packprep.verify.contents`.
 
 Everything is vectorised per shard, and token matrices are read in chunks of rows, so memory stays
 bounded by the segment arrays of the corpus (a few int64 per piece) plus one chunk.
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, sha256_file
+from packprep.io import load_json, sha256_file
 from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.store import DocStore
-from packprep.verify_contents import LOAD_ERRORS, Output, Problem, coverage_problems, store_problems, token_problems
+from packprep.verify.contents import LOAD_ERRORS, Output, Problem, coverage_problems, store_problems, token_problems
 
 __all__ = ["Problem", "verify_output"]
 
@@ -106,16 +106,16 @@ def verify_output(
 
 
 def converted_problems(out: Path) -> list[Problem]:
-    """The converted copies in ``OUT/arrow`` and ``OUT/megatron`` (when present) against the npy shards."""
-    from packprep.formats import arrow, megatron
+    """The converted copies in ``OUT/<format>`` (``formats.CONVERSIONS``, when present) against the npy shards."""
+    from packprep.formats import CONVERSIONS
 
     problems = []
-    for dirname, check in (("arrow", arrow.check_arrow), ("megatron", megatron.check_megatron)):
+    for dirname, conversion in CONVERSIONS.items():
         dest = out / dirname
         if not dest.is_dir():
             continue
         try:
-            found = check(out, dest)
+            found = conversion.check(out, dest)
         except (*LOAD_ERRORS, KeyError, TypeError, IndexError) as exc:
             found = [("", f"cannot be read ({type(exc).__name__}: {exc})")]
         problems += [Problem(f"{dirname}/{where}".rstrip("/"), message) for where, message in found]

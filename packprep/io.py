@@ -1,4 +1,5 @@
-"""Small file helpers shared by the store, the writers and the reader (numpy + stdlib only).
+"""File helpers shared by the store, the writers and the reader (numpy + stdlib only): atomic
+writes, JSON, hashing, string tables, and the lock a run holds on the folder it writes.
 
 Every file packprep writes goes through :func:`atomic_path` (or :func:`replace_durably`):
 it is written under a temporary name and renamed into place, so a reader (or a resumed
@@ -15,11 +16,15 @@ import hashlib
 import json
 import mmap
 import os
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from packprep.errors import PackprepError
 
 _HASH_CHUNK = 1 << 22
 
@@ -84,6 +89,17 @@ def save_json(path: Path, obj: Any) -> None:
 
 def load_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def cached_manifest(path: Path, key: str) -> dict[str, Any] | None:
+    """The JSON manifest at ``path`` when it records ``key`` (a finished stage to reuse), else None."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = load_json(path)
+    except json.JSONDecodeError:
+        return None
+    return manifest if manifest.get("key") == key else None
 
 
 def sha256_file(path: Path) -> str:
@@ -153,3 +169,82 @@ class StringTableWriter:
     def abort(self) -> None:
         self._fh.close()
         self._blob_tmp.unlink(missing_ok=True)
+
+
+LOCK_NAME = ".packprep.lock"  # flock'ed by the run writing the folder; the OS releases it when that process dies
+OWNER_NAME = ".packprep.owner.json"  # who holds the lock: pid and command, for the message a second run prints
+LOCK_FILES = frozenset({LOCK_NAME, OWNER_NAME})
+
+
+
+
+def refuse_file(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise PackprepError("is a file; expected a folder (new or empty)", path=path)
+
+
+
+
+class FolderBusyError(PackprepError):
+    """Another packprep process is writing the folder."""
+
+
+_held: dict[Path, int] = {}  # folders this process holds, and how many nested holds: a stage inside a run re-enters
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this process while the block writes into it (creating the folder).
+
+    A second packprep run into the same folder stops at once with a :class:`FolderBusyError`
+    naming the first process, instead of both renaming each other's temporary files away.
+    The lock is an OS file lock (``filelock``): a killed run's lock goes with its process,
+    so a stale lock never blocks a rerun. The lock file stays (removing it would race with
+    a run opening it); :data:`LOCK_FILES` are neither foreign files nor outputs.
+    """
+    from filelock import FileLock, Timeout
+
+    key = Path(os.path.abspath(folder))
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+        return
+    refuse_file(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderBusyError(f"is being written by {_owner(folder)}; wait for it to finish", path=folder) from None
+    _held[key] = 1
+    try:
+        save_json(folder / OWNER_NAME, {"pid": os.getpid(), "command": _command()})
+        yield
+    finally:
+        del _held[key]
+        # The folder may be gone (a failed first run removes what it created): then so is the lock file.
+        with contextlib.suppress(OSError):
+            (folder / OWNER_NAME).unlink(missing_ok=True)
+        lock.release()
+
+
+def _command() -> str:
+    name = Path(sys.argv[0]).name if sys.argv else "python"
+    if name in ("packprep", "__main__.py", "cli.py"):
+        name = "packprep"
+    return " ".join([name, *sys.argv[1:]])
+
+
+def _owner(folder: Path) -> str:
+    """"another packprep run (pid N: command)", as far as the owner file says; the holder writes
+    it right after taking the lock, so a run that lost the race by microseconds waits briefly."""
+    for _ in range(20):
+        try:
+            owner = load_json(folder / OWNER_NAME)
+            return f"another packprep run (pid {int(owner['pid'])}: {owner['command']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.05)
+    return "another packprep run"

@@ -86,13 +86,13 @@ def _store_of(ds: PackedDataset) -> Any:
 def _embeddings_of(store: Any, n: int, model: str | None) -> tuple[np.ndarray | None, str | None]:
     """The embeddings the output was ordered by (``model``: its embed config's; None: MiniLM's), and their model name."""
     from packprep.config import EmbedConfig
-    from packprep.semantic import embed_manifest, load_embeddings
+    from packprep.store.embeddings import embed_manifest, load_embeddings
 
     model = model or EmbedConfig().model
     embeddings = load_embeddings(store.path, model)
     if embeddings is None or len(embeddings) != n:
         return None, None
-    return embeddings, (embed_manifest(store, model) or {}).get("model")
+    return embeddings, (embed_manifest(store.path, model) or {}).get("model")
 
 
 def _decoder(store: Any) -> Any:

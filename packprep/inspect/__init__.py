@@ -87,7 +87,7 @@ def _adjacency(ds: PackedDataset, seg_doc: np.ndarray, packed_docs: np.ndarray) 
     Needs the embeddings stored beside the output's document store (any semantic
     strategy leaves them there); the keys are absent otherwise.
     """
-    from packprep.semantic import load_embeddings
+    from packprep.store.embeddings import load_embeddings
     from packprep.stages.order import adjacent_cosine, knn_graph, pair_cosines
     from packprep.stages.path_search import path_bound
 

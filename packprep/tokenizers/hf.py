@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from packprep.errors import PackprepError
-from packprep.tokenizers import _ACCEPTED, _as_int_list, _check_override, _flatten, _one_line
+from packprep.tokenizers.base import ACCEPTED, as_int_list, check_override, flatten, one_line
 
 _EOS_NAMES = ("<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>", "<|eot_id|>")
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
 
 
-class _HFTokenizer:
+class HFTokenizer:
     """A Hugging Face ``tokenizers.Tokenizer`` read from a ``tokenizer.json``."""
 
     def __init__(self, tokenizer: Any, *, path: Path, content: bytes, eos: int | None, bos: int | None):
@@ -34,7 +34,7 @@ class _HFTokenizer:
         self.bos_id = bos
 
     @classmethod
-    def from_file(cls, path: Path, specials: dict[str, int | None]) -> _HFTokenizer:
+    def from_file(cls, path: Path, specials: dict[str, int | None]) -> HFTokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         # Read once and parse those bytes, so fingerprint() describes exactly what was loaded.
@@ -42,7 +42,7 @@ class _HFTokenizer:
         try:
             tokenizer = HFTokenizer.from_str(content.decode("utf-8"))
         except Exception as err:  # noqa: BLE001 - any parse failure is the user's file
-            message = f"cannot read as a Hugging Face tokenizer.json ({_one_line(err)}); {_ACCEPTED}"
+            message = f"cannot read as a Hugging Face tokenizer.json ({one_line(err)}); {ACCEPTED}"
             raise PackprepError(message, path=path) from None
         # Added special tokens are matched in the input even with add_special_tokens=False; this
         # makes "</s>" inside a document plain text, as encode_ordinary does for tiktoken.
@@ -51,7 +51,7 @@ class _HFTokenizer:
         vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
         for what, value in specials.items():
             if value is not None:
-                _check_override(str(path), what, value, vocab_size, tokenizer.id_to_token(value) is not None)
+                check_override(str(path), what, value, vocab_size, tokenizer.id_to_token(value) is not None)
                 found[what] = value
         return cls(tokenizer, path=path, content=content, eos=found["eos"], bos=found["bos"])
 
@@ -63,10 +63,10 @@ class _HFTokenizer:
         except TypeError:  # a lone surrogate (e.g. "\ud800" in JSON) is not valid text for Rust
             texts = [t.encode("utf-16", "surrogatepass").decode("utf-16", "replace") for t in texts]
             encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        return _flatten([e.ids for e in encodings])
+        return flatten([e.ids for e in encodings])
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-        return self._tokenizer.decode(_as_int_list(ids), skip_special_tokens=False)
+        return self._tokenizer.decode(as_int_list(ids), skip_special_tokens=False)
 
     def fingerprint(self) -> str:
         # tokenizer_config.json only matters through the eos/bos ids it picks, hashed here
@@ -83,7 +83,7 @@ def _special_ids(tokenizer: Any, path: Path) -> dict[str, int | None]:
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise PackprepError(f"invalid JSON ({_one_line(err)})", path=config_path) from None
+            raise PackprepError(f"invalid JSON ({one_line(err)})", path=config_path) from None
         for what in found:
             token = config.get(f"{what}_token") if isinstance(config, dict) else None
             if isinstance(token, dict):

@@ -7,7 +7,7 @@ the same whichever backend encoded it.
 
 bpe-openai holds the GIL while it encodes, so a large batch is spread over worker
 processes instead of threads. A worker is a plain child Python
-(``python -c "from packprep.bpe_openai_backend import _serve_encoder; ..."``) speaking
+(``python -c "from packprep.tokenizers.bpe_openai import _serve_encoder; ..."``) speaking
 pickles on stdin/stdout: a list of texts in, (flat uint32 ids, int64 lengths) out, until
 stdin closes.
 """
@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from packprep.tokenizers import _flatten, _TiktokenTokenizer
+from packprep.tokenizers.base import flatten
+from packprep.tokenizers.tiktoken_backend import TiktokenTokenizer
 
 # Below this many characters a batch is encoded in-process: sending text to a worker
 # process and ids back costs more than the second core saves.
 _PARALLEL_MIN_CHARS = 1 << 20
 
 
-class _BpeOpenAICl100k(_TiktokenTokenizer):
+class BpeOpenAICl100k(TiktokenTokenizer):
     """cl100k encoded by bpe-openai; everything else (decode, vocabulary, name, fingerprint) is tiktoken's.
 
     bpe-openai holds the GIL while it encodes, so threads would not help: a large batch
@@ -43,7 +44,7 @@ class _BpeOpenAICl100k(_TiktokenTokenizer):
     """
 
     @classmethod
-    def wrapping(cls, reference: _TiktokenTokenizer, *, processes: int) -> _BpeOpenAICl100k:
+    def wrapping(cls, reference: TiktokenTokenizer, *, processes: int) -> BpeOpenAICl100k:
         fast = cls(
             reference._encoding, name=reference.name, pattern=reference._pattern,
             threads=reference._threads, eos=reference.eos_id, bos=reference.bos_id,
@@ -87,10 +88,10 @@ class _EncoderProcess:
     """
 
     def __init__(self) -> None:
-        package_parent = str(Path(__file__).resolve().parent.parent)
+        package_parent = str(Path(__file__).resolve().parents[2])  # the folder holding packprep/
         python_path = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         self._process = subprocess.Popen(
-            [sys.executable, "-c", "from packprep.bpe_openai_backend import _serve_encoder; _serve_encoder()"],
+            [sys.executable, "-c", "from packprep.tokenizers.bpe_openai import _serve_encoder; _serve_encoder()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(python_path)},
@@ -138,7 +139,7 @@ def _serve_encoder() -> None:
 
 
 @functools.cache
-def _bpe_openai_cl100k() -> Any:
+def bpe_openai_cl100k() -> Any:
     """bpe-openai's Rust cl100k (``encode(str) -> list[int]``); ImportError when not installed."""
     return _bpe_openai_bindings().tokenizer_for_encoding("cl100k_base")
 
@@ -172,14 +173,14 @@ def _bpe_openai_bindings() -> Any:
 
 def _bpe_openai_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """encode_ordinary of each text (flat uint32 [T], int64 lengths [N]); runs in workers too."""
-    tokenizer = _bpe_openai_cl100k()
+    tokenizer = bpe_openai_cl100k()
     lists = []
     for text in texts:
         try:
             lists.append(tokenizer.encode(text))
         except UnicodeEncodeError:  # a lone surrogate: U+FFFD, exactly as tiktoken.encode_ordinary does
             lists.append(tokenizer.encode(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")))
-    return _flatten(lists)
+    return flatten(lists)
 
 
 def _split_by_chars(texts: list[str], parts: int) -> list[list[str]]:

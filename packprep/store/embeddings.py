@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep._files import load_json, replace_durably, save_json, save_npy, sha256_file
+from packprep.io import load_json, replace_durably, save_json, save_npy, sha256_file
 from packprep.stages.embed import DEFAULT_ALIASES
 from packprep.stages.static_embed import STATIC_MODEL
 
@@ -53,6 +53,10 @@ class EmbedFiles:
     journal: Path
     fit: Path
 
+    def save_manifest(self, manifest: dict[str, Any]) -> None:
+        """The finished embeddings' manifest, written after the vectors are in place."""
+        save_json(self.manifest, manifest)
+
     @classmethod
     def of(cls, folder: Path, model: str) -> EmbedFiles:
         tag, folder = embedder_tag(model), Path(folder)
@@ -63,6 +67,18 @@ class EmbedFiles:
             journal=folder / f"embed{tag}.partial.json",
             fit=folder / f"embed{tag}.fit.npy",
         )
+
+
+def embed_manifest(store_path: Path, model: str) -> dict[str, Any] | None:
+    """What the embed stage of ``model`` recorded beside the store at ``store_path`` (model, calibration), or None before it ran."""
+    path = EmbedFiles.of(Path(store_path), model).manifest
+    return load_json(path) if path.is_file() else None
+
+
+def load_embeddings(store_path: Path, model: str = "all-MiniLM-L6-v2") -> np.ndarray | None:
+    """The embeddings ``model`` made of the document store at ``store_path``, or None when it has none."""
+    files = EmbedFiles.of(Path(store_path), model)
+    return np.load(files.vectors, mmap_mode="r") if files.manifest.is_file() and files.vectors.is_file() else None
 
 
 def finished_manifests(folder: Path) -> list[dict[str, Any]]:

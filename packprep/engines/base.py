@@ -1,0 +1,68 @@
+"""What every engine implements (:class:`Backend`) and returns, and the Ray constants its modules share.
+
+Apart from ``packprep.engines`` (the choice, :class:`packprep.engines.Engine`) so that the
+engine modules import this and the package imports them, without a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # types only: engines import the store and stages when they compute
+    import numpy as np
+
+    from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig
+    from packprep.progress import Reporter
+    from packprep.store import DocStore
+
+RAY_INSTALL_HINT = "--engine ray needs ray: pip install 'packprep[ray]'"
+RAY_MAX_RETRIES = 3  # Ray reruns a task (or restarts an actor) whose worker died this many times
+
+
+@dataclass(frozen=True)
+class ReadSummary:
+    """What a tokenize run read: ``counts`` (records, dropped_empty, skipped_records, as ``store.json``
+    records them), records that had an id, and the first skip messages."""
+
+    counts: dict[str, int]
+    with_id: int = 0
+    first_errors: list[str] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    """The compute an engine offers the pipeline; every method gives the same bytes on every engine."""
+
+    def tokenize(
+        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
+        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+    ) -> tuple[DocStore, ReadSummary]:
+        """Read ``corpus`` and write its document store into ``work`` (claimed by the pipeline);
+        ``manifest(counts, num_documents, fingerprint)`` gives what ``store.json`` records (and
+        raises when nothing was read). ``fingerprint``: ``corpus.corpus_fingerprint(corpus)``,
+        or None for the engine to compute (the local engine does while it reads)."""
+
+    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
+        """The ``stages.dedup.DedupResult`` of exact and near dedup of ``store``."""
+
+    def embed(
+        self, store: DocStore, embedder: Any, decode: Callable[[Any], str], *, config: EmbedConfig, out: np.ndarray,
+        starts: list[int], chunk: int, progress: Callable[..., None], on_chunk: Callable[[int], None],
+    ) -> None:
+        """Fill ``out[start : start + chunk]`` for each of ``starts``, calling ``on_chunk(start)`` as each lands."""
+
+    def order_partitions(
+        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        on_part: Callable[[int, Any], None], progress: Callable[..., None],
+    ) -> None:
+        """Order each partition ``(p, members, params)`` with ``stages.partition.order_partition(members,
+        embeddings, **params)``, calling ``on_part(p, PartOrder)`` as each finishes (in any order)."""
+
+    def write_shards(
+        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
+        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
+    ) -> list[dict[str, Any]]:
+        """``formats.npy.write_shards`` of the pack ``plan`` into ``out`` (which the pipeline chose) from
+        ``store``: every shard not in ``finished``, ``journal(prefix)`` called with the finished prefix as it grows."""
