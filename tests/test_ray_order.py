@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a local Ray, like tests/test_ray_engine.py: make test-fast leaves it out
 ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
 
 from packprep.config import PackConfig  # noqa: E402
@@ -57,7 +58,6 @@ def test_a_worker_killed_mid_partition_is_retried_and_the_bytes_are_the_same(sto
     assert shard_bytes(on_ray) == shard_bytes(local)
 
 
-@pytest.mark.slow  # two CLI drivers joining the module's Ray: about a minute on a quiet 2-core machine, 5 on a loaded one
 def test_a_killed_ray_driver_resumes_its_finished_partitions(store_path, tmp_path):
     """The driver joins this module's Ray cluster and is SIGKILLed after journaling two partitions;
     the cluster lives on, and a rerun on it orders only the other partitions."""
@@ -129,7 +129,6 @@ KILLED_AFTER_TWO_SHARDS = [
 ]
 
 
-@pytest.mark.slow  # as above
 def test_a_driver_killed_while_ray_writes_shards_resumes_the_finished_ones(store_path, tmp_path):
     local = pack(store_path, tmp_path / "local", config=config("cluster"), embed_config=EMBED)
     out = tmp_path / "out"
