@@ -83,6 +83,7 @@ def cli_options(strategy: str) -> list[str]:
             "--shard-size", "4", "--embed-tokens", "32", "--partition-docs", "8"]
 
 
+@pytest.mark.slow  # a SIGKILLed CLI run and its rerun, like tests/test_resume.py
 @pytest.mark.parametrize("strategy", ["icp", "cluster"])
 def test_a_driver_killed_after_two_partitions_resumes_them_and_writes_the_clean_bytes(store_path, tmp_path, strategy):
     clean = pack(store_path, tmp_path / "clean", config=PackConfig(strategy=strategy, partition_docs=8, **OPTIONS), embed_config=EMBED)
