@@ -6,6 +6,19 @@ The corpus (benchmarks/make_corpus.py builds it) is split into ``--parts`` JSONL
 because the Ray engine's unit of work is a file; both engines read the same split copy.
 Ray's start-up (``ray.init``) is timed apart from the stages. Both stores and both
 outputs are checked to be byte-identical, so the timings compare equal work.
+
+    .venv/bin/python benchmarks/bench_engines.py --order-rss [--corpus bench-data/kernel-docs-64mb-x4.jsonl]
+        [--sizes 10000 40000] [--partition-docs 2000] [--nodes 3]
+
+Partitioned icp instead (issue 17): stores of the corpus's first 10,000 and 40,000
+documents (tokenized and embedded with the static embedder once, cached under
+``bench-data/order-rss``) are packed with ``--strategy icp --partition-docs 2000
+--no-dedup`` by a fresh driver process each, on Ray (a local instance with ``--cpus``)
+and locally; it prints each driver's peak RSS (``ru_maxrss`` of the driver alone: Ray's
+workers are other processes) and wall time, and checks that both engines wrote the same
+shards. Then the 10,000-document store again on a multi-node layout on this machine
+(``ray.cluster_utils.Cluster``, ``--nodes`` nodes of one CPU, this folder as the shared
+file system): time, the nodes the partition tasks ran on, and byte identity.
 """
 
 from __future__ import annotations
@@ -54,7 +67,16 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=8)
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--dedup", action="store_true", help="also time exact + MinHash dedup")
+    parser.add_argument("--order-rss", action="store_true", help="partitioned icp: driver peak RSS at two corpus sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 40_000])
+    parser.add_argument("--partition-docs", type=int, default=2000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes-only", action="store_true", help="with --order-rss: only the multi-node layout (stores and local outputs from an earlier run)")
     args = parser.parse_args()
+    if args.order_rss:
+        from bench_order_rss import order_rss
+
+        return order_rss(args)
 
     import ray
 

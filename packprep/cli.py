@@ -243,6 +243,7 @@ def pack(
     embed_tokens: o.EmbedTokens = None,
     clusters: o.Clusters = None,
     knn: o.Knn = 10,
+    partition_docs: o.PartitionDocs = 1_000_000,
     format: o.FormatOpt = o.Format.npy,
     labels: o.Labels = None,
     workers: o.Workers = None,
@@ -272,6 +273,7 @@ def pack(
     config = PackConfig(
         strategy=strategy.value, seq_len=seq_len, packing=packing.value, seed=seed, rows_per_shard=shard_size,
         dedup=dedup, semantic_threshold=semantic_threshold, clusters=clusters, knn=knn,
+        partition_docs=partition_docs,
     )
     run(
         source, out, config=config,

@@ -81,6 +81,16 @@ MAX_KNN = 1024
 
 
 
+# icp and cluster order corpora larger than this partition by partition (stages.partition).
+# Why 1M: ordering a partition peaks at about 5 KB per document at D = 384 once the kNN search
+# is IVF (float16 rows read, their float32 copy, the index's copy, the kNN graph; measured with
+# benchmarks/bench_partition.py --memory, docs/semantic.md "Partitioned ordering"), so a 1M
+# partition is a ~5 GB task: one per core on nodes with 5 GB per core, and about 12 minutes of
+# two cores (README's 1M icp), which bounds what a lost worker costs. Larger partitions order a
+# little better (fewer seams) but need bigger machines per task.
+DEFAULT_PARTITION_DOCS = 1_000_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class PackConfig:
     strategy: str = "eos"
@@ -92,6 +102,7 @@ class PackConfig:
     semantic_threshold: float | None = None  # None: the strategy's default for the embedder (pipeline.selection.semantic_threshold)
     clusters: int | None = None  # None: about sqrt(number of documents)
     knn: int = 10
+    partition_docs: int = DEFAULT_PARTITION_DOCS  # icp/cluster: order in partitions of at most this many (0: never)
 
     def __post_init__(self) -> None:
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)
@@ -105,6 +116,7 @@ class PackConfig:
         _require(self.clusters is None or self.clusters >= 1, "--clusters", "at least 1", self.clusters)
         _require(self.knn >= 1, "--knn", "at least 1", self.knn)
         _require(self.knn <= MAX_KNN, "--knn", f"at most {MAX_KNN:,}", self.knn)
+        _require(self.partition_docs >= 0, "--partition-docs", "0 (never partition) or more", self.partition_docs)
 
     @property
     def semantic(self) -> bool:

@@ -64,6 +64,7 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Embedding mode
 EmbedTokens = Annotated[Optional[int], typer.Option("--embed-tokens", help="Embed each document's first N tokens (default: 256; packing a document store: what its embeddings were made with).", show_default=False)]
 Clusters = Annotated[Optional[int], typer.Option("--clusters", help="k-means clusters for --strategy cluster (default: about sqrt(documents)).", show_default=False)]
 Knn = Annotated[int, typer.Option("--knn", help="Neighbours per document in the icp graph.")]
+PartitionDocs = Annotated[int, typer.Option("--partition-docs", help="icp/cluster: above this many documents, order them in partitions of at most this many (coarse k-means), chained by topic; each partition is one task with --engine ray. 0: never.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="npy shards (always written; what inspect/verify read), plus an arrow (Hugging Face datasets) or megatron (.bin/.idx) copy in OUT/arrow or OUT/megatron.")]
 Labels = Annotated[Optional[bool], typer.Option("--labels/--no-labels", help="The arrow copy's labels column: -100 at padding and document starts (default: written; --no-labels: about a third smaller).", show_default=False)]
 Workers = Annotated[Optional[int], typer.Option("--workers", help="Parallel workers for tokenizing (processes with bpe-openai, threads otherwise), embedding and the kNN index (default: all cores). Output does not depend on it.", show_default=False)]

@@ -100,7 +100,7 @@ def test_manifest_records_every_option_the_version_and_the_input(corpus, tmp_pat
     assert manifest["packprep_version"] == __version__
     assert manifest["config"] == {
         "strategy": "random", "seq_len": 96, "packing": "bestfit", "seed": 4, "rows_per_shard": None,
-        "dedup": None, "semantic_threshold": None, "clusters": None, "knn": 10,
+        "dedup": None, "semantic_threshold": None, "clusters": None, "knn": 10, "partition_docs": 1_000_000,
     }
     assert manifest["tokenize_config"]["text_field"] == "text" and manifest["tokenize_config"]["tokenizer"] == "cl100k"
     # cl100k's fingerprint is the digest pinned in test_tokenizers (the cache key of every store);

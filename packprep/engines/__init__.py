@@ -1,4 +1,4 @@
-"""Engines: where the heavy stages (tokenize, MinHash dedup, embed) compute.
+"""Engines: where the heavy stages (tokenize, MinHash dedup, embed, partitions, shards) compute.
 
 An engine computes and returns arrays (or fills the store writer or array it is given);
 it decides no folder, cache or key: ``pipeline`` does, and is the only caller. Every
@@ -9,8 +9,9 @@ engine implements :class:`Backend`:
   only when called, writing byte-identical files.
 
 A new engine is one class implementing :class:`Backend` plus its name in ``ENGINES`` and
-:meth:`Engine.backend`. Ordering and packing always run here, on one node, over
-memory-mapped arrays (docs/distributed.md says up to what corpus size that holds).
+:meth:`Engine.backend`. Besides tokenize, dedup and embed, an engine orders the partitions
+of a partitioned icp/cluster order and writes shards; the partition plan, the chaining of
+partitions and the pack plan stay here (docs/distributed.md says what that costs).
 """
 
 from __future__ import annotations

@@ -53,3 +53,17 @@ class Backend(Protocol):
         starts: list[int], chunk: int, progress: Callable[..., None], on_chunk: Callable[[int], None],
     ) -> None:
         """Fill ``out[start : start + chunk]`` for each of ``starts``, calling ``on_chunk(start)`` as each lands."""
+
+    def order_partitions(
+        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        on_part: Callable[[int, Any], None], progress: Callable[..., None],
+    ) -> None:
+        """Order each partition ``(p, members, params)`` with ``stages.partition.order_partition(members,
+        embeddings, **params)``, calling ``on_part(p, PartOrder)`` as each finishes (in any order)."""
+
+    def write_shards(
+        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
+        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
+    ) -> list[dict[str, Any]]:
+        """``formats.npy.write_shards`` of the pack ``plan`` into ``out`` (which the pipeline chose) from
+        ``store``: every shard not in ``finished``, ``journal(prefix)`` called with the finished prefix as it grows."""

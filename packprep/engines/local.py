@@ -78,6 +78,26 @@ class LocalEngine:
             )
             on_chunk(start)
 
+    def order_partitions(
+        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        on_part: Callable[[int, Any], None], progress: Callable[..., None],
+    ) -> None:
+        from packprep.stages.partition import order_partition
+
+        for p, members, params in tasks:  # one after another: the peak is one partition's
+            on_part(p, order_partition(members, embeddings, **params))
+            progress(len(members))
+
+    def write_shards(
+        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
+        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
+    ) -> list[dict[str, Any]]:
+        from packprep.formats import npy
+
+        return npy.write_shards(
+            out, plan, read_spans=store.read_spans, offsets=store.offsets, dtype=dtype, sep_id=sep_id, pad_id=pad_id,
+            rows_per_shard=rows_per_shard, finished=finished, journal=journal, on_rows=on_rows,
+        )
 
 # The local engine tokenizes on worker processes (engines.local_tokenize) from this much corpus on.
 POOL_MIN_BYTES = 4 << 20

@@ -11,6 +11,9 @@ their own, importable on the workers:
 - embed (``ray_embed``): a pool of actors, each holding the model, embeds the local
   engine's chunks (4096 documents each) so every batch has the same composition and the
   same floats.
+- order (``ray_order``): one task per partition of a partitioned icp/cluster order, reading
+  only its rows of the embeddings memmap.
+- shards (``ray_pack``): one task per shard, given only its rows of the pack plan.
 
 Workers must see the corpus and WORK at the same paths (one machine, or a shared
 file system). A worker that dies is retried by Ray (``RAY_MAX_RETRIES``); every task
@@ -100,6 +103,21 @@ class RayEngine:
     ) -> None:
         # Each actor loads its own copy of the model (``embedder`` and ``decode`` stay on the driver).
         embed_on_ray(store, config=config, out=out, starts=starts, chunk=chunk, address=self.address, progress=progress, on_chunk=on_chunk)
+
+    def order_partitions(
+        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        on_part: Callable[[int, Any], None], progress: Callable[..., None],
+    ) -> None:
+        order_partitions_on_ray(embeddings, tasks, address=self.address, on_part=on_part, progress=progress)
+
+    def write_shards(
+        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
+        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
+    ) -> list[dict[str, Any]]:
+        return write_shards_on_ray(
+            out, plan, store, rows_per_shard=rows_per_shard, params={"dtype": dtype, "sep_id": sep_id, "pad_id": pad_id},
+            finished=finished, on_shard=journal, address=self.address, on_rows=on_rows,
+        )
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
@@ -229,3 +247,94 @@ def embed_on_ray(
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+# ---------------------------------------------------------------------------- order
+
+
+def order_partitions_on_ray(
+    embeddings: np.ndarray,
+    tasks: list[tuple[int, np.ndarray, dict[str, Any]]],
+    *,
+    address: str | None = None,
+    on_part: Any,
+    progress: Any = None,
+) -> None:
+    """Order partitions as Ray tasks: ``tasks`` are ``(p, members, params)`` for ``stages.partition.order_partition``;
+    ``on_part(p, PartOrder)`` is called here as each finishes (in finishing order).
+
+    A memmapped ``embeddings`` (what ``semantic.embed`` returns) is passed by path: each
+    task reads only its partition's rows. faiss and numba run single-threaded in a task
+    with one CPU; their results do not depend on the thread count (checked by the tests,
+    which compare with the local engine's multi-threaded order). Each task declares the
+    memory its partition needs (``ray_order.partition_bytes``), so Ray places it on a node
+    where it fits instead of running out of memory there.
+    """
+    from packprep.engines import ray_order
+
+    if not tasks:
+        return
+    ray = connect(address)
+    source = str(embeddings.filename) if isinstance(embeddings, np.memmap) and embeddings.filename else ray.put(np.asarray(embeddings))
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_order.order_part)
+    dim = int(embeddings.shape[1])
+    pending = [
+        task.options(memory=ray_order.partition_bytes(len(members), dim)).remote(p, source, members, params)
+        for p, members, params in tasks
+    ]
+    sizes = {p: len(members) for p, members, _ in tasks}
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        p, part = ray.get(ready[0])
+        on_part(p, part)
+        if progress is not None:
+            progress(sizes[p])
+
+
+# ---------------------------------------------------------------------------- shards
+
+
+def write_shards_on_ray(
+    out: Path,
+    plan: Any,
+    store: DocStore,
+    *,
+    rows_per_shard: int,
+    params: dict[str, Any],
+    finished: list[dict[str, Any]],
+    on_shard: Any,
+    address: str | None = None,
+    on_rows: Any = None,
+) -> list[dict[str, Any]]:
+    """``formats.npy.write_shards`` with one Ray task per shard not in ``finished``: the same files.
+
+    ``params``: ``write_shard``'s ``dtype``, ``sep_id``, ``pad_id``. ``on_shard(entries)`` is
+    called with the finished prefix (shards 0..k, all done) whenever it grows: what the
+    journal may record, since a rerun reuses a prefix only.
+    """
+    from packprep.engines import ray_pack
+
+    ray = connect(address)
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack.write_shard_task)
+    done = {index: entry for index, entry in enumerate(finished)}
+    pending = {}
+    for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
+        stop = min(start + rows_per_shard, plan.num_rows)
+        if index in done:
+            if on_rows:
+                on_rows(stop - start, resumed=True)
+            continue
+        ref = task.remote(str(out), index, ray_pack.plan_rows(plan, start, stop), str(store.path), params)
+        pending[ref] = (index, stop - start)
+    prefix = len(finished)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        index, rows = pending.pop(ready[0])
+        done[index] = ray.get(ready[0])
+        if on_rows:
+            on_rows(rows)
+        if prefix in done:
+            while prefix in done:
+                prefix += 1
+            on_shard([done[i] for i in range(prefix)])
+    return [done[i] for i in range(len(done))]

@@ -162,15 +162,15 @@ def write_shards(
     sep_id: int | None,
     pad_id: int,
     rows_per_shard: int,
-    key: str,
     finished: list[dict[str, Any]],
+    journal: Callable[[list[dict[str, Any]]], None],
     on_rows: Callable[..., None] | None = None,
 ) -> list[dict[str, Any]]:
     """Write every shard of ``plan`` not already in ``finished``; return all shard entries.
 
-    After each shard, the journal (``JOURNAL_NAME``, tagged with the run's ``key``) lists
-    the shards finished so far with their checksums: what makes a killed run resumable
-    at shard granularity (see :func:`finished_shards`).
+    After each shard, ``journal(shards so far)`` is called (the pipeline passes
+    :func:`save_journal` with its run's key): what makes a killed run resumable at shard
+    granularity (see :func:`finished_shards`).
     """
     shards = list(finished)
     for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
@@ -185,8 +185,13 @@ def write_shards(
                 sep_id=sep_id, pad_id=pad_id, on_rows=on_rows,
             )
         )
-        save_json(Path(out) / JOURNAL_NAME, {"key": key, "shards": shards})
+        journal(shards)
     return shards
+
+
+def save_journal(out: Path, key: str, shards: list[dict[str, Any]]) -> None:
+    """Record ``shards`` (a prefix: shards 0..k, each finished) as what a run with ``key`` has written."""
+    save_json(Path(out) / JOURNAL_NAME, {"key": key, "shards": shards})
 
 
 def finished_shards(out: Path, key: str) -> list[dict[str, Any]]:

@@ -27,11 +27,15 @@ def finished_with_key(folder: Path, key: str, *, manifest: str = "store.json") -
 CONVERTED_DIRNAMES = tuple(CONVERSIONS)  # packprep convert writes OUT/<format>
 
 
+ORDER_JOURNAL_DIRNAME = "order.partial"  # OUT/order.partial/: partitions a killed run finished ordering
+
+
 def is_output_file(path: Path) -> bool:
     name = path.name
     if name in CONVERTED_DIRNAMES or name.startswith(tuple(f".{d}." for d in CONVERTED_DIRNAMES)):
         return True  # a conversion, or one interrupted before its rename
-    return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest"
+    # ORDER_JOURNAL_DIRNAME: the partitioned ordering's journal (pipeline.ordering)
+    return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest" or name == ORDER_JOURNAL_DIRNAME
 
 
 def claim_folder(folder: Path, *, overwrite: bool, ours: Callable[[Path], bool], keep: set[str] = frozenset()) -> None:

@@ -8,6 +8,7 @@ atomically with a manifest; a stage whose manifest already records the same key
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
 from packprep.formats import FORMATS, labels_ignored, npy
 from packprep.io import folder_lock, refuse_file
-from packprep.pipeline.folders import WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
+from packprep.pipeline.folders import ORDER_JOURNAL_DIRNAME, WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
 from packprep.pipeline.selection import select_documents
 from packprep.pipeline.semantic import HeldEmbedder, held_embed_config
 from packprep.pipeline.run import Run
@@ -113,7 +114,8 @@ def _pack(
     if (out / npy.MANIFEST_NAME).is_file() and not overwrite:
         raise PackprepError("holds a packprep output made with other options; pass --overwrite to replace it", path=out)
     finished = npy.finished_shards(out, key)
-    clear_output(out, keep={entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS} | {npy.JOURNAL_NAME})
+    finished_files = {entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS}
+    clear_output(out, keep=finished_files | {npy.JOURNAL_NAME, ORDER_JOURNAL_DIRNAME})
     if finished:
         reporter.info(f"pack: resuming; {len(finished)} finished shards of an interrupted run are reused")
 
@@ -124,7 +126,10 @@ def _pack(
     if config.seq_len <= sep_len:
         raise PackprepError(f"--seq-len {config.seq_len} leaves no room next to the {sep_len}-token separator")
 
-    selection = select_documents(store, config=config, dedup_config=dedup_config, embed_config=embed_config, run=run)
+    selection = select_documents(
+        store, config=config, dedup_config=dedup_config, embed_config=embed_config, run=run,
+        order_journal=out / ORDER_JOURNAL_DIRNAME, key=key,
+    )
     sequence_lengths = store.lengths() + sep_len
     # A semantic order is the point of cluster/icp: bestfit then packs along it, not by length.
     plan = pack_plan(
@@ -137,9 +142,9 @@ def _pack(
 
     rows_per_shard = config.rows_per_shard or npy.default_rows_per_shard(config.seq_len, store.tokens.dtype)
     with reporter.track("write shards", total=plan.num_rows, unit="rows") as advance:
-        shards = npy.write_shards(
-            out, plan, read_spans=store.read_spans, offsets=store.offsets, dtype=store.tokens.dtype,
-            sep_id=sep_id, pad_id=pad_id, rows_per_shard=rows_per_shard, key=key, finished=finished, on_rows=advance,
+        shards = run.backend.write_shards(
+            out, plan, store, rows_per_shard=rows_per_shard, dtype=store.tokens.dtype, sep_id=sep_id, pad_id=pad_id,
+            finished=finished, journal=lambda prefix: npy.save_journal(out, key, prefix), on_rows=advance,
         )
     doc_files = npy.write_doc_table(
         out, ids_from=store.path / "doc_ids", sequence_lengths=sequence_lengths, reason=selection.reason,
@@ -172,6 +177,7 @@ def _pack(
         },
     )
     (out / npy.JOURNAL_NAME).unlink(missing_ok=True)
+    shutil.rmtree(out / ORDER_JOURNAL_DIRNAME, ignore_errors=True)
     return out
 
 

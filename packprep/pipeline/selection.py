@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,15 @@ def select_documents(
     dedup_config: DedupConfig = DedupConfig(),
     embed_config: EmbedConfig = EmbedConfig(),
     run: Run = Run(),
+    order_journal: Path | None = None,
+    key: str = "",
 ) -> Selection:
+    """Dedup, then order the kept documents by ``config.strategy``.
+
+    icp/cluster over more than ``config.partition_docs`` documents are ordered partition by
+    partition (``pipeline.ordering.order_by_partition``; on Ray, one task each), every finished
+    partition journaled in ``order_journal`` under ``key`` so a rerun resumes.
+    """
     from packprep.pipeline import semantic
 
     reporter = run.reporter
@@ -68,6 +77,14 @@ def select_documents(
             f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {chosen['value']:.4g} ({chosen['source']})"
         )
     kept = np.flatnonzero(reason == 0)
+    if 0 < config.partition_docs < len(kept):
+        from packprep.pipeline.ordering import order_by_partition
+
+        order = order_by_partition(
+            kept, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
+            n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run,
+        )
+        return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         order = strategy.order(kept, embeddings, config, advance)
     if (store.path / ORIGINAL_FILE).is_file():  # a recipe's repeated documents: a pass apart, not side by side

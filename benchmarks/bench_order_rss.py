@@ -1,0 +1,131 @@
+"""``bench_engines.py --order-rss``: partitioned icp on Ray, the driver's peak memory at two corpus sizes,
+and a multi-node layout on one machine. Run it through bench_engines.py (its docstring says how)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORK = Path("bench-data/order-rss")
+# A fresh driver per run (ru_maxrss only grows): pack, then print the driver's own peak RSS.
+DRIVER = (
+    "import json, resource, sys, time\n"
+    "from packprep.config import EmbedConfig, PackConfig\n"
+    "from packprep.engines import Engine\n"
+    "from packprep.pipeline import pack\n"
+    "store, out, engine, cpus, partition_docs = sys.argv[1:6]\n"
+    "if engine == 'ray':\n"
+    "    from packprep.engines.ray_engine import connect\n"
+    "    connect(None, num_cpus=int(cpus))\n"
+    "start = time.perf_counter()\n"
+    "config = PackConfig(strategy='icp', seq_len=2048, dedup=False, semantic_threshold=0.0, partition_docs=int(partition_docs))\n"
+    "pack(store, out, config=config, embed_config=EmbedConfig(model='static'), engine=Engine(engine))\n"
+    "print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+)
+
+
+def first_lines(source: Path, n: int, dest: Path) -> Path:
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as fh, open(dest.with_suffix(".tmp"), "wb") as out:
+            for i, line in enumerate(fh):
+                if i == n:
+                    break
+                out.write(line)
+        dest.with_suffix(".tmp").rename(dest)
+    return dest
+
+
+def prepared_store(source: Path, n: int) -> Path:
+    """WORK/store-<n>: the first ``n`` documents of ``source``, tokenized and embedded (static), cached."""
+    from packprep.config import EmbedConfig
+    from packprep.pipeline import tokenize
+    from packprep.pipeline.semantic import embed
+
+    corpus = first_lines(source, n, WORK / f"corpus-{n}" / "docs.jsonl")
+    store = tokenize(corpus.parent, WORK / f"store-{n}")
+    embed(store, config=EmbedConfig(model="static"))
+    return store.path
+
+
+def run_driver(store: Path, out: Path, engine: str, cpus: int, partition_docs: int) -> dict:
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(store), str(out), engine, str(cpus), str(partition_docs)],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def shards_equal(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in a.iterdir() if p.name.startswith(("shard-", "doc_")))
+    return bool(names) and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def order_rss(args) -> None:
+    source = args.corpus if args.corpus != Path("bench-data/kernel-docs.jsonl") else Path("bench-data/kernel-docs-64mb-x4.jsonl")
+    if args.nodes_only:
+        return multi_node(prepared_store(source, args.sizes[0]), args)
+    print(f"corpus: first {args.sizes} documents of {source}; icp, --partition-docs {args.partition_docs}, "
+          f"static embeddings, no dedup; ray with {args.cpus} CPUs")
+    print(f"{'documents':>9} {'ray driver MiB':>15} {'ray s':>7} {'local MiB':>10} {'local s':>8} {'identical':>9}")
+    peaks = []
+    for n in args.sizes:
+        store = prepared_store(source, n)
+        on_ray = run_driver(store, WORK / f"out-ray-{n}", "ray", args.cpus, args.partition_docs)
+        local = run_driver(store, WORK / f"out-local-{n}", "local", args.cpus, args.partition_docs)
+        same = shards_equal(WORK / f"out-ray-{n}", WORK / f"out-local-{n}")
+        peaks.append(on_ray["peak_mib"])
+        print(f"{n:>9,} {on_ray['peak_mib']:>15.0f} {on_ray['seconds']:>7.1f} {local['peak_mib']:>10.0f} {local['seconds']:>8.1f} {str(same):>9}")
+    print(f"ray driver peak, largest / smallest corpus: {peaks[-1] / peaks[0]:.2f}x for {args.sizes[-1] / args.sizes[0]:.0f}x the documents")
+    multi_node(prepared_store(source, args.sizes[0]), args)
+
+
+def multi_node(store: Path, args) -> None:
+    """The smallest store on ``args.nodes`` Ray nodes of one CPU each (one machine, one file system)."""
+    import shutil
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from packprep.config import EmbedConfig, PackConfig
+    from packprep.engines import Engine, ray_order
+    from packprep.pipeline import pack
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(args.nodes - 1):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    seen = WORK / "nodes-seen"
+    shutil.rmtree(seen, ignore_errors=True)
+    seen.mkdir(parents=True)
+    real = ray_order.order_part
+
+    def noting_the_node(p, *rest):  # a closure: pickled by value, so the workers run it as it is
+        import ray as worker_ray
+
+        (seen / f"{p}.txt").write_text(worker_ray.get_runtime_context().get_node_id())
+        return real(p, *rest)
+
+    ray_order.order_part = noting_the_node
+    try:
+        out = WORK / "out-nodes"
+        shutil.rmtree(out, ignore_errors=True)
+        config = PackConfig(strategy="icp", seq_len=2048, dedup=False, semantic_threshold=0.0, partition_docs=args.partition_docs)
+        start = time.perf_counter()
+        pack(store, out, config=config, embed_config=EmbedConfig(model="static"), engine=Engine("ray"))
+        seconds = time.perf_counter() - start
+        from collections import Counter
+
+        per_node = sorted(Counter(f.read_text() for f in seen.iterdir()).values(), reverse=True)
+        same = shards_equal(out, WORK / f"out-local-{args.sizes[0]}")
+        print(f"{args.nodes} nodes x 1 CPU: {seconds:.1f} s, partition tasks per node {per_node}, identical to local: {same}")
+    finally:
+        ray_order.order_part = real
+        ray.shutdown()
+        cluster.shutdown()

@@ -1,0 +1,35 @@
+"""Partitioned ordering on Ray: the task that ``ray_engine.order_partitions_on_ray`` runs per partition.
+
+A task opens the embeddings as a read-only memmap and gathers only its partition's rows,
+so its memory is set by the partition size, not by the corpus; it returns the
+partition's order, centroid and end rows (``stages.partition.PartOrder``), a few KB plus
+8 bytes per document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# Peak bytes per document of ordering one partition at D = 384 (benchmarks/bench_partition.py
+# --memory: 3.6-3.9 KB with exact kNN, 5.0 KB with the IVF index); scaled by D, plus a floor
+# for the process's own arrays. Ray schedules by it; it limits nothing.
+_BYTES_PER_DOC_AT_384 = 5_000
+_TASK_FLOOR = 64 << 20
+
+
+def partition_bytes(num_docs: int, dim: int) -> int:
+    """The memory (bytes) a Ray task ordering ``num_docs`` documents of ``dim`` dimensions reserves."""
+    return _TASK_FLOOR + num_docs * _BYTES_PER_DOC_AT_384 * max(dim, 1) // 384
+
+
+
+def order_part(p: int, embeddings: Any, members: np.ndarray, params: dict[str, Any]) -> tuple[int, Any]:
+    """Ray task: (``p``, partition ``p`` ordered). ``embeddings``: the path of an ``.npy`` (opened
+    memory-mapped here) or the array itself (through the object store, for in-memory embeddings)."""
+    from packprep.stages.partition import order_partition
+
+    if isinstance(embeddings, str):
+        embeddings = np.load(embeddings, mmap_mode="r")
+    return p, order_partition(members, embeddings, **params)

@@ -1,0 +1,132 @@
+"""Partitioned ordering wired to disk: the journal that makes it resumable, and the run that uses it.
+
+While ``pack`` orders a corpus partition by partition (``stages.partition``), every
+finished partition is saved in ``OUT/order.partial/``::
+
+    journal.json              the run's key, the digest of the partition plan, and the
+                              sha256 of the files of every finished partition
+    part-<p>.order.npy        int64 [m]     partition p's documents in order
+    part-<p>.rows.npy         float32 [3, D]  its centroid, first and last document's rows
+
+A rerun with the same key recomputes the plan (seeded, so the same one), checks its
+digest and each listed partition's checksums, and orders only the others: a driver killed
+after any partition loses nothing it had finished. The folder is removed when the
+output's manifest is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from packprep.io import load_json, release_pages, save_json, save_npy, sha256_file
+from packprep.pipeline.run import Run
+from packprep.stages.partition import PartOrder, Partitions
+
+
+def plan_digest(plan: Partitions) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(plan.bounds, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(plan.members, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+class OrderJournal:
+    """Finished partitions of one ordering run (``key``, ``plan``) in ``folder``."""
+
+    def __init__(self, folder: Path, *, key: str, plan: Partitions):
+        self.folder, self.key, self.digest = Path(folder), key, plan_digest(plan)
+        self.finished: dict[int, dict[str, str]] = {}
+
+    @classmethod
+    def resume(cls, folder: Path, *, key: str, plan: Partitions) -> OrderJournal:
+        """The journal of an interrupted run with this key and plan (its intact partitions), else a new one."""
+        journal = cls(folder, key=key, plan=plan)
+        try:
+            saved = load_json(journal.path)
+        except (OSError, ValueError):
+            saved = {}
+        if saved.get("key") == key and saved.get("plan") == journal.digest:
+            for p, files in saved.get("parts", {}).items():
+                if all((journal.folder / name).is_file() and sha256_file(journal.folder / name) == sha for name, sha in files.items()):
+                    journal.finished[int(p)] = files
+        else:
+            for stale in journal.folder.glob("part-*"):  # another run's partitions
+                stale.unlink()
+        journal.folder.mkdir(parents=True, exist_ok=True)
+        return journal
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "journal.json"
+
+    def todo(self, num_partitions: int) -> list[int]:
+        return [p for p in range(num_partitions) if p not in self.finished]
+
+    def finish(self, p: int, part: PartOrder) -> None:
+        """Save partition ``p``'s result, then record it (with checksums) in the journal."""
+        files = {f"part-{p:06d}.order.npy": part.order, f"part-{p:06d}.rows.npy": np.vstack([part.centroid, part.ends])}
+        for name, array in files.items():
+            save_npy(self.folder / name, array)
+        self.finished[p] = {name: sha256_file(self.folder / name) for name in files}
+        save_json(self.path, {"key": self.key, "plan": self.digest, "parts": {str(q): f for q, f in sorted(self.finished.items())}})
+
+    def load(self, p: int) -> PartOrder:
+        order = np.load(self.folder / f"part-{p:06d}.order.npy")
+        rows = np.load(self.folder / f"part-{p:06d}.rows.npy")
+        return PartOrder(order=order, centroid=rows[0], ends=rows[1:])
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def order_by_partition(
+    doc_indices: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    strategy: str,
+    max_docs: int,
+    seed: int,
+    k: int,
+    n_clusters: int | None,
+    journal_folder: Path | None,
+    key: str,
+    run: Run,
+) -> np.ndarray:
+    """int64 [M]: ``stages.partition.partitioned_order``, each partition journaled, on ``run.backend``.
+
+    Both engines run the same plan and the same per-partition function with the same
+    seeds, so the order (and every byte packed from it) does not depend on the engine.
+    ``journal_folder`` None: nothing is journaled (a notebook call without an output folder).
+    """
+    from packprep.stages.partition import assemble, partition_clusters, partition_documents, partition_seed
+
+    reporter = run.reporter
+    reporter.info(f"order: planning partitions of at most {max_docs:,} documents")
+    plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed)
+    release_pages(embeddings)  # planning read every row: mapped pages would count as ours, growing with the corpus
+    total = len(plan.members)
+    journal = OrderJournal.resume(journal_folder, key=key, plan=plan) if journal_folder is not None else None
+    done = {p: journal.load(p) for p in journal.finished} if journal else {}
+    sizes = plan.sizes()
+    reporter.info(f"order: {len(plan):,} partitions of {int(sizes.min()):,} to {int(sizes.max()):,} documents"
+                  + (f"; {len(done)} finished by an interrupted run are reused" if done else ""))
+    todo = [p for p in range(len(plan)) if p not in done]
+    tasks = [
+        (p, plan.part(p), {"strategy": strategy, "seed": partition_seed(seed, p, len(plan)), "k": k,
+                           "n_clusters": partition_clusters(n_clusters, int(sizes[p]), total)})
+        for p in todo
+    ]
+
+    def finished(p: int, part: PartOrder) -> None:
+        done[p] = part
+        if journal is not None:
+            journal.finish(p, part)
+
+    with reporter.track(f"order ({strategy}, {len(plan)} partitions)", total=total, unit="docs") as advance:
+        advance(int(sum(sizes[p] for p in done)), resumed=True)
+        run.backend.order_partitions(embeddings, tasks, on_part=finished, progress=advance)
+    return assemble([done[p] for p in range(len(plan))], seed=seed, k=k)

@@ -1,0 +1,231 @@
+"""Partitioned ordering: icp and cluster over corpora larger than one machine orders at once.
+
+A coarse k-means over a seeded sample splits the documents into partitions of at most
+``max_docs`` (a partition that comes out larger is split again the same way, so the
+bound always holds); each partition is ordered on its own with the global strategy's
+steps (:func:`packprep.stages.order.icp_order` or ``cluster_order``); then the partitions
+are chained by an icp walk over their centroids, and each is turned round where that
+joins its first or last document more closely to its predecessor's last. Every step is
+seeded, so engines that run the partitions anywhere, in any order, get the same order.
+
+Memory: ordering one partition needs its rows of the embeddings only (as float32, plus
+the kNN graph and, above ``exact_max`` documents, the IVF index), so the peak per
+partition is set by ``max_docs`` and not by the corpus. Planning reads a sample of
+``256`` rows per partition and then streams every row once against the centroids.
+
+``--partition-docs`` (``config.DEFAULT_PARTITION_DOCS``, chosen from memory measurements)
+sets ``max_docs`` in ``pack``. A corpus of at most ``max_docs`` documents is one partition, ordered by exactly the
+global call with the same seed: turning partitioning on changes nothing below the bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from packprep.errors import PackprepError
+from packprep.stages.order import Progress, icp_order
+
+_SAMPLE_PER_PARTITION = 256  # k-means training points per centroid (faiss's own subsampling figure)
+_ASSIGN_BATCH = 65536  # rows compared with the centroids at a time: bounds the float32 copy
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """``members``: int64 [M], the documents grouped by partition (ascending inside each);
+    ``bounds``: int64 [P + 1], partition ``p`` is ``members[bounds[p]:bounds[p + 1]]``."""
+
+    members: np.ndarray
+    bounds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def part(self, p: int) -> np.ndarray:
+        return self.members[self.bounds[p] : self.bounds[p + 1]]
+
+    def sizes(self) -> np.ndarray:
+        return np.diff(self.bounds)
+
+
+def partition_documents(doc_indices: np.ndarray, embeddings: np.ndarray, *, max_docs: int, seed: int) -> Partitions:
+    """Split ``doc_indices`` (int [M], document rows of ``embeddings`` float [N, D]) into partitions of at most ``max_docs``.
+
+    ``ceil(M / max_docs)`` k-means centroids are trained on a seeded sample and every
+    document goes to its nearest one; a partition larger than ``max_docs`` is split again
+    by the same procedure (its own sample and seed), and one that k-means cannot split
+    (identical vectors) is cut into equal runs of document indices. Empty clusters are
+    dropped. Partitions are numbered depth-first in centroid order.
+    """
+    if max_docs < 1:
+        raise PackprepError(f"--partition-docs must be at least 1, got {max_docs}")
+    idx = np.unique(np.asarray(doc_indices, dtype=np.int64))  # ascending: the members' canonical order
+    parts: list[np.ndarray] = []
+    stack = [(idx, (int(seed),))]
+    while stack:  # depth-first, children pushed in reverse so they come out in centroid order
+        members, path = stack.pop()
+        if len(members) <= max_docs:
+            parts.append(members)
+            continue
+        children = _split(members, embeddings, n=math.ceil(len(members) / max_docs), path=path)
+        if len(children) == 1:  # k-means put everything in one cluster: cut by index instead
+            children = np.array_split(members, math.ceil(len(members) / max_docs))
+        stack.extend((child, (*path, i)) for i, child in reversed(list(enumerate(children))))
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return Partitions(members=np.concatenate(parts) if parts else idx, bounds=bounds)
+
+
+def _split(members: np.ndarray, embeddings: np.ndarray, *, n: int, path: tuple[int, ...]) -> list[np.ndarray]:
+    """The non-empty k-means clusters (``n`` centroids, seeded by ``path``) of ``members``, each ascending."""
+    import faiss
+
+    rng = np.random.default_rng(list(path))
+    m = len(members)
+    sample = np.sort(rng.choice(m, size=min(m, _SAMPLE_PER_PARTITION * n), replace=False))
+    kmeans = faiss.Kmeans(
+        embeddings.shape[1], n, niter=20, seed=int(rng.integers(2**31 - 1)), min_points_per_centroid=1, verbose=False
+    )
+    kmeans.train(_rows(embeddings, members[sample]))
+    assign = np.empty(m, dtype=np.int64)
+    for start in range(0, m, _ASSIGN_BATCH):
+        stop = min(start + _ASSIGN_BATCH, m)
+        assign[start:stop] = kmeans.index.search(_rows(embeddings, members[start:stop]), 1)[1][:, 0]
+    grouped = members[np.argsort(assign, kind="stable")]  # stable: ascending inside each cluster
+    cuts = np.cumsum(np.bincount(assign, minlength=n))[:-1]
+    return [part for part in np.split(grouped, cuts) if len(part)]
+
+
+def partition_seed(seed: int, p: int, num_partitions: int) -> int:
+    """The seed partition ``p`` is ordered with: ``seed`` itself when there is one partition
+    (so the order is the global one), else one drawn from ``(seed, p)``."""
+    return int(seed) if num_partitions == 1 else int(np.random.default_rng([int(seed), p]).integers(2**31 - 1))
+
+
+@dataclass(frozen=True)
+class _PartitionParams:
+    """What a strategy's order reads (``stages.strategies.OrderParams``), for one partition."""
+
+    seed: int
+    clusters: int | None
+    knn: int
+
+
+@dataclass(frozen=True)
+class PartOrder:
+    """One ordered partition: ``order`` int64 [m] (document indices), ``centroid`` float32 [D]
+    (the normalised mean of its rows), ``ends`` float32 [2, D] (the rows of its first and last documents)."""
+
+    order: np.ndarray
+    centroid: np.ndarray
+    ends: np.ndarray
+
+
+def order_partition(
+    members: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    strategy: str,
+    seed: int,
+    k: int = 10,
+    n_clusters: int | None = None,
+    progress: Progress = None,
+) -> PartOrder:
+    """Order one partition's ``members`` (int [m]) as the global ``strategy`` (``icp`` or ``cluster``:
+    its ``stages.strategies`` entry) would.
+
+    Reads only the ``members`` rows of ``embeddings``. ``seed``: :func:`partition_seed`;
+    ``n_clusters``: this partition's share of ``--clusters`` (None: about ``sqrt(m)``).
+    """
+    from packprep.stages.strategies import STRATEGIES
+
+    if strategy not in STRATEGIES or not STRATEGIES[strategy].needs_embeddings:
+        raise ValueError(f"partitioned ordering is for the embedding strategies (icp, cluster), not {strategy!r}")
+    params = _PartitionParams(seed=seed, clusters=n_clusters, knn=k)
+    order = STRATEGIES[strategy].order(members, embeddings, params, progress)
+    total = np.zeros(embeddings.shape[1], dtype=np.float64)
+    for start in range(0, len(order), _ASSIGN_BATCH):
+        total += _rows(embeddings, np.sort(order[start : start + _ASSIGN_BATCH])).sum(axis=0, dtype=np.float64)
+    centroid = (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
+    ends = _rows(embeddings, order[[0, -1]]) if len(order) else np.zeros((2, embeddings.shape[1]), np.float32)
+    return PartOrder(order=order, centroid=centroid, ends=ends)
+
+
+def partition_clusters(n_clusters: int | None, size: int, total: int) -> int | None:
+    """Partition's share of ``--clusters`` (proportional to its size, at least 1); None stays None."""
+    return None if n_clusters is None else max(1, round(n_clusters * size / max(total, 1)))
+
+
+def chain_partitions(centroids: np.ndarray, ends: np.ndarray, *, seed: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """In which sequence, and which way round, the ordered partitions follow each other.
+
+    ``centroids`` float [P, D], ``ends`` float [P, 2, D] (first and last row of each
+    partition's order). The sequence is an icp order of the centroids (kNN + walk + local
+    search, seeded). Then each partition is reversed (bool [P]) where that puts a closer
+    document next to the previous partition's last one; the first is reversed where its
+    last document is then the closer one to the next partition's centroid. Returns
+    (int64 [P] partition numbers in sequence, bool [P] reversed, indexed by partition).
+    """
+    p = len(centroids)
+    if p == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    sequence = icp_order(np.arange(p), c, k=min(k, max(p - 1, 1)), seed=seed) if p > 1 else np.zeros(1, np.int64)
+    e = np.asarray(ends, dtype=np.float64)
+    reverse = np.zeros(p, dtype=bool)
+    if p > 1:
+        first, following = sequence[0], c[sequence[1]]
+        reverse[first] = e[first, 0] @ following > e[first, 1] @ following
+    for prev, cur in zip(sequence[:-1], sequence[1:], strict=True):
+        tail = e[prev, 0] if reverse[prev] else e[prev, 1]
+        reverse[cur] = tail @ e[cur, 1] > tail @ e[cur, 0]
+    return sequence, reverse
+
+
+def join_partitions(orders: list[np.ndarray], sequence: np.ndarray, reverse: np.ndarray) -> np.ndarray:
+    """int64 [M]: the partitions' orders one after another in ``sequence``, reversed where ``reverse`` says."""
+    pieces = [orders[p][::-1] if reverse[p] else orders[p] for p in sequence]
+    return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
+
+
+def partitioned_order(
+    doc_indices: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    strategy: str,
+    max_docs: int,
+    seed: int,
+    k: int = 10,
+    n_clusters: int | None = None,
+    progress: Progress = None,
+) -> np.ndarray:
+    """int64 [M]: ``doc_indices`` ordered by ``strategy`` partition by partition, in this process.
+
+    The reference the engines must reproduce: plan (:func:`partition_documents`), order
+    each partition (:func:`order_partition`), chain (:func:`chain_partitions`), join.
+    """
+    plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed)
+    parts = [
+        order_partition(
+            plan.part(p), embeddings, strategy=strategy, seed=partition_seed(seed, p, len(plan)), k=k,
+            n_clusters=partition_clusters(n_clusters, len(plan.part(p)), len(plan.members)), progress=progress,
+        )
+        for p in range(len(plan))
+    ]
+    return assemble(parts, seed=seed, k=k)
+
+
+def assemble(parts: list[PartOrder], *, seed: int, k: int = 10) -> np.ndarray:
+    """int64 [M]: the ordered partitions chained and joined (what every engine ends with)."""
+    if len(parts) == 1:
+        return parts[0].order
+    centroids = np.stack([part.centroid for part in parts]) if parts else np.zeros((0, 1), np.float32)
+    ends = np.stack([part.ends for part in parts]) if parts else np.zeros((0, 2, 1), np.float32)
+    sequence, reverse = chain_partitions(centroids, ends, seed=seed, k=k)
+    return join_partitions([part.order for part in parts], sequence, reverse)
+
+
+def _rows(embeddings: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(embeddings[idx], dtype=np.float32)

@@ -1,0 +1,142 @@
+"""Partitioned ordering on Ray (one task per partition) writes the local engine's bytes, survives a
+killed worker, and resumes after a killed driver. One local Ray with 2 CPUs for the module."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # starts a local Ray, like tests/test_ray_engine.py: make test-fast leaves it out
+ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
+
+from packprep.config import PackConfig  # noqa: E402
+from packprep.engines import Engine, ray_order  # noqa: E402
+from packprep.pipeline import pack  # noqa: E402
+from tests.test_partitioned_pack import EMBED, KILLED_AFTER_TWO, OPTIONS, REPO, cli_options, shard_bytes, store_path  # noqa: E402,F401
+
+RAY = Engine("ray")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def config(strategy: str, packing: str = "split") -> PackConfig:
+    return PackConfig(strategy=strategy, packing=packing, partition_docs=8, **OPTIONS)
+
+
+@pytest.mark.parametrize(("strategy", "packing"), [("icp", "split"), ("icp", "bestfit"), ("cluster", "split"), ("cluster", "bestfit")])
+def test_partitions_on_ray_write_the_local_bytes(store_path, tmp_path, strategy, packing):
+    local = pack(store_path, tmp_path / "local", config=config(strategy, packing), embed_config=EMBED)
+    on_ray = pack(store_path, tmp_path / "ray", config=config(strategy, packing), embed_config=EMBED, engine=RAY)
+    assert len(shard_bytes(local)) > 4
+    assert shard_bytes(on_ray) == shard_bytes(local)
+
+
+def test_a_worker_killed_mid_partition_is_retried_and_the_bytes_are_the_same(store_path, tmp_path, monkeypatch):
+    marker = tmp_path / "crashed-once"
+    real = ray_order.order_part
+
+    def dies_once_in_partition_1(p, *args):
+        import os
+
+        if p == 1 and not marker.exists():
+            marker.touch()
+            os._exit(1)  # the worker process dies mid-task, as on a lost node or an OOM kill
+        return real(p, *args)
+
+    monkeypatch.setattr(ray_order, "order_part", dies_once_in_partition_1)
+    local = pack(store_path, tmp_path / "local", config=config("icp"), embed_config=EMBED)
+    on_ray = pack(store_path, tmp_path / "ray", config=config("icp"), embed_config=EMBED, engine=RAY)
+    assert marker.exists()
+    assert shard_bytes(on_ray) == shard_bytes(local)
+
+
+def test_a_killed_ray_driver_resumes_its_finished_partitions(store_path, tmp_path):
+    """The driver joins this module's Ray cluster and is SIGKILLed after journaling two partitions;
+    the cluster lives on, and a rerun on it orders only the other partitions."""
+    local = pack(store_path, tmp_path / "local", config=config("icp"), embed_config=EMBED)
+    out = tmp_path / "out"
+    address = ray.get_runtime_context().gcs_address
+    command = ["pack", str(store_path), str(out), *cli_options("icp"), "--engine", "ray", "--ray-address", address]
+    killed = subprocess.run([*KILLED_AFTER_TWO, *command], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "manifest.json").exists()
+
+    rerun = subprocess.run([sys.executable, "-m", "packprep.cli", *command], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "2 finished by an interrupted run are reused" in rerun.stderr
+    assert shard_bytes(out) == shard_bytes(local)
+
+
+def test_in_memory_embeddings_go_through_the_object_store():
+    import numpy as np
+
+    from packprep.engines.ray_engine import order_partitions_on_ray
+    from packprep.stages.partition import order_partition
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    tasks = [(0, np.arange(0, 30, 2), {"strategy": "icp", "seed": 1}), (1, np.arange(1, 30, 2), {"strategy": "cluster", "seed": 2})]
+    got = {}
+    order_partitions_on_ray(x, tasks, on_part=lambda p, part: got.setdefault(p, part))
+    for p, members, params in tasks:
+        assert got[p].order.tolist() == order_partition(members, x, **params).order.tolist()
+
+
+# ---------------------------------------------------------------------------- shards written by Ray tasks
+
+
+def test_a_worker_killed_while_writing_a_shard_is_retried_and_the_bytes_are_the_same(store_path, tmp_path, monkeypatch):
+    from packprep.engines import ray_pack
+
+    marker = tmp_path / "crashed-once"
+    real = ray_pack.write_shard_task
+
+    def dies_once_in_shard_2(out, index, *args):
+        import os
+
+        if index == 2 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return real(out, index, *args)
+
+    monkeypatch.setattr(ray_pack, "write_shard_task", dies_once_in_shard_2)
+    local = pack(store_path, tmp_path / "local", config=config("icp", "bestfit"), embed_config=EMBED)
+    on_ray = pack(store_path, tmp_path / "ray", config=config("icp", "bestfit"), embed_config=EMBED, engine=RAY)
+    assert marker.exists()
+    assert shard_bytes(on_ray) == shard_bytes(local)
+    assert (on_ray / "manifest.json").read_text().count('"sha256"') == (local / "manifest.json").read_text().count('"sha256"')
+
+
+# SIGKILL of the driver once the shard journal lists two finished shards (Ray tasks write them).
+KILLED_AFTER_TWO_SHARDS = [
+    sys.executable, "-c",
+    "import os, signal, packprep.formats.npy as npy\n"
+    "real = npy.save_journal\n"
+    "def save_journal(out, key, shards):\n"
+    "    real(out, key, shards)\n"
+    "    if len(shards) >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "npy.save_journal = save_journal\n"
+    "from packprep.cli import main; main()",
+]
+
+
+def test_a_driver_killed_while_ray_writes_shards_resumes_the_finished_ones(store_path, tmp_path):
+    local = pack(store_path, tmp_path / "local", config=config("cluster"), embed_config=EMBED)
+    out = tmp_path / "out"
+    address = ray.get_runtime_context().gcs_address
+    command = ["pack", str(store_path), str(out), *cli_options("cluster"), "--engine", "ray", "--ray-address", address]
+    killed = subprocess.run([*KILLED_AFTER_TWO_SHARDS, *command], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = subprocess.run([sys.executable, "-m", "packprep.cli", *command], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "finished shards of an interrupted run are reused" in rerun.stderr
+    assert shard_bytes(out) == shard_bytes(local)
