@@ -23,8 +23,8 @@ class LocalEngine:
         return self
 
     def tokenize(
-        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
-        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+        self, corpus: Path, work: Path, *, sources: list[Path], config: TokenizeConfig, tokenizer: Any,
+        fingerprint: str | None, manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
     ) -> tuple[DocStore, ReadSummary]:
         from packprep.corpus import Fingerprint, ReadCounters, corpus_root, iter_documents
         from packprep.stages.tokenize import tokenize_into
@@ -34,7 +34,7 @@ class LocalEngine:
         reading = Fingerprint(corpus_root(corpus)) if fingerprint is None else None  # one pass: hashed as read
         documents = iter_documents(
             corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters,
-            fingerprint=reading,
+            fingerprint=reading, sources=sources,
         )
         with DocStoreWriter(work, dtype=smallest_token_dtype(tokenizer.vocab_size)) as writer, reporter.track(
             "tokenize", unit="docs"
