@@ -217,6 +217,7 @@ def iter_documents(
     on_error: Literal["raise", "skip"] = "raise",
     counters: ReadCounters | None = None,
     fingerprint: Fingerprint | None = None,
+    sources: list[Path] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Stream ``(doc_id, text)`` from a file or folder in a deterministic order; empty texts included.
 
@@ -227,10 +228,11 @@ def iter_documents(
     counted in ``counters``; file-level problems (missing path, corrupt archive, a .json
     that does not parse, a table without the text column) always raise. ``fingerprint``
     (``Fingerprint(corpus_root(path))``) is fed the files as they are read: once the
-    documents are exhausted, its digest is ``corpus_fingerprint(path)``.
+    documents are exhausted, its digest is ``corpus_fingerprint(path)``. ``sources``:
+    ``list_corpus_files(path)`` when the caller has listed the corpus already.
     """
     path = Path(path)
-    sources = list_corpus_files(path)
+    sources = list_corpus_files(path) if sources is None else sources
     root = corpus_root(path)
     counters = counters if counters is not None else ReadCounters()
     for source in sources:
@@ -637,14 +639,15 @@ def _hf_arrow_files(folder: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
-def corpus_fingerprint(path: str | Path) -> str:
+def corpus_fingerprint(path: str | Path, *, sources: list[Path] | None = None) -> str:
     """Hex blake2b digest over the sorted relative paths and the contents of every corpus file.
 
     Contents rather than mtimes: a copied or re-downloaded corpus keeps its cached stages, an edited one does not.
+    ``sources``: ``list_corpus_files(path)`` when the caller has listed the corpus already.
     """
     path = Path(path)
     fingerprint = Fingerprint(corpus_root(path))
-    for source in list_corpus_files(path):
+    for source in list_corpus_files(path) if sources is None else sources:
         # Of a saved dataset, only the shards it lists: `datasets` drops cache-*.arrow files beside them.
         for file in [source] if source.is_file() else _hf_arrow_files(source):
             fingerprint.start(file)

@@ -104,6 +104,7 @@ def test_arrow_rows_match_hf_and_trl_conventions(packed: Path):
         assert np.cumsum(pos).tolist() == row["position_ids"].tolist()
 
 
+@pytest.mark.slow  # builds and runs a Hugging Face model
 def test_packed_row_equals_documents_alone_in_a_hf_model(packed: Path):
     """With position_ids, no attention mask and no cache, transformers keeps a row's documents apart."""
     import datasets

@@ -12,9 +12,11 @@ import zstandard
 
 from tests.conftest import make_documents, write_jsonl
 
+import packprep.corpus
 import packprep.pipeline.tokenizing as tokenizing
+from packprep.config import PackConfig
 from packprep.corpus import Fingerprint, corpus_fingerprint, corpus_root, iter_documents
-from packprep.pipeline import tokenize
+from packprep.pipeline import pack, tokenize
 
 
 def every_kind_of_file(folder: Path) -> Path:
@@ -50,7 +52,7 @@ def test_a_fresh_tokenize_reads_the_corpus_once_and_a_rerun_still_reuses_the_sto
     corpus = every_kind_of_file(tmp_path / "corpus")
     expected = corpus_fingerprint(corpus)
     calls = []
-    monkeypatch.setattr(tokenizing, "corpus_fingerprint", lambda path: calls.append(path) or corpus_fingerprint(path))
+    monkeypatch.setattr(tokenizing, "corpus_fingerprint", lambda path, **kw: calls.append(path) or corpus_fingerprint(path, **kw))
     store = tokenize(corpus, tmp_path / "work")
     assert calls == []  # no pass of its own before reading
     assert store.manifest["source"]["fingerprint"] == expected
@@ -58,3 +60,18 @@ def test_a_fresh_tokenize_reads_the_corpus_once_and_a_rerun_still_reuses_the_sto
     tokenize(corpus, tmp_path / "work")
     assert len(calls) == 1  # a finished store: the fingerprint decides whether it is reused
     assert (tmp_path / "work" / "store.json").read_bytes() == before
+
+
+def test_a_pack_of_a_raw_corpus_lists_it_once(tmp_path, monkeypatch):
+    corpus = every_kind_of_file(tmp_path / "corpus")
+    walk, walks = packprep.corpus._walk, []
+
+    def counted(folder, *args):
+        if folder == corpus:
+            walks.append(folder)
+        return walk(folder, *args)
+
+    monkeypatch.setattr(packprep.corpus, "_walk", counted)
+    pack(corpus, tmp_path / "out", config=PackConfig(seq_len=64))
+    assert len(walks) == 1  # the check before OUT is touched; tokenize and the reader reuse that listing
+

@@ -106,6 +106,7 @@ def test_semantic_orders_put_similar_documents_next_to_each_other(clustered):
     assert np.mean(labels[clus[1:]] == labels[clus[:-1]]) >= 0.7
 
 
+@pytest.mark.slow  # four full cluster/icp orders of the clustered fixture
 def test_semantic_orders_are_deterministic_for_a_seed(clustered):
     embeddings, _ = clustered
     given = np.arange(0, len(embeddings), 2)

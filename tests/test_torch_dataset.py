@@ -70,6 +70,7 @@ def test_missing_output_fails_when_constructed(tmp_path):
         PackedTorchDataset(tmp_path / "nothing")
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_dataloader_with_workers_yields_the_same_batches(packed):
     ds = PackedTorchDataset(packed)
     ds[0]  # opened in the parent first: forked workers must re-open their own maps
@@ -88,6 +89,7 @@ def test_dataloader_with_workers_yields_the_same_batches(packed):
         assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_works_with_distributed_sampler(packed):
     ds = PackedTorchDataset(packed)
     seen = []
@@ -194,6 +196,7 @@ def test_resuming_a_different_dataset_or_seed_is_refused():
         ResumableSampler(10, rank=2, world_size=2)
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_resumed_dataloader_yields_the_remaining_batches(packed):
     ds = PackedTorchDataset(packed)
 

@@ -36,10 +36,11 @@ class Backend(Protocol):
     """The compute an engine offers the pipeline; every method gives the same bytes on every engine."""
 
     def tokenize(
-        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
-        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter, workers: int | None = None,
+        self, corpus: Path, work: Path, *, sources: list[Path], config: TokenizeConfig, tokenizer: Any,
+        fingerprint: str | None, manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+        workers: int | None = None,
     ) -> tuple[DocStore, ReadSummary]:
-        """Read ``corpus`` and write its document store into ``work`` (claimed by the pipeline);
+        """Read ``corpus`` (its ``sources``: ``corpus.list_corpus_files``) and write its document store into ``work`` (claimed by the pipeline);
         ``manifest(counts, num_documents, fingerprint)`` gives what ``store.json`` records (and
         raises when nothing was read). ``fingerprint``: ``corpus.corpus_fingerprint(corpus)``,
         or None for the engine to compute (the local engine does while it reads). ``workers``:

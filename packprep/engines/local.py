@@ -27,14 +27,13 @@ class LocalEngine:
         return self
 
     def tokenize(
-        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
-        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter, workers: int | None = None,
+        self, corpus: Path, work: Path, *, sources: list[Path], config: TokenizeConfig, tokenizer: Any,
+        fingerprint: str | None, manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+        workers: int | None = None,
     ) -> tuple[DocStore, ReadSummary]:
-        from packprep.corpus import list_corpus_files
         from packprep.tokenizers import smallest_token_dtype
 
         workers = workers or os.cpu_count() or 1
-        sources = list_corpus_files(corpus)
         # Worker processes pay ~0.25 s of start-up each: below POOL_MIN_BYTES this process is quicker.
         pooled = workers > 1 and sum(_size(source) for source in sources) >= POOL_MIN_BYTES
         with DocStoreWriter(work, dtype=smallest_token_dtype(tokenizer.vocab_size)) as writer, reporter.track(
@@ -43,7 +42,7 @@ class LocalEngine:
             if pooled:
                 read, fingerprint = _tokenize_pooled(corpus, sources, writer, config, tokenizer, fingerprint, workers, advance)
             else:
-                read, fingerprint = _tokenize_here(corpus, writer, config, tokenizer, fingerprint, advance)
+                read, fingerprint = _tokenize_here(corpus, sources, writer, config, tokenizer, fingerprint, advance)
             store = writer.finish(manifest(read.counts, writer.num_documents, fingerprint))
         return store, read
 
@@ -108,7 +107,7 @@ def _size(source: Path) -> int:
 
 
 def _tokenize_here(
-    corpus: Path, writer: DocStoreWriter, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None, advance: Any
+    corpus: Path, sources: list[Path], writer: DocStoreWriter, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None, advance: Any
 ) -> tuple[ReadSummary, str]:
     from packprep.corpus import Fingerprint, ReadCounters, corpus_root, iter_documents
     from packprep.stages.tokenize import tokenize_into
@@ -117,7 +116,7 @@ def _tokenize_here(
     reading = Fingerprint(corpus_root(corpus)) if fingerprint is None else None  # one pass: hashed as read
     documents = iter_documents(
         corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters,
-        fingerprint=reading,
+        fingerprint=reading, sources=sources,
     )
     dropped_empty = tokenize_into(writer, documents, tokenizer, progress=advance)
     counts = {"records": counters.records, "dropped_empty": dropped_empty, "skipped_records": counters.skipped}
@@ -137,7 +136,7 @@ def _tokenize_pooled(
     # The workers read the corpus; this process, idle while they encode, digests it in a
     # thread of its own (hashlib and file reads release the GIL) for the store's key.
     with ThreadPoolExecutor(1) as thread:
-        digest = thread.submit(corpus_fingerprint, corpus) if fingerprint is None else None
+        digest = thread.submit(corpus_fingerprint, corpus, sources=sources) if fingerprint is None else None
         read = tokenize_parts(
             source_parts(sources, RANGE_BYTES), corpus_root(corpus), writer, config=config,
             recipe=worker_recipe(tokenizer, config), workers=workers, progress=advance,

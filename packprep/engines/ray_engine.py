@@ -59,22 +59,23 @@ class RayEngine:
         return self
 
     def tokenize(
-        self, corpus: Path, work: Path, *, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
-        manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter, workers: int | None = None,
+        self, corpus: Path, work: Path, *, sources: list[Path], config: TokenizeConfig, tokenizer: Any,
+        fingerprint: str | None, manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
+        workers: int | None = None,
     ) -> tuple[DocStore, ReadSummary]:
         # ``workers`` is the local engine's: Ray places its tasks on the cluster's cores.
-        from packprep.corpus import corpus_fingerprint, corpus_root, list_corpus_files, source_parts
+        from packprep.corpus import corpus_fingerprint, corpus_root, source_parts
         from packprep.tokenizers import smallest_token_dtype
 
         if fingerprint is None:
             # The tasks read the corpus on other workers, in parallel: the digest (a stream over every
             # file in order) is taken here, in a pass of its own.
-            fingerprint = corpus_fingerprint(corpus)
+            fingerprint = corpus_fingerprint(corpus, sources=sources)
         ray = connect(self.address)
         dtype = smallest_token_dtype(tokenizer.vocab_size)
         blocks = work / BLOCKS_DIRNAME
         try:
-            parts = source_parts(list_corpus_files(corpus), self.range_bytes)
+            parts = source_parts(sources, self.range_bytes)
             summaries = run_blocks(ray, parts, corpus_root(corpus), blocks, config, dtype, reporter)
             counts = {
                 "records": sum(s["records"] for s in summaries),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
-from packprep.corpus import list_corpus_files
+from packprep.corpus import scan_corpus
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
 from packprep.formats import FORMATS, labels_ignored, npy
@@ -92,9 +92,9 @@ def _pack(
     if from_store:
         store = DocStore.open(source)
     else:
-        list_corpus_files(source)  # a missing or unreadable corpus fails before OUT is touched
+        listing = scan_corpus(source)  # a missing or unreadable corpus fails before OUT is touched
         claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
-        store = tokenize_in(source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, run=run)
+        store = tokenize_in(source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, run=run, listing=listing)
 
     if isinstance(embed_config, HeldEmbedder):
         if from_store and config.semantic:

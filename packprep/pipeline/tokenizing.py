@@ -41,15 +41,19 @@ def tokenize(
     return tokenize_in(corpus, work, config=config, overwrite=overwrite, run=Run.of(engine, reporter, workers))
 
 
-def tokenize_in(corpus: str | Path, work: str | Path, *, config: TokenizeConfig, overwrite: bool, run: Run) -> DocStore:
-    """:func:`tokenize` as a step of a larger ``run`` (``pack`` calls it)."""
-    warn_unread_files(scan_corpus(corpus), corpus, run.reporter)  # fails early on a missing path or nothing to read
+def tokenize_in(
+    corpus: str | Path, work: str | Path, *, config: TokenizeConfig, overwrite: bool, run: Run,
+    listing: CorpusListing | None = None,
+) -> DocStore:
+    """:func:`tokenize` as a step of a larger ``run`` (``pack`` calls it with the ``listing`` of the corpus it made)."""
+    listing = scan_corpus(corpus) if listing is None else listing  # fails early on a missing path or nothing to read
+    warn_unread_files(listing, corpus, run.reporter)
     corpus, work = Path(corpus), Path(work)
     with removed_on_error(work), folder_lock(work):
-        return _tokenize(corpus, work, config, overwrite, run)
+        return _tokenize(corpus, work, listing.sources, config, overwrite, run)
 
 
-def _tokenize(corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool, run: Run) -> DocStore:
+def _tokenize(corpus: Path, work: Path, sources: list[Path], config: TokenizeConfig, overwrite: bool, run: Run) -> DocStore:
     from packprep.tokenizers import load_tokenizer
 
     reporter = run.reporter
@@ -58,7 +62,7 @@ def _tokenize(corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool,
     # Only a finished store can be reused, and only then is the corpus fingerprint needed before
     # reading: otherwise the engine computes it while it reads, and the corpus is read once.
     if (work / MANIFEST_NAME).is_file():
-        fingerprint = corpus_fingerprint(corpus)
+        fingerprint = corpus_fingerprint(corpus, sources=sources)
         if finished_with_key(work, tokenize_key(config, tokenizer, fingerprint)):
             reporter.info(f"tokenize: reusing the document store in {work}")
             return DocStore.open(work)
@@ -72,8 +76,8 @@ def _tokenize(corpus: Path, work: Path, config: TokenizeConfig, overwrite: bool,
         return store_manifest(key, config, tokenizer, corpus=corpus, fingerprint=fingerprint, counts=counts)
 
     store, read = run.backend.tokenize(
-        corpus, work, config=config, tokenizer=tokenizer, fingerprint=fingerprint, manifest=manifest, reporter=reporter,
-        workers=run.workers,
+        corpus, work, sources=sources, config=config, tokenizer=tokenizer, fingerprint=fingerprint, manifest=manifest,
+        reporter=reporter, workers=run.workers,
     )
     report_read(reporter, config, read.counts, with_id=read.with_id, first_errors=read.first_errors)
     return store
