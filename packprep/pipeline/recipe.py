@@ -34,18 +34,15 @@ from packprep.io import folder_lock, load_json, refuse_file, save_json, save_npy
 from packprep.pipeline.folders import WORK_DIRNAME, claim_folder, is_output_file, removed_on_error
 from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict
 from packprep.engines import LOCAL, Engine
-from packprep.errors import PackprepError
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
 from packprep.recipe import Recipe
-from packprep.pipeline.selection import ORIGINAL_FILE
 from packprep.pipeline.semantic import HeldEmbedder
 from packprep.stages import decontaminate as decon
 from packprep.stages.dedup import REASON_DECONTAMINATED, DedupResult
 from packprep.stages.mix import Mixture, mix, split_hashes, val_mask
 from packprep.store import DocStore, DocStoreWriter, is_store
 
-SOURCES_FILE = "sources.npy"  # beside a recipe store: int16 [N], the source of each document
 OUTPUT_FILES = ("doc_sources.npy", "doc_benchmark.npy")
 VAL_OWNER = "val split"  # the "benchmark" name of a train document that shares an n-gram with a val document
 SHARE_TOLERANCE, TOTAL_TOLERANCE = 0.005, 0.01  # issue 15: shares within ±0.5 points, the total within ±1 %
@@ -81,7 +78,7 @@ def pack_recipe(
         opened: dict[Path, DocStore] = {}  # sources that share a corpus and options share one store
         stores = [_source_store(s, recipe, tokenize_config, work, workers, engine, reporter, opened) for s in recipe.sources]
         pool = _pool(recipe, stores, work / "pool", reporter)
-        sources = np.load(pool.path / SOURCES_FILE)
+        sources = pool.column("sources")
         reason, dup_of, val, benchmark = _decide(recipe, pool, sources, config, dedup_config, engine, reporter)
         sep_len = 0 if config.strategy == "random" else 1
         available = np.flatnonzero((reason == 0) & ~val)
@@ -174,7 +171,7 @@ def _pool(recipe: Recipe, stores: list[DocStore], folder: Path, reporter: Report
     with DocStoreWriter(folder, dtype=stores[0].tokens.dtype) as writer:
         for store, docs in picked:
             _copy(writer, store, docs)
-        save_npy(folder / SOURCES_FILE, np.repeat(np.arange(len(picked), dtype=np.int16), [len(d) for _, d in picked]))
+        writer.add_column("sources", np.repeat(np.arange(len(picked), dtype=np.int16), [len(d) for _, d in picked]))
         first = stores[0].manifest
         counts = {name: sum(st.manifest["counts"].get(name, 0) for st in stores) for name in first["counts"]}
         pool = writer.finish({"key": key, "config": first["config"], "tokenizer": first["tokenizer"],
@@ -286,11 +283,11 @@ def _split_store(pool: DocStore, folder: Path, picks: np.ndarray, dropped: np.nd
         claim_folder(folder, overwrite=True, ours=lambda p: True)  # OUT/work/<split> is this module's alone
         with DocStoreWriter(folder, dtype=pool.tokens.dtype) as writer:
             _copy(writer, pool, docs)
-            save_npy(folder / SOURCES_FILE, np.load(pool.path / SOURCES_FILE)[docs])
-            save_npy(folder / "benchmark.npy", benchmark[docs])
+            writer.add_column("sources", pool.column("sources")[docs])
+            writer.add_column("benchmark", benchmark[docs])
             first = np.full(len(reason), -1, np.int64)
             first[docs[::-1]] = np.arange(len(docs))[::-1]  # each pool document's first place in this store
-            save_npy(folder / ORIGINAL_FILE, first[docs])
+            writer.add_column("original", first[docs])
             manifest = {k: pool.manifest[k] for k in ("config", "tokenizer", "source", "counts")}
             writer.finish({**manifest, "key": key})
     store = DocStore.open(folder)
@@ -309,8 +306,8 @@ def _split_store(pool: DocStore, folder: Path, picks: np.ndarray, dropped: np.nd
 
 def _record_provenance(out: Path, store: DocStore, recipe: Recipe, owners: list[str], split: str, mixture: Mixture | None) -> None:
     """Write doc_sources.npy and doc_benchmark.npy beside the output and the recipe into its manifest."""
-    save_npy(out / "doc_sources.npy", np.load(store.path / SOURCES_FILE))
-    save_npy(out / "doc_benchmark.npy", np.load(store.path / "benchmark.npy"))
+    save_npy(out / "doc_sources.npy", store.column("sources"))
+    save_npy(out / "doc_benchmark.npy", store.column("benchmark"))
     manifest = load_json(out / npy.MANIFEST_NAME)
     sources = [{"name": s.name, "path": str(s.path), "weight": s.weight, "share": recipe.shares[s.name],
                 "id_prefix": list(s.id_prefix)} for s in recipe.sources]

@@ -16,11 +16,6 @@ from packprep.store import DocStore
 from packprep.store.embeddings import embed_manifest
 
 
-# Beside a store whose documents repeat (a recipe's train store): int64 [N], the document each is a
-# copy of (itself for an original). Semantic orders spread the copies (stages.mix.spread_copies).
-ORIGINAL_FILE = "original.npy"
-
-
 @dataclass(frozen=True)
 class Selection:
     """``order``: int64 [M] document indices in packing order (the kept ones).
@@ -87,10 +82,11 @@ def select_documents(
         return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         order = strategy.order(kept, embeddings, config, advance)
-    if (store.path / ORIGINAL_FILE).is_file():  # a recipe's repeated documents: a pass apart, not side by side
+    original = store.column("original")
+    if original is not None:  # a recipe's repeated documents: a pass apart, not side by side
         from packprep.stages.mix import spread_copies
 
-        order = spread_copies(order, np.load(store.path / ORIGINAL_FILE))
+        order = spread_copies(order, original)
     return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
 
 

@@ -10,6 +10,14 @@ Layout of a WORK folder (format ``packprep-docstore``, version 1)::
       doc_ids.idx.npy     int64 [N+1] byte offsets     }
       store.json          manifest, written last: a store is complete when it exists
 
+A store a recipe assembles (pipeline/recipe.py) also has per-document columns, one value
+per document, written by :meth:`DocStoreWriter.add_column` before the manifest and read by
+:meth:`DocStore.column`::
+
+      sources.npy         int16 [N]; which of the recipe's sources the document came from
+      benchmark.npy       int32 [N]; the benchmark file a decontaminated document matched, else -1
+      original.npy        int64 [N]; the first copy of the same pool document in this store
+
 Tokens are raw rather than ``.npy`` because the count is unknown until the corpus
 has streamed through; the dtype lives in the manifest (as nanoGPT and Megatron do).
 Later stages (dedup, embed) add their own files and manifests beside these.
@@ -36,6 +44,7 @@ MANIFEST_NAME = "store.json"
 BLOCKS_DIRNAME = ".blocks"
 _COPY_CHUNK = 8 << 20
 STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
+COLUMNS = ("sources", "benchmark", "original")  # optional per-document columns (see the layout above)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,13 @@ class DocStore:
     def lengths(self) -> np.ndarray:
         """int64 [N]: tokens per document."""
         return np.diff(self.offsets)
+
+    def column(self, name: str) -> np.ndarray | None:
+        """The per-document column ``name`` (one of :data:`COLUMNS`), or None when this store has none."""
+        if name not in COLUMNS:
+            raise ValueError(f"unknown store column {name!r}")
+        path = self.path / f"{name}.npy"
+        return np.load(path) if path.is_file() else None
 
     def document(self, index: int) -> np.ndarray:
         return self.tokens[self.offsets[index] : self.offsets[index + 1]]
@@ -145,6 +161,7 @@ class DocStoreWriter:
         self._ids = StringTableWriter(self.path / "doc_ids")
         self._lengths: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
+        self._columns: dict[str, np.ndarray] = {}
         self.num_documents = 0
         self.num_tokens = 0
 
@@ -166,7 +183,17 @@ class DocStoreWriter:
         self.num_documents += len(ids)
         self.num_tokens += int(len(tokens))
 
+    def add_column(self, name: str, values: np.ndarray) -> None:
+        """A per-document column (one of :data:`COLUMNS`), written by :meth:`finish` before the manifest."""
+        if name not in COLUMNS:
+            raise ValueError(f"unknown store column {name!r}")
+        self._columns[name] = np.asarray(values)
+
     def finish(self, manifest: dict[str, Any]) -> DocStore:
+        for name, values in self._columns.items():
+            if len(values) != self.num_documents:
+                raise ValueError(f"column {name!r} has {len(values)} values for {self.num_documents} documents")
+            save_npy(self.path / f"{name}.npy", values)
         self._tokens.close()
         replace_durably(self._tokens_tmp, self.path / "tokens.bin")
         self._ids.close()
@@ -186,7 +213,7 @@ class DocStoreWriter:
 
 def is_store_file(path: Path) -> bool:
     """Whether ``path`` in WORK is one of the files the store and its cached stages write."""
-    return path.name.split(".")[0] in {"tokens", "offsets", "text_hash", "doc_ids", "store", "dedup", "embed", "embeddings"}
+    return path.name.split(".")[0] in {"tokens", "offsets", "text_hash", "doc_ids", "store", "dedup", "embed", "embeddings", *COLUMNS}
 
 
 def _write_manifest(path: Path, dtype: np.dtype, num_documents: int, num_tokens: int, manifest: dict[str, Any]) -> None:
