@@ -54,24 +54,33 @@ def cluster_order(
     if n == 1:
         assign = np.zeros(m, dtype=np.int64)
     else:
-        import faiss
-
         # k-means does not need every point: faiss itself would subsample to 256 per
         # centroid, and sampling here means only the sample is converted to float32.
         sample = np.sort(rng.choice(m, size=min(m, 256 * n), replace=False))
-        kmeans = faiss.Kmeans(
-            embeddings.shape[1], n, niter=20, seed=_faiss_seed(seed), min_points_per_centroid=1, verbose=False
-        )
-        kmeans.train(_rows(embeddings, idx[sample]))
-        assign = np.empty(m, dtype=np.int64)
-        for start in range(0, m, _BATCH):
-            stop = min(start + _BATCH, m)
-            assign[start:stop] = kmeans.index.search(_rows(embeddings, idx[start:stop]), 1)[1][:, 0]
-            if progress is not None:
-                progress(stop - start)
+        assign = kmeans_assign(embeddings, idx, sample, n, faiss_seed=_faiss_seed(seed), progress=progress)
     cluster_rank = rng.permutation(n)
     within = rng.random(m)
     return idx[np.lexsort((within, cluster_rank[assign]))]
+
+
+def kmeans_assign(
+    embeddings: np.ndarray, idx: np.ndarray, sample: np.ndarray, n: int, *, faiss_seed: int, batch: int = _BATCH,
+    progress: Progress = None,
+) -> np.ndarray:
+    """int64 [len(idx)]: for each row ``idx[i]`` of ``embeddings``, the nearest of ``n`` centroids
+    that faiss's k-means (20 iterations, ``faiss_seed``) trains on the rows ``idx[sample]``;
+    rows are compared ``batch`` at a time (the float32 copy is bounded by it)."""
+    import faiss
+
+    kmeans = faiss.Kmeans(embeddings.shape[1], n, niter=20, seed=faiss_seed, min_points_per_centroid=1, verbose=False)
+    kmeans.train(float32_rows(embeddings, idx[sample]))
+    assign = np.empty(len(idx), dtype=np.int64)
+    for start in range(0, len(idx), batch):
+        stop = min(start + batch, len(idx))
+        assign[start:stop] = kmeans.index.search(float32_rows(embeddings, idx[start:stop]), 1)[1][:, 0]
+        if progress is not None:
+            progress(stop - start)
+    return assign
 
 
 def knn_graph(
@@ -146,7 +155,7 @@ def icp_order(
     if len(idx) <= 1:
         return idx
     _check_rows(embeddings, idx)
-    x = _rows(embeddings, idx)  # float32: knn_graph searches it and the local search reads it, one copy
+    x = float32_rows(embeddings, idx)  # float32: knn_graph searches it and the local search reads it, one copy
     neighbours, similarities = knn_graph(x, k=k, exact_max=exact_max, seed=seed, progress=progress)
     # Kicks cost ~0.3 ms each at 1M documents for +0.001 of the bound there (50,000 took
     # 47 s of CPU, docs/semantic.md): not worth a 600 s budget, so only below exact_max.
@@ -175,7 +184,7 @@ def adjacent_cosine(order: np.ndarray, embeddings: np.ndarray) -> float:
     _check_rows(embeddings, order)
     total = 0.0
     for start in range(0, len(order) - 1, 65536):
-        rows = _rows(embeddings, order[start : start + 65537])  # one overlap row joins the chunks
+        rows = float32_rows(embeddings, order[start : start + 65537])  # one overlap row joins the chunks
         norms = np.maximum(np.linalg.norm(rows, axis=1), 1e-12)
         total += float(np.einsum("ij,ij->i", rows[:-1], rows[1:]) @ (1.0 / (norms[:-1] * norms[1:])))
     return total / (len(order) - 1)
@@ -200,7 +209,7 @@ def _check_rows(embeddings: np.ndarray, idx: np.ndarray) -> None:
         raise PackprepError(f"document index {int(bad[0])} out of range: embeddings have {len(embeddings)} rows")
 
 
-def _rows(embeddings: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def float32_rows(embeddings: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """float32 [len(idx), D], contiguous (what faiss accepts)."""
     return np.ascontiguousarray(embeddings[idx], dtype=np.float32)
 

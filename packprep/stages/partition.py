@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from packprep.errors import PackprepError
-from packprep.stages.order import Progress, icp_order
+from packprep.stages.order import Progress, float32_rows, icp_order, kmeans_assign
 
 _SAMPLE_PER_PARTITION = 256  # k-means training points per centroid (faiss's own subsampling figure)
 _ASSIGN_BATCH = 65536  # rows compared with the centroids at a time: bounds the float32 copy
@@ -80,19 +80,10 @@ def partition_documents(doc_indices: np.ndarray, embeddings: np.ndarray, *, max_
 
 def _split(members: np.ndarray, embeddings: np.ndarray, *, n: int, path: tuple[int, ...]) -> list[np.ndarray]:
     """The non-empty k-means clusters (``n`` centroids, seeded by ``path``) of ``members``, each ascending."""
-    import faiss
-
     rng = np.random.default_rng(list(path))
     m = len(members)
     sample = np.sort(rng.choice(m, size=min(m, _SAMPLE_PER_PARTITION * n), replace=False))
-    kmeans = faiss.Kmeans(
-        embeddings.shape[1], n, niter=20, seed=int(rng.integers(2**31 - 1)), min_points_per_centroid=1, verbose=False
-    )
-    kmeans.train(_rows(embeddings, members[sample]))
-    assign = np.empty(m, dtype=np.int64)
-    for start in range(0, m, _ASSIGN_BATCH):
-        stop = min(start + _ASSIGN_BATCH, m)
-        assign[start:stop] = kmeans.index.search(_rows(embeddings, members[start:stop]), 1)[1][:, 0]
+    assign = kmeans_assign(embeddings, members, sample, n, faiss_seed=int(rng.integers(2**31 - 1)), batch=_ASSIGN_BATCH)
     grouped = members[np.argsort(assign, kind="stable")]  # stable: ascending inside each cluster
     cuts = np.cumsum(np.bincount(assign, minlength=n))[:-1]
     return [part for part in np.split(grouped, cuts) if len(part)]
@@ -147,9 +138,9 @@ def order_partition(
     order = STRATEGIES[strategy].order(members, embeddings, params, progress)
     total = np.zeros(embeddings.shape[1], dtype=np.float64)
     for start in range(0, len(order), _ASSIGN_BATCH):
-        total += _rows(embeddings, np.sort(order[start : start + _ASSIGN_BATCH])).sum(axis=0, dtype=np.float64)
+        total += float32_rows(embeddings, np.sort(order[start : start + _ASSIGN_BATCH])).sum(axis=0, dtype=np.float64)
     centroid = (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
-    ends = _rows(embeddings, order[[0, -1]]) if len(order) else np.zeros((2, embeddings.shape[1]), np.float32)
+    ends = float32_rows(embeddings, order[[0, -1]]) if len(order) else np.zeros((2, embeddings.shape[1]), np.float32)
     return PartOrder(order=order, centroid=centroid, ends=ends)
 
 
@@ -225,7 +216,3 @@ def assemble(parts: list[PartOrder], *, seed: int, k: int = 10) -> np.ndarray:
     ends = np.stack([part.ends for part in parts]) if parts else np.zeros((0, 2, 1), np.float32)
     sequence, reverse = chain_partitions(centroids, ends, seed=seed, k=k)
     return join_partitions([part.order for part in parts], sequence, reverse)
-
-
-def _rows(embeddings: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(embeddings[idx], dtype=np.float32)
