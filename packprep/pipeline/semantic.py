@@ -45,11 +45,8 @@ def dedup(
 
 def dedup_in(store: DocStore, *, config: DedupConfig, run: Run) -> Dedup:
     """:func:`dedup` as a step of a larger ``run``."""
-    from packprep.stages.shingles import NORMALIZATION
-
     reporter = run.reporter
-    key = stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
-    cached = cached_manifest(store.path / DEDUP_MANIFEST, key)
+    cached = cached_manifest(store.path / DEDUP_MANIFEST, _dedup_key(store, config))
     if cached is not None:
         reporter.info("dedup: reusing the stored result")
         return load_dedup(store.path, cached)
@@ -64,13 +61,17 @@ def dedup_in(store: DocStore, *, config: DedupConfig, run: Run) -> Dedup:
 def record_dedup(store: DocStore, *, config: DedupConfig, result: Any) -> Dedup:
     """Store ``result`` (a ``stages.dedup.DedupResult``) as ``store``'s dedup under ``config``: what
     :func:`dedup` then returns. A recipe records the drops it decided across sources this way."""
-    from packprep.stages.shingles import NORMALIZATION
-
-    key = stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
     (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
-    manifest = {"key": key, "config": as_dict(config), "counts": result.counts()}
+    manifest = {"key": _dedup_key(store, config), "config": as_dict(config), "counts": result.counts()}
     save_dedup(store.path, result, manifest)
     return load_dedup(store.path, manifest)
+
+
+def _dedup_key(store: DocStore, config: DedupConfig) -> str:
+    """The cache key of ``store``'s dedup under ``config`` (the text normalisation's version included)."""
+    from packprep.stages.shingles import NORMALIZATION
+
+    return stage_key("dedup", config, store=store.manifest["key"], normalization=NORMALIZATION)
 
 
 def embed(
