@@ -111,14 +111,17 @@ class RayEngine:
     ) -> None:
         order_partitions_on_ray(embeddings, tasks, address=self.address, on_part=on_part, progress=progress)
 
+    def pack_parts(
+        self, folder: Path, store: DocStore, parts: list[tuple[int, int, int]], *, params: dict[str, Any],
+        on_part: Callable[[dict[str, Any]], None],
+    ) -> None:
+        pack_parts_on_ray(folder, store, parts, params=params, on_part=on_part, address=self.address)
+
     def write_shards(
-        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
-        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
-    ) -> list[dict[str, Any]]:
-        return write_shards_on_ray(
-            out, plan, store, rows_per_shard=rows_per_shard, params={"dtype": dtype, "sep_id": sep_id, "pad_id": pad_id},
-            finished=finished, on_shard=journal, address=self.address, on_rows=on_rows,
-        )
+        self, out: Path, folder: Path, store: DocStore, jobs: list[tuple[int, int, tuple[int, int]]], *,
+        params: dict[str, Any], on_shard: Callable[[int, dict[str, Any]], None], on_rows: Callable[..., None],
+    ) -> None:
+        write_shards_on_ray(out, folder, store, jobs, params=params, on_shard=on_shard, address=self.address, on_rows=on_rows)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
@@ -295,47 +298,52 @@ def order_partitions_on_ray(
 # ---------------------------------------------------------------------------- shards
 
 
+def pack_parts_on_ray(
+    folder: Path, store: DocStore, parts: list[tuple[int, int, int]], *, params: dict[str, Any], on_part: Any,
+    address: str | None = None,
+) -> None:
+    """One Ray task per part (``ray_pack.pack_part_task``): each reads its slice of ``folder/order.npy``
+    and its documents' offsets, packs them and saves the plan in ``folder``; ``on_part(summary)`` is
+    called here as each finishes. Only the summaries (a few numbers and checksums) come back."""
+    from packprep.engines import ray_pack
+
+    if not parts:
+        return
+    ray = connect(address)
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack.pack_part_task)
+    pending = [task.remote(str(folder), part, first, end, str(store.path), params) for part, first, end in parts]
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        on_part(ray.get(ready[0]))
+
+
 def write_shards_on_ray(
     out: Path,
-    plan: Any,
+    folder: Path,
     store: DocStore,
+    jobs: list[tuple[int, int, tuple[int, int]]],
     *,
-    rows_per_shard: int,
     params: dict[str, Any],
-    finished: list[dict[str, Any]],
     on_shard: Any,
     address: str | None = None,
     on_rows: Any = None,
-) -> list[dict[str, Any]]:
-    """``formats.npy.write_shards`` with one Ray task per shard not in ``finished``: the same files.
-
-    ``params``: ``write_shard``'s ``dtype``, ``sep_id``, ``pad_id``. ``on_shard(entries)`` is
-    called with the finished prefix (shards 0..k, all done) whenever it grows: what the
-    journal may record, since a rerun reuses a prefix only.
-    """
+) -> None:
+    """One Ray task per shard (``ray_pack.write_shard_task``): ``(index, part, rows)`` in ``jobs``, rows of
+    part ``part``'s plan saved in ``folder``, written as shard ``index``; ``on_shard(index, entry)`` is
+    called here as each finishes (in finishing order). Each task reads only its rows of the plan."""
     from packprep.engines import ray_pack
 
+    if not jobs:
+        return
     ray = connect(address)
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack.write_shard_task)
-    done = {index: entry for index, entry in enumerate(finished)}
-    pending = {}
-    for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
-        stop = min(start + rows_per_shard, plan.num_rows)
-        if index in done:
-            if on_rows:
-                on_rows(stop - start, resumed=True)
-            continue
-        ref = task.remote(str(out), index, ray_pack.plan_rows(plan, start, stop), str(store.path), params)
-        pending[ref] = (index, stop - start)
-    prefix = len(finished)
+    pending = {
+        task.remote(str(out), index, str(folder), part, rows, str(store.path), params): (index, rows[1] - rows[0])
+        for index, part, rows in jobs
+    }
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         index, rows = pending.pop(ready[0])
-        done[index] = ray.get(ready[0])
+        on_shard(index, ray.get(ready[0]))
         if on_rows:
             on_rows(rows)
-        if prefix in done:
-            while prefix in done:
-                prefix += 1
-            on_shard([done[i] for i in range(prefix)])
-    return [done[i] for i in range(len(done))]
