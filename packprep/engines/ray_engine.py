@@ -149,6 +149,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
 # ---------------------------------------------------------------------------- dedup
 
 
+SIGNATURES_FILE = "dedup.signatures.partial.npy"  # MinHash signatures while dedup runs on Ray (in the store's folder)
+
+
 def dedup_on_ray(
     store: DocStore,
     *,
@@ -171,10 +174,18 @@ def dedup_on_ray(
         return result
     ray = connect(address)
     ranges = document_ranges(store.offsets, num_tasks or 2 * int(ray.cluster_resources().get("CPU", 1)))
-    with reporter.track("minhash", total=n, unit="docs") as advance:
-        signatures, pairs = sign_and_shuffle(ray, store.path, ranges, config, keep=result.keep, progress=advance)
-    near = stage.verified_near_duplicates(signatures, pairs, threshold=config.minhash_threshold)
-    return stage.combine(result, near)
+    # The range tasks write the signatures here and the reducers read their pairs' rows: the only
+    # per-document arrays the driver holds are the exact-dedup ones. "dedup." marks it as the store's.
+    signatures_path = store.path / SIGNATURES_FILE
+    np.lib.format.open_memmap(signatures_path, mode="w+", dtype=np.uint32, shape=(n, config.num_perm)).flush()  # sparse: no page touched
+    try:
+        with reporter.track("minhash", total=n, unit="docs") as advance:
+            pairs = sign_and_shuffle(
+                ray, store.path, ranges, config, keep=result.keep, progress=advance, signatures_path=signatures_path
+            )
+    finally:
+        signatures_path.unlink(missing_ok=True)
+    return stage.combine(result, stage.near_groups(n, pairs))
 
 
 def minhash_signatures_on_ray(
