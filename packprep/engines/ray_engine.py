@@ -7,13 +7,15 @@ their own, importable on the workers:
 - tokenize (``ray_tokenize``): one task per corpus source, or per byte range of a large
   ``.jsonl``, writes a block store; copy tasks concatenate the blocks into WORK's store.
 - dedup (``ray_dedup``): MinHash signatures and LSH band keys in tasks over document
-  ranges, shuffled to reducer tasks that emit candidate pairs; the driver verifies them.
+  ranges (signatures written to a shared file), shuffled to reducer tasks that emit
+  candidate pairs and verify them against that file; the driver takes the components.
 - embed (``ray_embed``): a pool of actors, each holding the model, embeds the local
   engine's chunks (4096 documents each) so every batch has the same composition and the
   same floats.
 - order (``ray_order``): one task per partition of a partitioned icp/cluster order, reading
   only its rows of the embeddings memmap.
-- shards (``ray_pack``): one task per shard, given only its rows of the pack plan.
+- pack and shards (``ray_pack``): one task per part of the order packs it and saves its
+  plan; one task per shard writes it from its rows of that plan.
 
 Workers must see the corpus and WORK at the same paths (one machine, or a shared
 file system). A worker that dies is retried by Ray (``RAY_MAX_RETRIES``); every task
