@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-
 from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
 from packprep.corpus import scan_corpus
 from packprep.engines import LOCAL, Backend, Engine
@@ -20,9 +19,9 @@ from packprep.errors import PackprepError
 from packprep.formats import FORMATS, labels_ignored, npy
 from packprep.io import folder_lock, refuse_file
 from packprep.pipeline.folders import ORDER_JOURNAL_DIRNAME, PACK_JOURNAL_DIRNAME, WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
+from packprep.pipeline.pack_parts import pack_in_parts
 from packprep.pipeline.selection import select_documents
 from packprep.pipeline.semantic import HeldEmbedder, held_embed_config
-from packprep.pipeline.pack_parts import pack_in_parts
 from packprep.pipeline.run import Run
 from packprep.pipeline.tokenizing import tokenize_in
 from packprep.progress import Reporter, SilentReporter
