@@ -8,13 +8,13 @@ Ray's start-up (``ray.init``) is timed apart from the stages. Both stores and bo
 outputs are checked to be byte-identical, so the timings compare equal work.
 
     .venv/bin/python benchmarks/bench_engines.py --order-rss [--corpus bench-data/kernel-docs-64mb-x4.jsonl]
-        [--sizes 10000 40000] [--partition-docs 2000] [--nodes 3]
+        [--sizes 10000 40000] [--partition-docs 2000] [--nodes 3] [--dedup]
 
 Partitioned icp instead (issue 17): stores of the corpus's first 10,000 and 40,000
 documents (tokenized and embedded with the static embedder once, cached under
 ``bench-data/order-rss``) are packed with ``--strategy icp --partition-docs 2000
---no-dedup`` by a fresh driver process each, on Ray (a local instance with ``--cpus``)
-and locally; it prints each driver's peak RSS (``ru_maxrss`` of the driver alone: Ray's
+--no-dedup`` (``--dedup``: exact + MinHash dedup, computed afresh in each run) by a fresh driver process each, on Ray (a local instance with ``--cpus``)
+and locally; it prints each driver's peak RSS (``VmHWM`` of the driver alone: Ray's
 workers are other processes) and wall time, and checks that both engines wrote the same
 shards. Then the 10,000-document store again on a multi-node layout on this machine
 (``ray.cluster_utils.Cluster``, ``--nodes`` nodes of one CPU, this folder as the shared

@@ -10,20 +10,23 @@ import time
 from pathlib import Path
 
 WORK = Path("bench-data/order-rss")
-# A fresh driver per run (ru_maxrss only grows): pack, then print the driver's own peak RSS.
+# A fresh driver per run: pack, then print the driver's own peak RSS. VmHWM, not ru_maxrss: on Linux
+# ru_maxrss survives exec, so a child of a large parent (this process, after embedding a store)
+# reports the parent's peak; VmHWM belongs to the driver's own address space.
 DRIVER = (
-    "import json, resource, sys, time\n"
+    "import json, sys, time\n"
     "from packprep.config import EmbedConfig, PackConfig\n"
     "from packprep.engines import Engine\n"
     "from packprep.pipeline import pack\n"
-    "store, out, engine, cpus, partition_docs = sys.argv[1:6]\n"
+    "store, out, engine, cpus, partition_docs, dedup = sys.argv[1:7]\n"
     "if engine == 'ray':\n"
     "    from packprep.engines.ray_engine import connect\n"
     "    connect(None, num_cpus=int(cpus))\n"
     "start = time.perf_counter()\n"
-    "config = PackConfig(strategy='icp', seq_len=2048, dedup=False, semantic_threshold=0.0, partition_docs=int(partition_docs))\n"
+    "config = PackConfig(strategy='icp', seq_len=2048, dedup=dedup == '1', semantic_threshold=0.0, partition_docs=int(partition_docs))\n"
     "pack(store, out, config=config, embed_config=EmbedConfig(model='static'), engine=Engine(engine))\n"
-    "print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    "hwm = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
+    "print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mib': hwm / 1024}))\n"
 )
 
 
@@ -51,12 +54,14 @@ def prepared_store(source: Path, n: int) -> Path:
     return store.path
 
 
-def run_driver(store: Path, out: Path, engine: str, cpus: int, partition_docs: int) -> dict:
+def run_driver(store: Path, out: Path, engine: str, cpus: int, partition_docs: int, dedup: bool) -> dict:
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
+    if dedup:  # each run computes its dedup (the store caches it: the second engine would reuse the first's)
+        (store / "dedup.json").unlink(missing_ok=True)
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(store), str(out), engine, str(cpus), str(partition_docs)],
+        [sys.executable, "-c", DRIVER, str(store), str(out), engine, str(cpus), str(partition_docs), "1" if dedup else "0"],
         check=True, capture_output=True, text=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -72,13 +77,13 @@ def order_rss(args) -> None:
     if args.nodes_only:
         return multi_node(prepared_store(source, args.sizes[0]), args)
     print(f"corpus: first {args.sizes} documents of {source}; icp, --partition-docs {args.partition_docs}, "
-          f"static embeddings, no dedup; ray with {args.cpus} CPUs")
+          f"static embeddings, {'exact + MinHash dedup' if args.dedup else 'no dedup'}; ray with {args.cpus} CPUs")
     print(f"{'documents':>9} {'ray driver MiB':>15} {'ray s':>7} {'local MiB':>10} {'local s':>8} {'identical':>9}")
     peaks = []
     for n in args.sizes:
         store = prepared_store(source, n)
-        on_ray = run_driver(store, WORK / f"out-ray-{n}", "ray", args.cpus, args.partition_docs)
-        local = run_driver(store, WORK / f"out-local-{n}", "local", args.cpus, args.partition_docs)
+        on_ray = run_driver(store, WORK / f"out-ray-{n}", "ray", args.cpus, args.partition_docs, args.dedup)
+        local = run_driver(store, WORK / f"out-local-{n}", "local", args.cpus, args.partition_docs, args.dedup)
         same = shards_equal(WORK / f"out-ray-{n}", WORK / f"out-local-{n}")
         peaks.append(on_ray["peak_mib"])
         print(f"{n:>9,} {on_ray['peak_mib']:>15.0f} {on_ray['seconds']:>7.1f} {local['peak_mib']:>10.0f} {local['seconds']:>8.1f} {str(same):>9}")
@@ -94,7 +99,7 @@ def multi_node(store: Path, args) -> None:
     from ray.cluster_utils import Cluster
 
     from packprep.config import EmbedConfig, PackConfig
-    from packprep.engines import Engine, ray_order
+    from packprep.engines import Engine, ray_order, ray_pack
     from packprep.pipeline import pack
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
@@ -112,20 +117,32 @@ def multi_node(store: Path, args) -> None:
         (seen / f"{p}.txt").write_text(worker_ray.get_runtime_context().get_node_id())
         return real(p, *rest)
 
+    real_pack = ray_pack.pack_part_task
+
+    def noting_the_pack_node(folder, part, *rest):
+        import ray as worker_ray
+
+        (seen / f"pack-{part}.txt").write_text(worker_ray.get_runtime_context().get_node_id())
+        return real_pack(folder, part, *rest)
+
     ray_order.order_part = noting_the_node
+    ray_pack.pack_part_task = noting_the_pack_node
     try:
         out = WORK / "out-nodes"
         shutil.rmtree(out, ignore_errors=True)
-        config = PackConfig(strategy="icp", seq_len=2048, dedup=False, semantic_threshold=0.0, partition_docs=args.partition_docs)
+        config = PackConfig(strategy="icp", seq_len=2048, dedup=args.dedup, semantic_threshold=0.0, partition_docs=args.partition_docs)
         start = time.perf_counter()
         pack(store, out, config=config, embed_config=EmbedConfig(model="static"), engine=Engine("ray"))
         seconds = time.perf_counter() - start
         from collections import Counter
 
-        per_node = sorted(Counter(f.read_text() for f in seen.iterdir()).values(), reverse=True)
+        per_node = sorted(Counter(f.read_text() for f in seen.iterdir() if not f.name.startswith("pack-")).values(), reverse=True)
+        parts_per_node = sorted(Counter(f.read_text() for f in seen.glob("pack-*")).values(), reverse=True)
         same = shards_equal(out, WORK / f"out-local-{args.sizes[0]}")
-        print(f"{args.nodes} nodes x 1 CPU: {seconds:.1f} s, partition tasks per node {per_node}, identical to local: {same}")
+        print(f"{args.nodes} nodes x 1 CPU: {seconds:.1f} s, partition tasks per node {per_node}, "
+              f"pack-part tasks per node {parts_per_node}, identical to local: {same}")
     finally:
         ray_order.order_part = real
+        ray_pack.pack_part_task = real_pack
         ray.shutdown()
         cluster.shutdown()

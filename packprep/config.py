@@ -102,7 +102,8 @@ class PackConfig:
     semantic_threshold: float | None = None  # None: the strategy's default for the embedder (pipeline.selection.semantic_threshold)
     clusters: int | None = None  # None: about sqrt(number of documents)
     knn: int = 10
-    partition_docs: int = DEFAULT_PARTITION_DOCS  # icp/cluster: order in partitions of at most this many (0: never)
+    # icp/cluster: order in partitions of at most this many; every strategy: pack in parts of this many (0: never)
+    partition_docs: int = DEFAULT_PARTITION_DOCS
 
     def __post_init__(self) -> None:
         _require(self.strategy in STRATEGIES, "--strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)

@@ -146,3 +146,51 @@ def test_every_token_appears_exactly_once(packing, sep, seed):
         assert (np.bincount(plan.seg_doc, minlength=n)[fits] == 1).all()
     else:
         assert (used[:-1] == seq_len).all()  # only the last row of a split packing has padding
+
+
+# ---------------------------------------------------------------------------- parts of the order
+
+
+def test_part_ranges_cut_the_order_by_document_count():
+    from packprep.stages.pack import part_ranges
+
+    assert part_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert part_ranges(10, 10) == [(0, 10)]
+    assert part_ranges(10, 0) == [(0, 10)]  # 0: never cut
+    assert part_ranges(0, 4) == []
+
+
+@pytest.mark.parametrize("packing", ["split", "bestfit"])
+@pytest.mark.parametrize("keep_order", [False, True])
+def test_one_part_is_the_whole_corpus_plan_with_the_old_shuffle(packing, keep_order):
+    """One part packs exactly as the whole order was packed before parts (golden outputs rely on it)."""
+    from packprep.stages.pack import pack_part, row_shuffle_seed
+
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(1, 40, size=30)
+    order = rng.permutation(30)
+    whole = pack(lengths, order, seq_len=16, packing=packing, keep_order=keep_order)
+    whole = permute_rows(whole, np.random.default_rng([7, 1]).permutation(whole.num_rows))
+    part = pack_part(lengths[order], seq_len=16, packing=packing, keep_order=keep_order, shuffle_seed=row_shuffle_seed(7, 0, 1))
+    got = plan_lists(part)
+    got["seg_doc"] = order[part.seg_doc].tolist()  # positions in the part -> documents
+    assert got == plan_lists(whole)
+
+
+def test_parts_share_no_packing_state():
+    """Bestfit's open rows end with the part: the second part's documents do not fill the first part's rows."""
+    from packprep.stages.pack import pack_part
+
+    lengths = np.array([6, 6, 4, 4])
+    whole = pack_part(lengths, seq_len=10, packing="bestfit", keep_order=True, shuffle_seed=None)
+    first = pack_part(lengths[:2], seq_len=10, packing="bestfit", keep_order=True, shuffle_seed=None)
+    second = pack_part(lengths[2:], seq_len=10, packing="bestfit", keep_order=True, shuffle_seed=None)
+    assert whole.row_fill().tolist() == [10, 10]
+    assert first.row_fill().tolist() == [6, 6] and second.row_fill().tolist() == [8]
+    assert second.seg_doc.tolist() == [0, 1]  # positions inside its own part
+
+
+def test_shard_layout_cuts_each_part_and_numbers_shards_across_parts():
+    from packprep.pipeline.pack_parts import shard_layout
+
+    assert shard_layout([5, 0, 3], 2) == [(0, 0, (0, 2)), (1, 0, (2, 4)), (2, 0, (4, 5)), (3, 2, (0, 2)), (4, 2, (2, 3))]

@@ -15,6 +15,7 @@ from packprep.io import sha256_file
 from packprep.config import EmbedConfig, PackConfig
 from packprep.pipeline import pack, tokenize
 from packprep.pipeline.semantic import embed
+from packprep.progress import SilentReporter
 from tests.conftest import make_documents, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,3 +99,107 @@ def test_a_driver_killed_after_two_partitions_resumes_them_and_writes_the_clean_
     assert "2 finished by an interrupted run are reused" in rerun.stderr
     assert shard_bytes(out) == shard_bytes(clean)
     assert not (out / "order.partial").exists()
+
+
+# ---------------------------------------------------------------------------- packing in parts
+
+
+def shard_plan(out: Path) -> list[list[int]]:
+    """Each row's documents, shard by shard."""
+    ds = PackedDataset(out)
+    rows = []
+    for k in range(len(ds.manifest["shards"])):
+        shard = ds.shard(k)
+        rows += [np.asarray(shard.seg_doc[shard.row_ptr[r] : shard.row_ptr[r + 1]]).tolist() for r in range(len(shard.row_ptr) - 1)]
+    return rows
+
+
+@pytest.mark.parametrize("packing", ["split", "bestfit"])
+def test_each_part_of_the_order_is_packed_on_its_own_and_cut_into_its_own_shards(store_path, tmp_path, packing):
+    """The reference: the partitioned order cut into parts of partition_docs documents, each packed by
+    stages.pack.pack_part with its own shuffle; shards cut per part (a part's last shard may be short)."""
+    from packprep.stages.pack import pack_part, part_ranges, row_shuffle_seed
+    from packprep.stages.partition import partitioned_order
+    from packprep.store import DocStore
+
+    config = PackConfig(strategy="icp", packing=packing, partition_docs=8, **OPTIONS)
+    out = pack(store_path, tmp_path / "out", config=config, embed_config=EMBED)
+    store = DocStore.open(store_path)
+    order = partitioned_order(np.arange(48), np.load(store_path / "embeddings.npy", mmap_mode="r"), strategy="icp", max_docs=8, seed=3)
+    sep_len = 0 if PackedDataset(out).manifest["sep_id"] is None else 1
+    ranges = part_ranges(48, 8)
+    assert len(ranges) == 6
+    expected, shard_rows = [], []
+    for p, (first, end) in enumerate(ranges):
+        docs = order[first:end]
+        plan = pack_part(store.lengths()[docs] + sep_len, seq_len=128, packing=packing, keep_order=True, shuffle_seed=row_shuffle_seed(3, p, 6))
+        expected += [docs[plan.seg_doc[plan.row_ptr[r] : plan.row_ptr[r + 1]]].tolist() for r in range(plan.num_rows)]
+        shard_rows += [min(4, plan.num_rows - r) for r in range(0, plan.num_rows, 4)]
+    assert shard_plan(out) == expected
+    assert [s["rows"] for s in PackedDataset(out).manifest["shards"]] == shard_rows
+    assert not (out / "pack.partial").exists()
+
+
+# SIGKILL of the driver right after it journaled its second packed part.
+KILLED_AFTER_TWO_PARTS = [
+    sys.executable, "-c",
+    "import os, signal, packprep.pipeline.pack_parts as f\n"
+    "real = f.PackJournal.finish\n"
+    "def finish(self, summary):\n"
+    "    real(self, summary)\n"
+    "    if len(self.parts) == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "f.PackJournal.finish = finish\n"
+    "from packprep.cli import main; main()",
+]
+
+
+@pytest.mark.slow  # SIGKILLed CLI runs and their reruns, like tests/test_resume.py
+def test_a_driver_killed_after_two_packed_parts_resumes_them_and_writes_the_clean_bytes(store_path, tmp_path):
+    clean = pack(store_path, tmp_path / "clean", config=PackConfig(strategy="cluster", packing="bestfit", partition_docs=8, **OPTIONS), embed_config=EMBED)
+    out = tmp_path / "out"
+    command = ["pack", str(store_path), str(out), *cli_options("cluster"), "--packing", "bestfit"]
+    killed = subprocess.run([*KILLED_AFTER_TWO_PARTS, *command], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((out / "pack.partial").glob("part-*.row_ptr.npy"))) == 2 and not list(out.glob("shard-*"))
+
+    rerun = subprocess.run([sys.executable, "-m", "packprep.cli", *command], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "2 packed by an interrupted run are reused" in rerun.stderr
+    assert shard_bytes(out) == shard_bytes(clean)
+
+
+def test_shards_finished_after_a_gap_are_reused_not_rewritten(store_path, tmp_path):
+    """An interrupted run whose journal lists shards 0 and 2.. but not 1 (still being written when it
+    died): the rerun writes shard 1 only."""
+    import json
+    import os
+
+    from packprep.formats import npy
+
+    config = PackConfig(strategy="icp", partition_docs=8, **OPTIONS)
+    out = pack(store_path, tmp_path / "out", config=config, embed_config=EMBED)
+    clean = shard_bytes(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    npy.save_journal(out, manifest["key"], [s for s in manifest["shards"] if s["name"] != "shard-00001"])
+    (out / "manifest.json").unlink()
+    for path in out.glob("shard-00001.*"):
+        path.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    os.utime(out / "shard-00002.input_ids.npy", ns=(1, 1))  # a rewrite would set a new time
+    before["shard-00002.input_ids.npy"] = 1
+
+    messages = []
+    pack(store_path, out, config=config, embed_config=EMBED, reporter=Collect(messages))
+    assert f"pack: resuming; {len(manifest['shards']) - 1} finished shards of an interrupted run are reused" in messages
+    assert shard_bytes(out) == clean
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*") if p.name in before} == before
+
+
+class Collect(SilentReporter):
+    """A silent reporter that keeps its info lines."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)

@@ -216,6 +216,7 @@ def test_dedup_on_ray_equals_the_local_result(duplicated_store):
     assert result.counts()["exact"] > 0 and result.counts()["near"] > 0
     assert result.reason.tolist() == local.reason.tolist()
     assert result.dup_of.tolist() == local.dup_of.tolist()
+    assert not (store.path / ray_engine.SIGNATURES_FILE).exists()  # the shared signatures are scratch
 
 
 def test_minhash_signatures_on_ray_equal_the_local_ones(duplicated_store):
@@ -231,8 +232,19 @@ def test_minhash_signatures_on_ray_equal_the_local_ones(duplicated_store):
 def test_band_pairs_follow_the_local_bucket_rule():
     # bucket (band 0, key 5): docs 9, 2, 4 -> star from 2 plus all pairs (size 3 <= 64); bucket (1, 5): 7 alone
     table = np.array([[0, 5, 9], [0, 5, 2], [1, 5, 7], [0, 5, 4]], dtype=np.uint64)
-    pairs = ray_dedup._band_pairs(table[:2], table[2:])
+    pairs = ray_dedup.band_pairs(None, 0.8, table[:2], table[2:])
     assert sorted(map(tuple, pairs.tolist())) == [(2, 4), (2, 4), (2, 9), (2, 9), (4, 9)]
+
+
+def test_reducers_verify_their_pairs_against_the_shared_signatures(tmp_path):
+    """A reducer reads only its pairs' signature rows from the shared file and returns the distinct pairs that pass."""
+    signatures = np.zeros((10, 4), dtype=np.uint32)
+    signatures[4] = [0, 0, 0, 1]  # 3 of 4 equal to doc 2's: 0.75
+    signatures[9] = [1, 1, 0, 1]  # 1 of 4: 0.25
+    np.save(tmp_path / "sig.npy", signatures)
+    table = np.array([[0, 5, 9], [0, 5, 2], [1, 5, 7], [0, 5, 4]], dtype=np.uint64)
+    pairs = ray_dedup.band_pairs(str(tmp_path / "sig.npy"), 0.7, table[:2], table[2:])
+    assert pairs.tolist() == [[2, 4]]
 
 
 def test_embed_on_ray_equals_the_local_embeddings(tmp_path):

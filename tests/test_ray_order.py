@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install '
 from packprep.config import PackConfig  # noqa: E402
 from packprep.engines import Engine, ray_order  # noqa: E402
 from packprep.pipeline import pack  # noqa: E402
-from tests.test_partitioned_pack import EMBED, KILLED_AFTER_TWO, OPTIONS, REPO, cli_options, shard_bytes, store_path  # noqa: E402,F401
+from tests.test_partitioned_pack import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO, cli_options, shard_bytes, store_path  # noqa: E402,F401
 
 RAY = Engine("ray")
 
@@ -120,11 +120,12 @@ def test_a_worker_killed_while_writing_a_shard_is_retried_and_the_bytes_are_the_
 KILLED_AFTER_TWO_SHARDS = [
     sys.executable, "-c",
     "import os, signal, packprep.formats.npy as npy\n"
-    "real = npy.save_journal\n"
-    "def save_journal(out, key, shards):\n"
-    "    real(out, key, shards)\n"
-    "    if len(shards) >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
-    "npy.save_journal = save_journal\n"
+    "real, written = npy.journal_shard, []\n"
+    "def journal_shard(out, entry):\n"
+    "    real(out, entry)\n"
+    "    written.append(entry)\n"
+    "    if len(written) >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "npy.journal_shard = journal_shard\n"
     "from packprep.cli import main; main()",
 ]
 
@@ -139,4 +140,41 @@ def test_a_driver_killed_while_ray_writes_shards_resumes_the_finished_ones(store
     rerun = subprocess.run([sys.executable, "-m", "packprep.cli", *command], cwd=REPO, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "finished shards of an interrupted run are reused" in rerun.stderr
+    assert shard_bytes(out) == shard_bytes(local)
+
+
+# ---------------------------------------------------------------------------- parts of the order packed by Ray tasks
+
+
+def test_a_worker_killed_while_packing_a_part_is_retried_and_the_bytes_are_the_same(store_path, tmp_path, monkeypatch):
+    from packprep.engines import ray_pack
+
+    marker = tmp_path / "crashed-once"
+    real = ray_pack.pack_part_task
+
+    def dies_once_in_part_1(folder, part, *args):
+        import os
+
+        if part == 1 and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return real(folder, part, *args)
+
+    monkeypatch.setattr(ray_pack, "pack_part_task", dies_once_in_part_1)
+    local = pack(store_path, tmp_path / "local", config=config("cluster", "bestfit"), embed_config=EMBED)
+    on_ray = pack(store_path, tmp_path / "ray", config=config("cluster", "bestfit"), embed_config=EMBED, engine=RAY)
+    assert marker.exists()
+    assert shard_bytes(on_ray) == shard_bytes(local)
+
+
+def test_a_killed_ray_driver_resumes_its_packed_parts(store_path, tmp_path):
+    local = pack(store_path, tmp_path / "local", config=config("icp", "bestfit"), embed_config=EMBED)
+    out = tmp_path / "out"
+    address = ray.get_runtime_context().gcs_address
+    command = ["pack", str(store_path), str(out), *cli_options("icp"), "--packing", "bestfit", "--engine", "ray", "--ray-address", address]
+    killed = subprocess.run([*KILLED_AFTER_TWO_PARTS, *command], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    rerun = subprocess.run([sys.executable, "-m", "packprep.cli", *command], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "2 packed by an interrupted run are reused" in rerun.stderr
     assert shard_bytes(out) == shard_bytes(local)

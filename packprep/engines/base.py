@@ -62,9 +62,16 @@ class Backend(Protocol):
         """Order each partition ``(p, members, params)`` with ``stages.partition.order_partition(members,
         embeddings, **params)``, calling ``on_part(p, PartOrder)`` as each finishes (in any order)."""
 
+    def pack_parts(
+        self, folder: Path, store: DocStore, parts: list[tuple[int, int, int]], *, params: dict[str, Any],
+        on_part: Callable[[dict[str, Any]], None],
+    ) -> None:
+        """``formats.pack_parts.pack_part_files(folder, part, first, end, store.path, params)`` for each
+        ``(part, first, end)``, calling ``on_part(summary)`` as each finishes (in any order)."""
+
     def write_shards(
-        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
-        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
-    ) -> list[dict[str, Any]]:
-        """``formats.npy.write_shards`` of the pack ``plan`` into ``out`` (which the pipeline chose) from
-        ``store``: every shard not in ``finished``, ``journal(prefix)`` called with the finished prefix as it grows."""
+        self, out: Path, folder: Path, store: DocStore, jobs: list[tuple[int, int, tuple[int, int]]], *,
+        params: dict[str, Any], on_shard: Callable[[int, dict[str, Any]], None], on_rows: Callable[..., None],
+    ) -> None:
+        """``formats.pack_parts.write_part_shard`` of each ``(index, part, rows)`` into ``out`` (parts' plans saved
+        in ``folder``), calling ``on_shard(index, entry)`` as each finishes (in any order)."""

@@ -87,16 +87,23 @@ class LocalEngine:
             on_part(p, order_partition(members, embeddings, **params))
             progress(len(members))
 
-    def write_shards(
-        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
-        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
-    ) -> list[dict[str, Any]]:
-        from packprep.formats import npy
+    def pack_parts(
+        self, folder: Path, store: DocStore, parts: list[tuple[int, int, int]], *, params: dict[str, Any],
+        on_part: Callable[[dict[str, Any]], None],
+    ) -> None:
+        from packprep.formats.pack_parts import pack_part_files
 
-        return npy.write_shards(
-            out, plan, read_spans=store.read_spans, offsets=store.offsets, dtype=dtype, sep_id=sep_id, pad_id=pad_id,
-            rows_per_shard=rows_per_shard, finished=finished, journal=journal, on_rows=on_rows,
-        )
+        for part, first, end in parts:
+            on_part(pack_part_files(str(folder), part, first, end, str(store.path), params))
+
+    def write_shards(
+        self, out: Path, folder: Path, store: DocStore, jobs: list[tuple[int, int, tuple[int, int]]], *,
+        params: dict[str, Any], on_shard: Callable[[int, dict[str, Any]], None], on_rows: Callable[..., None],
+    ) -> None:
+        from packprep.formats.pack_parts import write_part_shard
+
+        for index, part, rows in jobs:
+            on_shard(index, write_part_shard(str(out), index, str(folder), part, rows, str(store.path), params, on_rows=on_rows))
 
 # The local engine tokenizes on worker processes (engines.local_tokenize) from this much corpus on.
 POOL_MIN_BYTES = 4 << 20

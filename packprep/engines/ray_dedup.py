@@ -29,45 +29,67 @@ def document_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
 
 
 def sign_and_shuffle(
-    ray: Any, store_path: Path, ranges: list[tuple[int, int]], config: DedupConfig, *, keep: np.ndarray, progress: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """Signatures [N, num_perm] in document order, and candidate pairs int64 [P, 2] (lower index first)."""
+    ray: Any, store_path: Path, ranges: list[tuple[int, int]], config: DedupConfig, *, keep: np.ndarray, progress: Any,
+    signatures_path: Path,
+) -> np.ndarray:
+    """Verified near-duplicate pairs int64 [Q, 2] (lower index first, estimated Jaccard >= the threshold).
+
+    Each range task writes its signatures into its rows of ``signatures_path`` (a uint32
+    [N, num_perm] ``.npy`` the caller created, on the shared file system) and sends its band
+    rows to the reducers; a reducer runs once every range has finished, so it reads the two
+    signature rows of each of its candidate pairs from that file and returns only the pairs
+    that pass. Neither the signatures nor the candidates reach the driver.
+    """
     partitions = len(ranges)
     params = {"num_perm": config.num_perm, "shingle": config.shingle, "seed": config.seed, "threshold": config.minhash_threshold}
     sign = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=1 + partitions)(sign_range)
-    outputs = [sign.remote(str(store_path), d0, d1, params, keep[d0:d1], partitions) for d0, d1 in ranges]
-    reduce = ray.remote(max_retries=RAY_MAX_RETRIES)(_band_pairs)
+    outputs = [
+        sign.remote(str(store_path), d0, d1, params, keep[d0:d1], partitions, str(signatures_path)) for d0, d1 in ranges
+    ]
+    reduce = ray.remote(max_retries=RAY_MAX_RETRIES)(band_pairs)
     # Reducer p takes partition p of every range: the shuffle happens in Ray's object store.
-    pair_refs = [reduce.remote(*[out[1 + p] for out in outputs]) for p in range(partitions)]
+    pair_refs = [
+        reduce.remote(str(signatures_path), config.minhash_threshold, *[out[1 + p] for out in outputs]) for p in range(partitions)
+    ]
     sig_refs = [out[0] for out in outputs]
-    size = {ref: d1 - d0 for ref, (d0, d1) in zip(sig_refs, ranges)}
     pending = list(sig_refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        progress(size[done[0]])
-    signatures = np.concatenate(ray.get(sig_refs))
+        progress(ray.get(done[0]))
     pairs = [p for p in ray.get(pair_refs) if len(p)]
-    return signatures, (np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
-def sign_range(store_path: str, first: int, end: int, params: dict[str, Any], keep: np.ndarray | None, partitions: int) -> Any:
+def sign_range(
+    store_path: str, first: int, end: int, params: dict[str, Any], keep: np.ndarray | None, partitions: int,
+    signatures_path: str | None = None,
+) -> Any:
     """Ray task: MinHash signatures of documents [first, end); with ``partitions``, also their LSH band keys
     as uint64 rows (band, key, document) split by ``key % partitions``.
 
-    The band keys are ``stages.dedup.band_keys``, as the local engine's.
+    The band keys are ``stages.dedup.band_keys``, as the local engine's. With ``signatures_path``
+    the signatures go into rows [first, end) of that ``.npy`` (flushed before the task returns:
+    a retry rewrites the same bytes) and the first output is their count instead.
     """
     from packprep.stages.dedup import EMPTY_SIGNATURE, band_keys, document_signatures, lsh_params
     from packprep.tokenizers import tokenizer_from_manifest
 
-    store = DocStore.open(store_path)  # memory-mapped here: tokens never travel through Ray
+    store = DocStore.open(store_path, mapped=True)  # memory-mapped here: tokens never travel through Ray
     decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
     # Offsets need not start at 0: documents are read at their absolute positions.
     signatures = document_signatures(
-        decode, store.tokens, store.offsets[first : end + 1], num_perm=params["num_perm"], shingle=params["shingle"],
-        seed=params["seed"],
+        decode, store.tokens, np.asarray(store.offsets[first : end + 1]), num_perm=params["num_perm"],
+        shingle=params["shingle"], seed=params["seed"],
     )
     if not partitions:
         return signatures
+    first_output: Any = signatures
+    if signatures_path is not None:
+        shared = np.load(signatures_path, mmap_mode="r+")
+        shared[first:end] = signatures
+        shared.flush()
+        del shared
+        first_output = end - first
     active = np.asarray(keep, dtype=bool) & ~(signatures == EMPTY_SIGNATURE).all(axis=1)
     docs = (np.flatnonzero(active) + first).astype(np.uint64)
     bands, rows = lsh_params(params["num_perm"], params["threshold"])
@@ -78,11 +100,16 @@ def sign_range(store_path: str, first: int, end: int, params: dict[str, Any], ke
         tables.append(np.stack([np.full(len(docs), band, np.uint64), keys, docs], axis=1))
     table = np.concatenate(tables) if tables else np.zeros((0, 3), np.uint64)
     part = table[:, 1] % np.uint64(partitions)
-    return (signatures, *[table[part == p] for p in range(partitions)])
+    return (first_output, *[table[part == p] for p in range(partitions)])
 
 
-def _band_pairs(*tables: np.ndarray) -> np.ndarray:
-    """Ray task (a shuffle reducer): ``stages.dedup.bucket_pairs`` of the rows every range sent to this partition."""
-    from packprep.stages.dedup import bucket_pairs
+def band_pairs(signatures_path: str | None, threshold: float, *tables: np.ndarray) -> np.ndarray:
+    """Ray task (a shuffle reducer): ``stages.dedup.bucket_pairs`` of the rows every range sent to this
+    partition; with ``signatures_path``, only those whose signatures (read from that file) pass ``threshold``
+    (``stages.dedup.similar_pairs``)."""
+    from packprep.stages.dedup import bucket_pairs, similar_pairs
 
-    return bucket_pairs(np.concatenate(tables))
+    pairs = bucket_pairs(np.concatenate(tables))
+    if signatures_path is None:
+        return pairs
+    return similar_pairs(np.load(signatures_path, mmap_mode="r"), pairs, threshold=threshold)

@@ -7,13 +7,15 @@ their own, importable on the workers:
 - tokenize (``ray_tokenize``): one task per corpus source, or per byte range of a large
   ``.jsonl``, writes a block store; copy tasks concatenate the blocks into WORK's store.
 - dedup (``ray_dedup``): MinHash signatures and LSH band keys in tasks over document
-  ranges, shuffled to reducer tasks that emit candidate pairs; the driver verifies them.
+  ranges (signatures written to a shared file), shuffled to reducer tasks that emit
+  candidate pairs and verify them against that file; the driver takes the components.
 - embed (``ray_embed``): a pool of actors, each holding the model, embeds the local
   engine's chunks (4096 documents each) so every batch has the same composition and the
   same floats.
 - order (``ray_order``): one task per partition of a partitioned icp/cluster order, reading
   only its rows of the embeddings memmap.
-- shards (``ray_pack``): one task per shard, given only its rows of the pack plan.
+- pack and shards (``ray_pack``): one task per part of the order packs it and saves its
+  plan; one task per shard writes it from its rows of that plan.
 
 Workers must see the corpus and WORK at the same paths (one machine, or a shared
 file system). A worker that dies is retried by Ray (``RAY_MAX_RETRIES``); every task
@@ -111,14 +113,17 @@ class RayEngine:
     ) -> None:
         order_partitions_on_ray(embeddings, tasks, address=self.address, on_part=on_part, progress=progress)
 
+    def pack_parts(
+        self, folder: Path, store: DocStore, parts: list[tuple[int, int, int]], *, params: dict[str, Any],
+        on_part: Callable[[dict[str, Any]], None],
+    ) -> None:
+        pack_parts_on_ray(folder, store, parts, params=params, on_part=on_part, address=self.address)
+
     def write_shards(
-        self, out: Path, plan: Any, store: DocStore, *, rows_per_shard: int, dtype: Any, sep_id: int | None, pad_id: int,
-        finished: list[dict[str, Any]], journal: Callable[[list[dict[str, Any]]], None], on_rows: Callable[..., None],
-    ) -> list[dict[str, Any]]:
-        return write_shards_on_ray(
-            out, plan, store, rows_per_shard=rows_per_shard, params={"dtype": dtype, "sep_id": sep_id, "pad_id": pad_id},
-            finished=finished, on_shard=journal, address=self.address, on_rows=on_rows,
-        )
+        self, out: Path, folder: Path, store: DocStore, jobs: list[tuple[int, int, tuple[int, int]]], *,
+        params: dict[str, Any], on_shard: Callable[[int, dict[str, Any]], None], on_rows: Callable[..., None],
+    ) -> None:
+        write_shards_on_ray(out, folder, store, jobs, params=params, on_shard=on_shard, address=self.address, on_rows=on_rows)
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
@@ -146,6 +151,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
 # ---------------------------------------------------------------------------- dedup
 
 
+SIGNATURES_FILE = "dedup.signatures.partial.npy"  # MinHash signatures while dedup runs on Ray (in the store's folder)
+
+
 def dedup_on_ray(
     store: DocStore,
     *,
@@ -168,10 +176,18 @@ def dedup_on_ray(
         return result
     ray = connect(address)
     ranges = document_ranges(store.offsets, num_tasks or 2 * int(ray.cluster_resources().get("CPU", 1)))
-    with reporter.track("minhash", total=n, unit="docs") as advance:
-        signatures, pairs = sign_and_shuffle(ray, store.path, ranges, config, keep=result.keep, progress=advance)
-    near = stage.verified_near_duplicates(signatures, pairs, threshold=config.minhash_threshold)
-    return stage.combine(result, near)
+    # The range tasks write the signatures here and the reducers read their pairs' rows: the only
+    # per-document arrays the driver holds are the exact-dedup ones. "dedup." marks it as the store's.
+    signatures_path = store.path / SIGNATURES_FILE
+    np.lib.format.open_memmap(signatures_path, mode="w+", dtype=np.uint32, shape=(n, config.num_perm)).flush()  # sparse: no page touched
+    try:
+        with reporter.track("minhash", total=n, unit="docs") as advance:
+            pairs = sign_and_shuffle(
+                ray, store.path, ranges, config, keep=result.keep, progress=advance, signatures_path=signatures_path
+            )
+    finally:
+        signatures_path.unlink(missing_ok=True)
+    return stage.combine(result, stage.near_groups(n, pairs))
 
 
 def minhash_signatures_on_ray(
@@ -295,47 +311,52 @@ def order_partitions_on_ray(
 # ---------------------------------------------------------------------------- shards
 
 
+def pack_parts_on_ray(
+    folder: Path, store: DocStore, parts: list[tuple[int, int, int]], *, params: dict[str, Any], on_part: Any,
+    address: str | None = None,
+) -> None:
+    """One Ray task per part (``ray_pack.pack_part_task``): each reads its slice of ``folder/order.npy``
+    and its documents' offsets, packs them and saves the plan in ``folder``; ``on_part(summary)`` is
+    called here as each finishes. Only the summaries (a few numbers and checksums) come back."""
+    from packprep.engines import ray_pack
+
+    if not parts:
+        return
+    ray = connect(address)
+    task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack.pack_part_task)
+    pending = [task.remote(str(folder), part, first, end, str(store.path), params) for part, first, end in parts]
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        on_part(ray.get(ready[0]))
+
+
 def write_shards_on_ray(
     out: Path,
-    plan: Any,
+    folder: Path,
     store: DocStore,
+    jobs: list[tuple[int, int, tuple[int, int]]],
     *,
-    rows_per_shard: int,
     params: dict[str, Any],
-    finished: list[dict[str, Any]],
     on_shard: Any,
     address: str | None = None,
     on_rows: Any = None,
-) -> list[dict[str, Any]]:
-    """``formats.npy.write_shards`` with one Ray task per shard not in ``finished``: the same files.
-
-    ``params``: ``write_shard``'s ``dtype``, ``sep_id``, ``pad_id``. ``on_shard(entries)`` is
-    called with the finished prefix (shards 0..k, all done) whenever it grows: what the
-    journal may record, since a rerun reuses a prefix only.
-    """
+) -> None:
+    """One Ray task per shard (``ray_pack.write_shard_task``): ``(index, part, rows)`` in ``jobs``, rows of
+    part ``part``'s plan saved in ``folder``, written as shard ``index``; ``on_shard(index, entry)`` is
+    called here as each finishes (in finishing order). Each task reads only its rows of the plan."""
     from packprep.engines import ray_pack
 
+    if not jobs:
+        return
     ray = connect(address)
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack.write_shard_task)
-    done = {index: entry for index, entry in enumerate(finished)}
-    pending = {}
-    for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
-        stop = min(start + rows_per_shard, plan.num_rows)
-        if index in done:
-            if on_rows:
-                on_rows(stop - start, resumed=True)
-            continue
-        ref = task.remote(str(out), index, ray_pack.plan_rows(plan, start, stop), str(store.path), params)
-        pending[ref] = (index, stop - start)
-    prefix = len(finished)
+    pending = {
+        task.remote(str(out), index, str(folder), part, rows, str(store.path), params): (index, rows[1] - rows[0])
+        for index, part, rows in jobs
+    }
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         index, rows = pending.pop(ready[0])
-        done[index] = ray.get(ready[0])
+        on_shard(index, ray.get(ready[0]))
         if on_rows:
             on_rows(rows)
-        if prefix in done:
-            while prefix in done:
-                prefix += 1
-            on_shard([done[i] for i in range(prefix)])
-    return [done[i] for i in range(len(done))]

@@ -21,6 +21,7 @@ Positions of a row after its last segment are padding. Every array is a plain
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -152,70 +153,53 @@ def _reserve(path: Path) -> None:
                 # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; writes stay lazy.
 
 
-def write_shards(
-    out: Path,
-    plan: PackPlan,
-    *,
-    read_spans: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    offsets: np.ndarray,
-    dtype: np.dtype,
-    sep_id: int | None,
-    pad_id: int,
-    rows_per_shard: int,
-    finished: list[dict[str, Any]],
-    journal: Callable[[list[dict[str, Any]]], None],
-    on_rows: Callable[..., None] | None = None,
-) -> list[dict[str, Any]]:
-    """Write every shard of ``plan`` not already in ``finished``; return all shard entries.
-
-    After each shard, ``journal(shards so far)`` is called (the pipeline passes
-    :func:`save_journal` with its run's key): what makes a killed run resumable at shard
-    granularity (see :func:`finished_shards`).
-    """
-    shards = list(finished)
-    for index, start in enumerate(range(0, plan.num_rows, rows_per_shard)):
-        rows = slice(start, min(start + rows_per_shard, plan.num_rows))
-        if index < len(finished):
-            if on_rows:
-                on_rows(rows.stop - rows.start, resumed=True)  # done before: not part of this run's rate
-            continue
-        shards.append(
-            write_shard(
-                out, index, plan, rows, read_spans=read_spans, offsets=offsets, dtype=dtype,
-                sep_id=sep_id, pad_id=pad_id, on_rows=on_rows,
-            )
-        )
-        journal(shards)
-    return shards
-
-
 def save_journal(out: Path, key: str, shards: list[dict[str, Any]]) -> None:
-    """Record ``shards`` (a prefix: shards 0..k, each finished) as what a run with ``key`` has written."""
-    save_json(Path(out) / JOURNAL_NAME, {"key": key, "shards": shards})
+    """Start the shard journal of a run with ``key``, listing ``shards`` (entries of finished shards, any order).
+
+    The journal is JSON lines: the key, then one shard entry per line, appended by
+    :func:`journal_shard` as each shard finishes (an append per shard, not a rewrite of
+    every entry: thousands of shards would make rewriting quadratic).
+    """
+    with atomic_path(Path(out) / JOURNAL_NAME) as tmp:
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in [{"key": key}, *shards]))
+
+
+def journal_shard(out: Path, entry: dict[str, Any]) -> None:
+    """Append a finished shard's ``entry`` to the journal :func:`save_journal` started, on disk before returning."""
+    with open(Path(out) / JOURNAL_NAME, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def finished_shards(out: Path, key: str) -> list[dict[str, Any]]:
-    """Shards that an interrupted run with the same ``key`` finished, in order, each re-checked.
+    """Shards that an interrupted run with the same ``key`` finished, each re-checked against its sha256.
 
-    Only a prefix of intact shards is reused: shard k is written after shard k-1, and a
-    shard whose files were touched since (checksum mismatch) ends the prefix.
+    Every intact shard is reused, wherever it lies: shards are written in parallel, so the
+    finished ones need not be a prefix (a gap is a shard that was still being written).
+    A shard whose files were touched since (checksum mismatch) is left out and written again.
     """
     path = Path(out) / JOURNAL_NAME
     if not path.is_file():
         return []
-    try:
-        journal = load_json(path)
-    except ValueError:
-        return []
-    if journal.get("key") != key:
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            break  # a line torn by a kill mid-append: the ones before it stand
+    if not entries or entries[0].get("key") != key:
         return []
     intact = []
-    for index, entry in enumerate(journal.get("shards", [])):
-        files = [Path(out) / entry["files"][a]["path"] for a in SHARD_ARRAYS]
-        if entry.get("name") != shard_name(index) or not all(f.is_file() for f in files):
-            break
+    for entry in entries[1:]:
+        try:
+            files = [Path(out) / entry["files"][a]["path"] for a in SHARD_ARRAYS]
+        except (KeyError, TypeError):
+            continue
+        if not all(f.is_file() for f in files):
+            continue
         if any(sha256_file(f) != entry["files"][a]["sha256"] for f, a in zip(files, SHARD_ARRAYS)):
-            break
+            continue
         intact.append(entry)
     return intact
 

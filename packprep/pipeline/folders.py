@@ -28,14 +28,15 @@ CONVERTED_DIRNAMES = tuple(CONVERSIONS)  # packprep convert writes OUT/<format>
 
 
 ORDER_JOURNAL_DIRNAME = "order.partial"  # OUT/order.partial/: partitions a killed run finished ordering
+PACK_JOURNAL_DIRNAME = "pack.partial"  # OUT/pack.partial/: the order and the parts' pack plans (formats.pack_parts)
 
 
 def is_output_file(path: Path) -> bool:
     name = path.name
     if name in CONVERTED_DIRNAMES or name.startswith(tuple(f".{d}." for d in CONVERTED_DIRNAMES)):
         return True  # a conversion, or one interrupted before its rename
-    # ORDER_JOURNAL_DIRNAME: the partitioned ordering's journal (pipeline.ordering)
-    return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest" or name == ORDER_JOURNAL_DIRNAME
+    # the partitioned ordering's journal (pipeline.ordering) and the pack parts' (pipeline.pack_parts)
+    return name.startswith(("shard-", "doc_")) or name.split(".")[0] == "manifest" or name in (ORDER_JOURNAL_DIRNAME, PACK_JOURNAL_DIRNAME)
 
 
 def claim_folder(folder: Path, *, overwrite: bool, ours: Callable[[Path], bool], keep: set[str] = frozenset()) -> None:

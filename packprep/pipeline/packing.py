@@ -12,21 +12,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from packprep.config import DedupConfig, EmbedConfig, PackConfig, TokenizeConfig, as_dict, stage_key
 from packprep.corpus import scan_corpus
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
 from packprep.formats import FORMATS, labels_ignored, npy
 from packprep.io import folder_lock, refuse_file
-from packprep.pipeline.folders import ORDER_JOURNAL_DIRNAME, WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
+from packprep.pipeline.folders import ORDER_JOURNAL_DIRNAME, PACK_JOURNAL_DIRNAME, WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
+from packprep.pipeline.pack_parts import pack_in_parts
 from packprep.pipeline.selection import select_documents
 from packprep.pipeline.semantic import HeldEmbedder, held_embed_config
 from packprep.pipeline.run import Run
 from packprep.pipeline.tokenizing import tokenize_in
 from packprep.progress import Reporter, SilentReporter
-from packprep.stages.pack import PackPlan, pack as pack_plan, permute_rows
 from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore, is_store
 from packprep.version import __version__
@@ -115,7 +113,7 @@ def _pack(
         raise PackprepError("holds a packprep output made with other options; pass --overwrite to replace it", path=out)
     finished = npy.finished_shards(out, key)
     finished_files = {entry["files"][a]["path"] for entry in finished for a in npy.SHARD_ARRAYS}
-    clear_output(out, keep=finished_files | {npy.JOURNAL_NAME, ORDER_JOURNAL_DIRNAME})
+    clear_output(out, keep=finished_files | {npy.JOURNAL_NAME, ORDER_JOURNAL_DIRNAME, PACK_JOURNAL_DIRNAME})
     if finished:
         reporter.info(f"pack: resuming; {len(finished)} finished shards of an interrupted run are reused")
 
@@ -130,22 +128,18 @@ def _pack(
         store, config=config, dedup_config=dedup_config, embed_config=embed_config, run=run,
         order_journal=out / ORDER_JOURNAL_DIRNAME, key=key,
     )
-    sequence_lengths = store.lengths() + sep_len
-    # A semantic order is the point of cluster/icp: bestfit then packs along it, not by length.
-    plan = pack_plan(
-        sequence_lengths, selection.order, seq_len=config.seq_len, packing=config.packing, keep_order=config.semantic
-    )
-    if config.packing == "bestfit" or config.semantic:
-        # Best fit opens rows longest-document first, and semantic orders put one topic in
-        # consecutive rows: shuffle rows (the documents inside a row stay together).
-        plan = permute_rows(plan, np.random.default_rng([config.seed, 1]).permutation(plan.num_rows))
-
     rows_per_shard = config.rows_per_shard or npy.default_rows_per_shard(config.seq_len, store.tokens.dtype)
-    with reporter.track("write shards", total=plan.num_rows, unit="rows") as advance:
-        shards = run.backend.write_shards(
-            out, plan, store, rows_per_shard=rows_per_shard, dtype=store.tokens.dtype, sep_id=sep_id, pad_id=pad_id,
-            finished=finished, journal=lambda prefix: npy.save_journal(out, key, prefix), on_rows=advance,
-        )
+    # A semantic order is the point of cluster/icp: bestfit then packs along it, not by length. Best fit
+    # opens rows longest-document first, and semantic orders put one topic in consecutive rows: rows
+    # are shuffled (inside each part; the documents inside a row stay together).
+    packed = pack_in_parts(
+        out, store, selection.order, part_docs=config.partition_docs, rows_per_shard=rows_per_shard, key=key,
+        params={"seq_len": config.seq_len, "packing": config.packing, "keep_order": config.semantic, "sep_len": sep_len,
+                "shuffle": config.packing == "bestfit" or config.semantic, "seed": config.seed},
+        shard_params={"dtype": store.tokens.dtype, "sep_id": sep_id, "pad_id": pad_id},
+        finished=finished, run=run, folder_name=PACK_JOURNAL_DIRNAME,
+    )
+    sequence_lengths = store.lengths() + sep_len
     doc_files = npy.write_doc_table(
         out, ids_from=store.path / "doc_ids", sequence_lengths=sequence_lengths, reason=selection.reason,
         dup_of=selection.dup_of,
@@ -168,33 +162,18 @@ def _pack(
             "dedup_config": as_dict(dedup_config) if config.run_dedup else None,
             "embed_config": as_dict(embed_config) if config.semantic else None,
             "source": {"store": str(store.path.resolve()), "store_key": store.manifest["key"], **store.manifest["source"]},
-            "counts": plan_counts(plan, num_documents=len(selection.order)),
+            "counts": packed.counts,
             "store_counts": store.manifest["counts"],
             "dropped": selection.dropped_counts(),
             "semantic_threshold": selection.semantic_threshold,
-            "shards": shards,
+            "shards": packed.shards,
             "doc_files": doc_files,
         },
     )
     (out / npy.JOURNAL_NAME).unlink(missing_ok=True)
     shutil.rmtree(out / ORDER_JOURNAL_DIRNAME, ignore_errors=True)
+    shutil.rmtree(out / PACK_JOURNAL_DIRNAME, ignore_errors=True)
     return out
-
-
-def plan_counts(plan: PackPlan, *, num_documents: int) -> dict[str, Any]:
-    """The headline numbers of a packing (the same keys ``inspect --json`` prints)."""
-    num_tokens = int(plan.seg_length.sum())
-    capacity = plan.num_rows * plan.seq_len
-    pieces = np.bincount(plan.seg_doc) if plan.num_segments else np.zeros(0, np.int64)
-    return {
-        "num_sequences": plan.num_rows,
-        "num_tokens": num_tokens,
-        "pad_tokens": capacity - num_tokens,
-        "fill_ratio": num_tokens / capacity if capacity else 0.0,
-        "num_documents": num_documents,
-        "num_segments": plan.num_segments,
-        "split_documents": int((pieces > 1).sum()),
-    }
 
 
 def _separator(strategy: str, tokenizer: dict[str, Any]) -> int | None:

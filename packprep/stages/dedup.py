@@ -276,14 +276,28 @@ def near_duplicates(
 def verified_near_duplicates(signatures: np.ndarray, pairs: np.ndarray, *, threshold: float) -> DedupResult:
     """From LSH candidate ``pairs`` (int [P, 2] document indices, repeats allowed): keep the
     pairs whose estimated Jaccard is >= ``threshold`` and drop all but the lowest index of
-    each connected group. The last step of :func:`near_duplicates` and of the Ray engine's."""
-    n = len(signatures)
+    each connected group. The last step of :func:`near_duplicates`."""
+    return near_groups(len(signatures), similar_pairs(signatures, pairs, threshold=threshold))
+
+
+def similar_pairs(signatures: np.ndarray, pairs: np.ndarray, *, threshold: float) -> np.ndarray:
+    """int64 [Q, 2]: the distinct ``pairs`` (sorted) whose estimated Jaccard is >= ``threshold``.
+
+    ``signatures`` uint32 [N, num_perm] is only indexed at the pairs' rows, so a memmap
+    serves: the Ray engine's reducers verify their own candidates this way."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    if len(pairs):
-        pairs = np.unique(pairs, axis=0)
-        similar = (signatures[pairs[:, 0]] == signatures[pairs[:, 1]]).mean(axis=1) >= threshold
-        pairs = pairs[similar]
-    return _result(n, _lowest_in_component(n, pairs), REASON_NEAR)
+    if not len(pairs):
+        return pairs
+    pairs = np.unique(pairs, axis=0)
+    similar = (np.asarray(signatures[pairs[:, 0]]) == np.asarray(signatures[pairs[:, 1]])).mean(axis=1) >= threshold
+    return pairs[similar]
+
+
+def near_groups(n: int, similar: np.ndarray) -> DedupResult:
+    """Near-duplicate drops from verified pairs (int [Q, 2] over N documents): all but the lowest index
+    of each connected group. The same result for the same set of pairs, in any order or repetition."""
+    similar = np.unique(np.asarray(similar, dtype=np.int64).reshape(-1, 2), axis=0)
+    return _result(n, _lowest_in_component(n, similar), REASON_NEAR)
 
 
 def band_keys(sig: np.ndarray, band: int, rows: int, seed: int) -> np.ndarray:

@@ -364,3 +364,38 @@ def fill_rows(
         if sep_id is None:
             raise ValueError("plan has separator positions but no sep_id was given")
         flat[dst[~is_token]] = sep_id
+
+
+def part_ranges(num_docs: int, part_docs: int) -> list[tuple[int, int]]:
+    """The order cut into parts: ``(first, end)`` positions, ``part_docs`` documents each, the last
+    one shorter; ``part_docs`` 0 (or at least ``num_docs``): one part. Known before anything is packed,
+    so every engine cuts the same parts."""
+    if num_docs == 0:
+        return []
+    step = part_docs if 0 < part_docs < num_docs else num_docs
+    return [(first, min(first + step, num_docs)) for first in range(0, num_docs, step)]
+
+
+def row_shuffle_seed(seed: int, part: int, num_parts: int) -> list[int]:
+    """The seed of part ``part``'s row shuffle: ``[seed, 1]`` (the one a whole-corpus plan always used)
+    when there is one part, so one part packs exactly as before parts existed."""
+    return [int(seed), 1] if num_parts == 1 else [int(seed), 1, int(part)]
+
+
+def pack_part(
+    part_lengths: np.ndarray, *, seq_len: int, packing: str, keep_order: bool, shuffle_seed: list[int] | None
+) -> PackPlan:
+    """One part of the order packed on its own: :func:`pack` of its documents, rows then shuffled
+    with ``default_rng(shuffle_seed)`` (None: not shuffled).
+
+    ``part_lengths``: int64 [m], sequence lengths of the part's documents in packing order; the
+    plan's ``seg_doc`` are positions 0..m-1 in the part (the caller maps them to documents).
+    Packing depends only on the lengths in order and ties go by position, so this is the plan
+    :func:`pack` makes of the same documents under their own indices. Parts share no state:
+    bestfit's open rows end with the part (a part's last row may be short, as the corpus's is),
+    which is what lets parts be packed anywhere, in any order, with the same bytes.
+    """
+    plan = pack(part_lengths, np.arange(len(part_lengths), dtype=np.int64), seq_len=seq_len, packing=packing, keep_order=keep_order)
+    if shuffle_seed is not None:
+        plan = permute_rows(plan, np.random.default_rng(shuffle_seed).permutation(plan.num_rows))
+    return plan

@@ -59,7 +59,9 @@ class DocStore:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> DocStore:
+    def open(cls, path: str | os.PathLike[str], *, mapped: bool = False) -> DocStore:
+        """``mapped``: offsets and text hashes memory-mapped too (read-only), not read whole: for a task
+        that touches a part of a large store's documents, so its memory follows its part, not the corpus."""
         path = Path(path)
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file():
@@ -76,8 +78,8 @@ class DocStore:
         return cls(
             path=path,
             tokens=tokens,
-            offsets=np.load(path / "offsets.npy"),
-            text_hash=np.load(path / "text_hash.npy"),
+            offsets=np.load(path / "offsets.npy", mmap_mode="r" if mapped else None),
+            text_hash=np.load(path / "text_hash.npy", mmap_mode="r" if mapped else None),
             doc_ids=StringTable(path / "doc_ids"),
             manifest=manifest,
         )
