@@ -29,7 +29,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PYTEST)
 
-# The edit loop: everything but the tests marked slow (SIGKILL, Ray, MiniLM, training, the README walkthrough).
+# The edit loop: everything but the tests marked slow (SIGKILL, Ray, MiniLM beyond one small
+# embed, training, the README walkthrough, DataLoader workers, a few larger inputs); it still runs
+# every stage but the static embedder, both packings, each format and the CLI's errors.
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow"
 
