@@ -7,6 +7,10 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= out/demo
+# pytest-xdist workers (the test extra) spread the suite over two cores: each test file runs on one
+# worker, and every test that starts Ray on the same one (tests/conftest.py); TEST_WORKERS=0: serially.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install demo test test-fast bench clean
 
@@ -23,11 +27,13 @@ demo: $(STAMP)
 	$(VENV)/bin/packprep inspect $(DEMO_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PYTEST)
 
-# The edit loop: everything but the tests marked slow (SIGKILL, Ray, MiniLM, training, the README walkthrough).
+# The edit loop: everything but the tests marked slow (SIGKILL, Ray, MiniLM beyond one small
+# embed, training, the README walkthrough, DataLoader workers, a few larger inputs); it still runs
+# every stage but the static embedder, both packings, each format and the CLI's errors.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_pipeline.py

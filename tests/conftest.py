@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,42 @@ def _import_or_fail(modname: str, *args, **kwargs):
     except pytest.skip.Exception as skipped:
         reason = str(skipped)
     pytest.fail(f"CI=true and {modname} does not import, so its tests would be skipped: {reason}", pytrace=False)
+
+
+# A test that starts Ray has "ray" as a word of its file or function name (test_ray_engine.py,
+# test_golden_ray_engine): the scheduler below runs all of them on one worker.
+_STARTS_RAY = re.compile(r"(?:^|_)ray(?:_|$)")
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist there is nothing to schedule
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`make test` runs pytest-xdist with --dist loadfile: a test file is one unit of work, so a
+    module-scoped fixture (a packed output, a tokenized corpus, a loaded model) is built on one
+    worker only. Here every test that starts Ray joins one more unit, so two Ray clusters never
+    run at once. (xdist's own --dist loadgroup would do this with marks, but with pytest 9 its
+    xdist_group mark no longer changes the node id it schedules by, so it groups nothing.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileOrRay(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file, _, name = nodeid.partition("::")
+            name = name.split("[", 1)[0]  # a parameter id is not part of the name
+            return "ray" if _STARTS_RAY.search(Path(file).stem) or _STARTS_RAY.search(name) else file
+
+    return FileOrRay(config, log)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_fsync():
+    """os.fsync as a no-op inside the test process: a 40-document pack fsyncs ~350 times, over half
+    of its wall time on this VM, and no test here cuts the power, so a real flush proves nothing.
+    The files are still opened (a missing path still fails), and tests/test_files.py still sees
+    every call in order. CLI runs in subprocesses (the SIGKILL tests) keep the real fsync."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", lambda fd: None)
+        yield
 
 
 SENTENCES = [
@@ -63,11 +101,22 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture
-def small_corpus(tmp_path: Path) -> Path:
-    """A folder with 40 documents in two files plus one empty document."""
+def write_small_corpus(folder: Path) -> Path:
+    """``folder`` with 40 documents in two files plus one empty document."""
     docs = make_documents(40)
-    folder = tmp_path / "corpus"
     write_jsonl(folder / "a.jsonl", docs[:25])
     write_jsonl(folder / "sub" / "b.jsonl", docs[25:] + [{"id": "empty", "text": ""}])
     return folder
+
+
+@pytest.fixture
+def small_corpus(tmp_path: Path) -> Path:
+    """A folder with 40 documents in two files plus one empty document."""
+    return write_small_corpus(tmp_path / "corpus")
+
+
+def copy_output(finished: Path, dest: Path) -> Path:
+    """A copy of a finished output (its WORK included) for a test that damages or extends it:
+    packing once per module and copying costs a few milliseconds instead of a pack per test."""
+    shutil.copytree(finished, dest, symlinks=True)
+    return dest

@@ -88,14 +88,23 @@ def test_icp_same_bytes_for_any_workers(tmp_path):
     assert pack(folder, tmp_path / "w1", *options, "--workers", "1") == pack(folder, tmp_path / "w2", *options, "--workers", "2")
 
 
-def test_a_different_seed_gives_different_shards(corpus, tmp_path):
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    """60 documents: enough for a seed or an option to show, without the 1,100 documents'
+    tokenizing (the corpus above is that big only to start bpe-openai's worker processes)."""
+    folder = tmp_path_factory.mktemp("small")
+    write_jsonl(folder / "a.jsonl", make_documents(60, seed=7))
+    return folder
+
+
+def test_a_different_seed_gives_different_shards(small_corpus, tmp_path):
     options = ["--strategy", "eos", "--seq-len", "128"]
-    assert pack(corpus, tmp_path / "s0", *options) != pack(corpus, tmp_path / "s1", *options, "--seed", "1")
+    assert pack(small_corpus, tmp_path / "s0", *options) != pack(small_corpus, tmp_path / "s1", *options, "--seed", "1")
 
 
-def test_manifest_records_every_option_the_version_and_the_input(corpus, tmp_path):
+def test_manifest_records_every_option_the_version_and_the_input(small_corpus, tmp_path):
     out = tmp_path / "out"
-    pack(corpus, out, "--strategy", "random", "--packing", "bestfit", "--seq-len", "96", "--seed", "4", "--text-field", "text")
+    pack(small_corpus, out, "--strategy", "random", "--packing", "bestfit", "--seq-len", "96", "--seed", "4", "--text-field", "text")
     manifest = load_json(out / "manifest.json")
     assert manifest["packprep_version"] == __version__
     assert manifest["config"] == {
@@ -106,7 +115,7 @@ def test_manifest_records_every_option_the_version_and_the_input(corpus, tmp_pat
     # cl100k's fingerprint is the digest pinned in test_tokenizers (the cache key of every store);
     # the corpus's follows its content, not where it lies.
     assert manifest["tokenizer"]["fingerprint"] == "613b7b10f38bfdf378cd7add609ff675f460e46a5beca8703b4ebe67e1f3dc0e"
-    copy = shutil.copytree(corpus, tmp_path / "elsewhere")
+    copy = shutil.copytree(small_corpus, tmp_path / "elsewhere")
     assert manifest["source"]["fingerprint"] == corpus_fingerprint(copy)
     with open(copy / "a.jsonl", "a", encoding="utf-8") as fh:
         fh.write('{"id": "one-more", "text": "x"}\n')

@@ -16,14 +16,22 @@ from packprep.formats.megatron import megatron_dtype, read_megatron, write_index
 from packprep.pipeline import pack
 from packprep.reader import PackedDataset
 from packprep.store import DocStore
+from tests.conftest import copy_output, write_small_corpus
 
 SEQ_LEN = 64
 
 
-@pytest.fixture
-def packed(small_corpus: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def packed_once(tmp_path_factory) -> Path:
     # 5 rows per shard: several shards, documents split across rows and across shards.
-    return pack(small_corpus, tmp_path / "out", config=PackConfig(seq_len=SEQ_LEN, rows_per_shard=5))
+    folder = tmp_path_factory.mktemp("formats")
+    return pack(write_small_corpus(folder / "corpus"), folder / "out", config=PackConfig(seq_len=SEQ_LEN, rows_per_shard=5))
+
+
+@pytest.fixture
+def packed(packed_once: Path, tmp_path: Path) -> Path:
+    """A copy of ``packed_once``: each test converts into its own."""
+    return copy_output(packed_once, tmp_path / "out")
 
 
 def _columns(input_ids, row_ptr, seg_length, labels=True):

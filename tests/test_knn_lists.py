@@ -61,6 +61,7 @@ def test_spherical_kmeans_is_seeded_and_gives_unit_centroids():
     assert len(np.unique(nearest_centroids(x, a, 1))) == 20
 
 
+@pytest.mark.slow  # two Python processes, each loading numpy, faiss and numba
 def test_same_graph_for_any_thread_count():
     # --workers sets these variables before numpy, faiss and numba load; the products and
     # the merges must give the same bytes whatever the pool sizes (1 vs 2 threads).

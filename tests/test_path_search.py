@@ -16,7 +16,12 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _brute_force_best(x: np.ndarray) -> float:
-    return max(path_value(np.array(p), x) for p in itertools.permutations(range(len(x))))
+    """The best path value over every order: what path_value sums, from the matrix of pairwise
+    similarities for all orders at once (9! orders took 5 s one path_value call at a time)."""
+    x64 = np.asarray(x, dtype=np.float32).astype(np.float64)
+    sims = x64 @ x64.T
+    orders = np.array(list(itertools.permutations(range(len(x)))), dtype=np.int64)
+    return float(sims[orders[:, :-1], orders[:, 1:]].sum(axis=1).max())
 
 
 def _greedy(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

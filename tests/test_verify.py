@@ -14,7 +14,7 @@ from packprep.formats import npy
 from packprep.pipeline import pack
 from packprep.verify import Problem, verify_output
 
-from tests.conftest import make_documents, write_jsonl
+from tests.conftest import copy_output, make_documents, write_jsonl, write_small_corpus
 
 
 def packed(corpus: Path, out: Path, *, strategy: str = "eos", packing: str = "split", **options) -> Path:
@@ -39,9 +39,16 @@ def row_of(out: Path, shard: str, segment: int) -> int:
     return int(np.searchsorted(load(out, shard, "row_ptr"), segment, side="right")) - 1
 
 
+@pytest.fixture(scope="module")
+def packed_once(tmp_path_factory) -> Path:
+    """The eos/split output of the small corpus, packed once; each test damages its own copy."""
+    folder = tmp_path_factory.mktemp("verify")
+    return packed(write_small_corpus(folder / "corpus"), folder / "out")
+
+
 @pytest.fixture
-def out(small_corpus, tmp_path) -> Path:
-    return packed(small_corpus, tmp_path / "out")
+def out(packed_once, tmp_path) -> Path:
+    return copy_output(packed_once, tmp_path / "out")
 
 
 @pytest.mark.parametrize("strategy", ["eos", "random"])
@@ -252,13 +259,20 @@ def test_a_changed_document_table_file_is_caught(out):
 # ---- the converted copies (OUT/arrow, OUT/megatron) against the npy shards ----
 
 
-@pytest.fixture
-def converted(out: Path) -> Path:
+@pytest.fixture(scope="module")
+def converted_once(packed_once, tmp_path_factory) -> Path:
+    """A copy of ``packed_once`` converted to megatron and arrow, once; each test damages its own copy."""
     from packprep.convert import convert
 
+    out = copy_output(packed_once, tmp_path_factory.mktemp("converted") / "out")
     convert(out, to="megatron")
     convert(out, to="arrow", labels=True)
     return out
+
+
+@pytest.fixture
+def converted(converted_once, tmp_path) -> Path:
+    return copy_output(converted_once, tmp_path / "out")
 
 
 def test_clean_converted_copies_have_no_problems(converted):
