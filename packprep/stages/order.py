@@ -31,7 +31,7 @@ _CALIBRATION_QUERIES = 1000
 _MAX_SCANNED = 10_000  # vectors one approximate query may scan (nprobe x list size)
 # What the local search adds to the cosine of two documents in one kNN-graph community.
 # Measured on three labelled corpora at ~10 documents per row (docs/semantic.md): 0.05 took
-# the in-row same-topic share up by 0.014-0.022 for 0.0007-0.0024 of the bound; 0.1 gained
+# the in-row same-topic share up by 0.018-0.022 for 0.0013-0.0024 of the bound; 0.1 gained
 # more in-row but cost up to 0.0065 and took the docstrings below 0.95 of the bound.
 COMMUNITY_BONUS = 0.05
 
