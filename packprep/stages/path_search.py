@@ -31,6 +31,12 @@ bound. Where they fall comes from the seed.
 
 Paths of at most ``EXACT_MAX`` documents are solved exactly instead (Held-Karp).
 
+**Community bonus** (optional): given a community label per document, every move above
+scores a pair in one community as its cosine plus ``bonus``, so the path keeps whole
+context windows inside one community (icp passes the kNN graph's Louvain communities,
+:mod:`packprep.stages.communities`). The kernels take ``x`` as the tuple (embeddings,
+community, bonus), so only their pair score knows of it.
+
 The bound (:func:`path_bound`): a document touches at most two others in a path, so no
 path beats each document's two best neighbour similarities, summed over documents and
 halved (each pair is counted from both ends). Divided by the ``M - 1`` pairs of a path
