@@ -127,9 +127,10 @@ def ordered_bestfit_pack(
     length and scatters neighbours over the whole output. Rows keep the order they were
     opened in.
 
-    Why a window of 8: on examples/corpus and the stdlib docstring corpus (about 10
-    documents per row) it keeps padding under 1 % while rows stay almost as coherent as
-    split packing's (benchmarks/bench_semantic.py); a wider window buys little padding.
+    Why a window of 8: on examples/corpus, the stdlib docstring corpus and Debian
+    synopses (about 10 documents per row) it keeps padding at 0.5-1.5 % (with the second
+    fill of :func:`_windowed_best_fit_rows`) while rows stay almost as coherent as split
+    packing's (benchmarks/bench_semantic.py); wider windows mix rows more.
     """
     _check_seq_len(seq_len)
     if window < 1:
