@@ -1,4 +1,4 @@
-"""Time the ICP ordering pieces: the greedy walk on a 1M x 10 graph, the local search
+"""Time the ICP ordering pieces: the greedy walk on a 1M x 10 graph, the communities and local search
 after it on a 1M x 384 synthetic graph, and the kNN graph (exact vs approximate) on
 synthetic clustered embeddings, with recall@10 of the approximate graph against exact
 search on a 1k sample.
@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from packprep.stages.order import adjacent_cosine, icp_walk, knn_graph, random_order
+from packprep.stages.communities import knn_communities
+from packprep.stages.order import COMMUNITY_BONUS, adjacent_cosine, icp_walk, knn_graph, random_order
 from packprep.stages.path_search import improve_path, path_bound, path_value
 
 
@@ -53,25 +54,32 @@ def component_knn(x: np.ndarray, component: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def bench_search(rows: int, dim: int, k: int) -> None:
-    """The local search after the walk, alone, at full size: walk + improve_path on a
-    synthetic graph (component_knn), with time, peak resident memory and the path's
-    mean adjacent cosine as a share of the bound before and after."""
+    """The steps after the kNN graph, alone, at full size: the communities, the walk and
+    improve_path with the community bonus (as icp_order runs them) on a synthetic graph
+    (component_knn), with time, peak resident memory and the path's mean adjacent cosine
+    as a share of the bound before and after."""
     import resource
 
     x, component = clustered_embeddings(rows, dim, clusters=max(1, rows // 100), seed=0, labels=True)
     neighbours, sims = component_knn(x, component, k)
     small = np.arange(1000)
-    improve_path(icp_walk(neighbours[:1000] % 1000, sims[:1000], seed=0), x[:1000], neighbours[:1000] % 1000, sims[:1000])  # compile
+    few = knn_communities(neighbours[:1000] % 1000, sims[:1000])  # compile (or load the numba cache) first
+    improve_path(icp_walk(neighbours[:1000] % 1000, sims[:1000], seed=0), x[:1000], neighbours[:1000] % 1000, sims[:1000], communities=few, bonus=0.1)
     bound = path_bound(sims)
     walk = icp_walk(neighbours, sims, seed=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t, cpu = time.perf_counter(), time.process_time()
-    path = improve_path(walk, x, neighbours, sims, max_kicks=0)  # what icp_order runs above 200k documents
+    communities = knn_communities(neighbours, sims, seed=0)
+    t_comm, cpu_comm = time.perf_counter() - t, time.process_time() - cpu
+    print(f"knn_communities {rows:,} x {k}: {t_comm:.1f} s ({cpu_comm:.1f} s CPU), {communities.max() + 1:,} communities")
+    t, cpu = time.perf_counter(), time.process_time()
+    # what icp_order runs above 200k documents
+    path = improve_path(walk, x, neighbours, sims, max_kicks=0, communities=communities, bonus=COMMUNITY_BONUS)
     elapsed, cpu = time.perf_counter() - t, time.process_time() - cpu
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert np.array_equal(np.sort(path), np.arange(rows)) and len(small)
     ratio = lambda p: path_value(p, x) / (rows - 1) / bound  # noqa: E731
-    print(f"improve_path (no kicks) {rows:,} x {dim}, k = {k}: {elapsed:.1f} s ({cpu:.1f} s CPU, one thread); adjacent cosine / bound {ratio(walk):.3f} "
+    print(f"improve_path (no kicks, community bonus {COMMUNITY_BONUS}) {rows:,} x {dim}, k = {k}: {elapsed:.1f} s ({cpu:.1f} s CPU, one thread); adjacent cosine / bound {ratio(walk):.3f} "
           f"(greedy walk) -> {ratio(path):.3f}; peak RSS {before / 1e6:.2f} -> {after / 1e6:.2f} GB")
 
 
@@ -115,7 +123,8 @@ def bench_knn(rows: int, dim: int, k: int) -> None:
     path = icp_walk(approx, sims, seed=0)
     t_walk = time.perf_counter() - t
     t = time.perf_counter()
-    path = improve_path(path, x, approx, sims, max_kicks=0)
+    communities = knn_communities(approx, sims, seed=0)
+    path = improve_path(path, x, approx, sims, max_kicks=0, communities=communities, bonus=COMMUNITY_BONUS)
     t_search = time.perf_counter() - t
     assert np.array_equal(np.sort(path), np.arange(rows))
     est_exact = t_exact_sample * rows / len(sample)
@@ -124,7 +133,7 @@ def bench_knn(rows: int, dim: int, k: int) -> None:
           f"recall@{k} vs exact on a {len(sample):,} sample: {recall:.3f}; mean neighbour cosine "
           f"{closeness:.3f} of the true neighbours'")
     print(f"  exact search for the sample: {t_exact_sample:.1f} s (all {rows:,} rows would take ~{est_exact / 60:.0f} min)")
-    print(f"  icp walk on the approximate graph: {t_walk:.2f} s, local search {t_search:.1f} s; "
+    print(f"  icp walk on the approximate graph: {t_walk:.2f} s, communities + local search {t_search:.1f} s; "
           f"knn + walk + search {t_approx + t_walk + t_search:.1f} s "
           f"(target < 600 s); adjacent cosine {adjacent_cosine(path, x):.3f} vs random order "
           f"{adjacent_cosine(random_order(np.arange(rows), seed=0), x):.3f}")

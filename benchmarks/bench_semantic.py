@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/bench_semantic.py [--corpus examples/corpus --seq-len 6144]
         [--corpus bench-data/stdlib-docstrings --seq-len 1024] [--work bench-data/semantic]
 
-Default: both labelled corpora, each at a window that holds about 10 documents:
-examples/corpus (24 topic labels) and the stdlib docstring corpus (12 topics; built by
-benchmarks/make_docstring_corpus.py when missing). Per strategy and packing it prints:
+Default: three labelled corpora, each at a window that holds about 10 documents:
+examples/corpus (24 topic labels), the stdlib docstring corpus (12 topics; built by
+benchmarks/make_docstring_corpus.py when missing) and Debian package synopses (12
+archive sections; built by benchmarks/make_debian_corpus.py from the apt index when
+missing, skipped where there is none). Per strategy and packing it prints:
 
 - side by side: share of pairs of documents side by side in a row with the same topic label;
 - in-row pairs: share of all pairs of documents in the same row with the same label
@@ -38,7 +40,8 @@ from packprep.pipeline import pack, tokenize
 from packprep.pipeline.semantic import dedup, embed
 
 DOCSTRINGS = Path("bench-data/stdlib-docstrings")
-DEFAULTS = ((Path("examples/corpus"), 6144), (DOCSTRINGS, 1024))
+DEBIAN = Path("bench-data/debian-descriptions")
+DEFAULTS = ((Path("examples/corpus"), 6144), (DOCSTRINGS, 1024), (DEBIAN, 100))
 RUNS = (("random", "split"), ("cluster", "split"), ("icp", "split"), ("cluster", "bestfit"), ("icp", "bestfit"))
 
 
@@ -114,6 +117,12 @@ def main() -> None:
     runs = list(zip(args.corpus, args.seq_len, strict=True)) if args.corpus else list(DEFAULTS)
     if any(corpus == DOCSTRINGS for corpus, _ in runs) and not DOCSTRINGS.exists():
         subprocess.run([sys.executable, "benchmarks/make_docstring_corpus.py", "--out", str(DOCSTRINGS / "docstrings.jsonl")], check=True)
+    if any(corpus == DEBIAN for corpus, _ in runs) and not DEBIAN.exists():
+        if not list(Path("/var/lib/apt/lists").glob("*_main_binary-amd64_Packages*")):
+            print(f"no apt Packages index under /var/lib/apt/lists: {DEBIAN} skipped")
+            runs = [(corpus, seq_len) for corpus, seq_len in runs if corpus != DEBIAN]
+        else:
+            subprocess.run([sys.executable, "benchmarks/make_debian_corpus.py", "--out", str(DEBIAN / "descriptions.jsonl")], check=True)
     embed_config = EmbedConfig(model="static") if args.embedder == "static" else EmbedConfig()
     for corpus, seq_len in runs:
         bench_corpus(corpus, seq_len, args.work / corpus.name, embed_config)

@@ -81,6 +81,15 @@ def test_ordered_bestfit_fills_a_closing_row_from_just_ahead():
         ordered_bestfit_pack(lengths, np.arange(5), seq_len=8, window=0)
 
 
+def test_ordered_bestfit_fills_a_large_gap_from_further_ahead():
+    # window 1, look-ahead 1: 4 opens row0 (room 4 of 8); the next 6 does not fit and the one
+    # piece ahead (7) neither, so the gap (half the row, over 1/16) is filled from 8 pieces
+    # ahead: the 4 at position 5 joins row0. The 6 and the 7s then go one per row.
+    lengths = np.array([4, 6, 7, 7, 7, 4])
+    plan = ordered_bestfit_pack(lengths, np.arange(6), seq_len=8, window=1, lookahead=1)
+    assert [plan.seg_doc[a:b].tolist() for a, b in zip(plan.row_ptr[:-1], plan.row_ptr[1:])] == [[0, 5], [1], [2], [3], [4]]
+
+
 def test_fill_rows_writes_tokens_separators_and_padding():
     tokens = np.array([10, 11, 12, 20, 21, 30], dtype=np.uint16)
     offsets = np.array([0, 3, 5, 6])

@@ -211,15 +211,20 @@ def reference_ordered_bestfit(
         else:
             if len(open_rows) == window:
                 oldest = open_rows.pop(0)
-                while True:  # fill the closing row from the next pieces, longest first
-                    ahead = [j for j in range(i + 1, min(i + 1 + lookahead, len(pieces))) if not placed[j]]
-                    ahead = [j for j in ahead if pieces[j][2] <= rooms[oldest]]
-                    if not ahead:
+                # fill the closing row from the next pieces, longest first; a gap still over
+                # 1/16 of seq_len is filled again from 8 times further ahead
+                for reach in (lookahead, lookahead * 8):
+                    if reach > lookahead and rooms[oldest] <= seq_len / 16:
                         break
-                    j = max(ahead, key=lambda j: (pieces[j][2], -j))
-                    rows[oldest].append(j)
-                    rooms[oldest] -= pieces[j][2]
-                    placed[j] = True
+                    while True:
+                        ahead = [j for j in range(i + 1, min(i + 1 + reach, len(pieces))) if not placed[j]]
+                        ahead = [j for j in ahead if pieces[j][2] <= rooms[oldest]]
+                        if not ahead:
+                            break
+                        j = max(ahead, key=lambda j: (pieces[j][2], -j))
+                        rows[oldest].append(j)
+                        rooms[oldest] -= pieces[j][2]
+                        placed[j] = True
             rows.append([])
             rooms.append(seq_len)
             open_rows.append(len(rows) - 1)

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from packprep.stages.order import icp_order, icp_walk, knn_graph
+from packprep.stages.communities import knn_communities
+from packprep.stages.order import COMMUNITY_BONUS, icp_order, icp_walk, knn_graph
 from packprep.stages.path_search import EXACT_MAX, improve_path, optimal_path, path_bound, path_value
 
 
@@ -15,11 +16,15 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _brute_force_best(x: np.ndarray) -> float:
-    """The best path value over every order: what path_value sums, from the matrix of pairwise
-    similarities for all orders at once (9! orders took 5 s one path_value call at a time)."""
+def _brute_force_best(x: np.ndarray, communities: np.ndarray | None = None, bonus: float = 0.0) -> float:
+    """The best path value over every order: what path_value sums (with the community bonus, if
+    given), from the matrix of pairwise scores for all orders at once (9! orders took 5 s one
+    path_value call at a time)."""
     x64 = np.asarray(x, dtype=np.float32).astype(np.float64)
     sims = x64 @ x64.T
+    if communities is not None:
+        c = np.asarray(communities)
+        sims = sims + bonus * (c[:, None] == c[None, :])
     orders = np.array(list(itertools.permutations(range(len(x)))), dtype=np.int64)
     return float(sims[orders[:, :-1], orders[:, 1:]].sum(axis=1).max())
 
@@ -75,6 +80,46 @@ def test_local_search_is_never_worse_than_the_greedy_walk(seed):
     assert improved.tolist() == improve_path(walk, x, neighbours, sims).tolist()  # deterministic
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_with_a_community_bonus_never_worse_than_the_greedy_walk_in_that_objective(seed):
+    rng = np.random.default_rng(100 + seed)
+    m = int(rng.integers(EXACT_MAX + 1, 120))
+    centres = rng.normal(size=(int(rng.integers(2, 6)), 8))
+    x = _unit(centres[rng.integers(0, len(centres), m)] + rng.normal(scale=0.8, size=(m, 8)))
+    walk, neighbours, sims = _greedy(x, k=int(rng.integers(2, 8)))
+    communities = knn_communities(neighbours, sims, seed=seed)
+    bonus = float(rng.choice([0.05, 0.3]))
+    improved = improve_path(walk, x, neighbours, sims, communities=communities, bonus=bonus, seed=seed)
+    assert sorted(improved.tolist()) == list(range(m))  # every document exactly once
+    assert path_value(improved, x, communities, bonus) >= path_value(walk, x, communities, bonus) - 1e-6
+    again = improve_path(walk, x, neighbours, sims, communities=communities, bonus=bonus, seed=seed)
+    assert improved.tolist() == again.tolist()  # deterministic
+
+
+@pytest.mark.parametrize("m", [5, 8])
+def test_small_paths_get_the_optimum_of_the_bonus_objective(m):
+    rng = np.random.default_rng(20 + m)
+    x = _unit(rng.normal(size=(m, 6)))
+    communities = np.arange(m) % 2
+    walk, neighbours, sims = _greedy(x, k=3)
+    improved = improve_path(walk, x, neighbours, sims, communities=communities, bonus=0.5)
+    assert path_value(improved, x, communities, 0.5) == pytest.approx(_brute_force_best(x, communities, 0.5), abs=1e-5)
+
+
+def test_a_large_bonus_keeps_communities_together():
+    """Communities that cut across the geometry: with a bonus larger than any cosine
+    difference, the local search lines each community up in one run (one change of
+    community per pair of communities at most, here 1 for 2)."""
+    rng = np.random.default_rng(3)
+    x = _unit(rng.normal(size=(60, 8)))
+    communities = (np.arange(60) * 7 % 60 < 30).astype(np.int64)
+    neighbours, sims = knn_graph(x, k=59)
+    walk = icp_walk(neighbours, sims, seed=0)
+    improved = improve_path(walk, x, neighbours, sims, communities=communities, bonus=3.0)
+    assert np.count_nonzero(np.diff(communities[walk])) > 5
+    assert np.count_nonzero(np.diff(communities[improved])) == 1
+
+
 def test_local_search_brings_the_path_close_to_the_bound():
     """40 topics x 25 documents: the greedy walk strands documents; the search recovers most of the gap."""
     rng = np.random.default_rng(0)
@@ -109,4 +154,8 @@ def test_icp_order_is_the_improved_walk():
     given = np.arange(1000, 1200)  # positions in a larger store: the order maps back to them
     store = np.zeros((1200, 16), dtype=np.float32)
     store[given] = x
-    assert icp_order(given, store, k=10, seed=0).tolist() == (given[improve_path(walk, x, neighbours, sims)]).tolist()
+    communities = knn_communities(neighbours, sims, seed=0)
+    expected = improve_path(walk, x, neighbours, sims, communities=communities, bonus=COMMUNITY_BONUS)
+    assert icp_order(given, store, k=10, seed=0).tolist() == given[expected].tolist()
+    plain = improve_path(walk, x, neighbours, sims)
+    assert icp_order(given, store, k=10, seed=0, community_bonus=0.0).tolist() == given[plain].tolist()

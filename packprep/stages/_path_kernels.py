@@ -21,13 +21,18 @@ except ImportError:  # pragma: no cover - numba is a dependency; this keeps the 
 
 @jit_dot
 def _sim(x, u, v):
-    """Dot product of rows u and v; 0 where either is -1 (the dummy node at the path's ends)."""
+    """The score of the pair (u, v): 0 where either is -1 (the dummy node at the path's ends).
+
+    ``x`` is the tuple (embeddings float32 [M, D], community int64 [M], bonus float) that
+    every kernel here takes as ``x``: the dot product of rows u and v, plus ``bonus`` where
+    both are in one community (path_search's same-community bonus; 0 for plain cosine)."""
     if u < 0 or v < 0:
         return 0.0
+    emb, community, bonus = x
     total = np.float32(0.0)
-    for t in range(x.shape[1]):
-        total += x[u, t] * x[v, t]
-    return float(total)
+    for t in range(emb.shape[1]):
+        total += emb[u, t] * emb[v, t]
+    return float(total) + (bonus if community[u] == community[v] else 0.0)
 
 
 @jit
