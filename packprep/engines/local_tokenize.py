@@ -6,11 +6,11 @@ source whole), one at a time as the workers ask for more. Parts go to ``workers`
 processes, each kept ``_AHEAD`` parts ahead. A worker reads its part itself
 (``corpus.read_source``: the file read, JSON parsing, record errors), tokenizes it batch by
 batch (``stages.tokenize.tokenize_batch``: encode, drop the empty, hash the normalised text)
-and sends each batch back as flat numpy arrays. This process
-appends the batches to the store in corpus order, so the store is byte for byte the serial
-one, while the workers go on with the next parts: no text crosses a pipe, and reading,
-encoding and writing overlap. (Before, this process parsed JSON, hashed every text and sent
-texts to the encoder processes: ~0.6 of the bare encoder's throughput on 2 cores.)
+and sends each batch back as flat numpy arrays. This process appends the batches to the
+store in corpus order, so the store is byte for byte the serial one, while the workers go
+on with the next parts: no text crosses a pipe, and reading, encoding and writing overlap.
+(Before, this process parsed JSON, hashed every text and sent texts to the encoder
+processes: ~0.6 of the bare encoder's throughput on 2 cores.)
 
 A worker is a plain child Python (as ``tokenizers.bpe_openai`` says why: no multiprocessing)
 speaking pickles. Request: ``(source, root, span, config, recipe)``. Replies, in order:
