@@ -99,7 +99,7 @@ def _use_bpe_openai(backend: str | None) -> bool:
     from packprep.tokenizers import bpe_openai
 
     try:
-        bpe_openai.bpe_openai_cl100k()
+        bpe_openai.require_bindings()  # importable is enough: its cl100k tables are built where it encodes
     except ImportError as err:
         if choice == "bpe-openai":
             raise PackprepError(f"tokenizer backend 'bpe-openai' needs `pip install bpe-openai` ({one_line(err)})") from None
