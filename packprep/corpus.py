@@ -331,34 +331,52 @@ def source_parts(sources: list[Path], range_bytes: int) -> list[tuple[Path, tupl
     """The reads that cover ``sources`` in corpus order: ``(source, None)`` for a whole source, and
     ``(source, (start, end, first_line))`` for each byte range of a plain ``.jsonl`` larger than
     ``range_bytes`` (:func:`read_source` reads either). The Ray engine runs one task per part."""
-    parts: list[tuple[Path, tuple[int, int, int] | None]] = []
+    return list(iter_source_parts(sources, range_bytes))
+
+
+def iter_source_parts(sources: list[Path], range_bytes: int) -> Iterator[tuple[Path, tuple[int, int, int] | None]]:
+    """:func:`source_parts` one at a time: a range is known as soon as the file is counted up to
+    its end, so the first part can be read while the rest of the file is still being cut."""
     for source in sources:
         big = source.is_file() and _suffix(source.name) == ".jsonl" and source.stat().st_size > range_bytes
-        ranges = byte_ranges(source, range_bytes) if big else []
-        parts += [(source, span) for span in ranges] if len(ranges) > 1 else [(source, None)]
-    return parts
+        ranges = iter_byte_ranges(source, range_bytes) if big else iter(())
+        first = next(ranges, None)
+        second = next(ranges, None)
+        if second is None:  # one range: the whole source
+            yield source, None
+            continue
+        yield source, first
+        yield source, second
+        for span in ranges:
+            yield source, span
 
 
 def byte_ranges(path: Path, range_bytes: int) -> list[tuple[int, int, int]]:
     """``(start, end, first_line)``: consecutive byte ranges covering ``path``, about ``range_bytes`` each (sizes
     evened out), every one but the last ending just after a newline; ``first_line`` is the 1-based line number
     of the range's first line. Reads the file up to its last cut, counting newlines."""
+    return list(iter_byte_ranges(path, range_bytes))
+
+
+def iter_byte_ranges(path: Path, range_bytes: int) -> Iterator[tuple[int, int, int]]:
+    """:func:`byte_ranges` one at a time, each given as soon as the file is counted up to its end."""
     size = path.stat().st_size
     step = -(-size // max(1, -(-size // max(1, range_bytes))))  # ceil(size / number of ranges)
-    cuts, lines_before = [0], [0]
+    start, first_line = 0, 1
     target, pos, newlines = step, 0, 0
     with open(path, "rb") as fh:
         while target < size and (chunk := fh.read(_COUNT_CHUNK)):
             while target < size and (at := chunk.find(b"\n", max(target - 1 - pos, 0))) >= 0:
-                cuts.append(pos + at + 1)
-                lines_before.append(newlines + chunk.count(b"\n", 0, at + 1))
-                target = cuts[-1] + step
+                cut = pos + at + 1
+                if cut >= size:  # the file ends with this newline: no empty range after it
+                    target = size
+                    break
+                yield start, cut, first_line
+                start, first_line = cut, newlines + chunk.count(b"\n", 0, at + 1) + 1
+                target = cut + step
             newlines += chunk.count(b"\n")
             pos += len(chunk)
-    if cuts[-1] >= size:  # the file ends with the newline of the last cut: no empty range after it
-        cuts.pop()
-        lines_before.pop()
-    return [(start, end, lines + 1) for start, end, lines in zip(cuts, cuts[1:] + [size], lines_before)]
+    yield start, size, first_line
 
 
 def _decompress(path: Path, new_stream: Callable[[], Any], feed: Callable[[bytes], None] | None = None) -> Iterator[bytes]:

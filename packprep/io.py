@@ -76,6 +76,13 @@ def release_pages(array: np.ndarray) -> None:
         backing.madvise(mmap.MADV_DONTNEED)
 
 
+def cache_root() -> Path:
+    """``$PACKPREP_CACHE``, else ``$XDG_CACHE_HOME/packprep``, else ``~/.cache/packprep``: facts worth keeping across runs."""
+    if os.environ.get("PACKPREP_CACHE"):
+        return Path(os.environ["PACKPREP_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "packprep"
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     """``np.save`` atomically (the ``.npy`` suffix is kept as given)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import importlib
 import json
 import os
 import re
@@ -342,9 +343,13 @@ def test_disk_full_while_writing_the_token_store(tmp_path, good_corpus, monkeypa
     assert_user_error(invoke(command, good_corpus, made, "-q"), made, "No space left on device")
 
 
-def test_disk_full_while_writing_shards(tmp_path, good_corpus, monkeypatch):
-    # Every shard array but the token memmap goes through _files.save_npy's `open`: fill the disk there.
-    monkeypatch.setattr(packprep.io, "open", open_that_fills_the_disk(64, only="shard-"), raising=False)
+@pytest.mark.parametrize("module, after_bytes", [("io", 64), ("formats.npy", 200)])
+def test_disk_full_while_writing_shards(tmp_path, good_corpus, monkeypatch, module, after_bytes):
+    # The token matrix is written through formats/npy.py's `open` (its 128-byte header here, its
+    # rows by a writer thread: 200 bytes fail there), every other shard array through
+    # io.save_npy's: fill the disk at either.
+    writer = importlib.import_module(f"packprep.{module}")
+    monkeypatch.setattr(writer, "open", open_that_fills_the_disk(after_bytes, only="shard-"), raising=False)
     made = tmp_path / "made"
     result = invoke("pack", good_corpus, made, "-q", "--seq-len", "16", "--shard-size", "2")
     assert_user_error(result, made, "No space left on device", "shard-")

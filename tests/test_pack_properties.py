@@ -300,3 +300,31 @@ def test_filling_in_chunks_equals_filling_at_once(case, data):
         out = np.full((r1 - r0, plan.seq_len), 12345, dtype=np.int64)
         fill_rows(plan, slice(r0, r1), tokens=tokens, offsets=offsets, sep_id=sep_id, pad_id=PAD_ID, out=out)
         assert np.array_equal(out, whole[r0:r1])
+
+
+@PROPERTY_SETTINGS
+@given(packing_inputs(), st.data())
+def test_filling_from_pieces_read_in_order_equals_filling_from_the_store(case, data):
+    """The shard writer reads each chunk's pieces back to back and fills from them (the
+    path without an index per token); the rows must be those filled from the store."""
+    plan = plan_for(case)
+    tokens, offsets = make_store(case["num_tokens"])
+    sep_id = SEP_ID if case["sep_len"] else None
+    r0 = data.draw(st.integers(0, plan.num_rows))
+    r1 = data.draw(st.integers(r0, plan.num_rows))
+    s0, s1 = int(plan.row_ptr[r0]), int(plan.row_ptr[r1])
+    doc, doc_offset, length = plan.seg_doc[s0:s1], plan.seg_doc_offset[s0:s1], plan.seg_length[s0:s1]
+    doc_tokens = offsets[doc + 1] - offsets[doc]
+    real = np.clip(doc_tokens - doc_offset, 0, length)
+    starts = offsets[doc] + np.minimum(doc_offset, doc_tokens)
+    piece_tokens = np.concatenate([tokens[a : a + n] for a, n in zip(starts, real)] + [tokens[:0]])
+    pieces = PackPlan(
+        seq_len=plan.seq_len, row_ptr=plan.row_ptr[r0 : r1 + 1] - s0, seg_start=plan.seg_start[s0:s1],
+        seg_length=length, seg_doc=np.arange(s1 - s0), seg_doc_offset=np.zeros(s1 - s0, dtype=np.int64),
+    )
+    out = np.full((r1 - r0, plan.seq_len), 12345, dtype=np.int64)
+    fill_rows(
+        pieces, slice(0, r1 - r0), tokens=piece_tokens, offsets=np.concatenate([[0], np.cumsum(real)]),
+        sep_id=sep_id, pad_id=PAD_ID, out=out,
+    )
+    assert np.array_equal(out, filled(plan, tokens, offsets, case["sep_len"])[r0:r1])

@@ -348,3 +348,15 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(PackprepError, match=r"pip install 'packprep\[ray\]'"):
         ray_engine.connect(None)
+
+
+def test_tokenize_parts_give_every_core_two_but_stay_above_the_minimum(tmp_path):
+    """A 55 MB file was one task on one core when tasks were 64 MB: parts now cover the cores."""
+    big = tmp_path / "big.jsonl"
+    with open(big, "wb") as fh:
+        fh.truncate(55_000_000)  # only its size is read
+    assert ray_engine.part_bytes([big], ray_tokenize.RANGE_BYTES, cpus=2) == 13_750_000
+    assert ray_engine.part_bytes([big], ray_tokenize.RANGE_BYTES, cpus=64) == ray_engine.MIN_PART_BYTES
+    assert ray_engine.part_bytes([big], ray_tokenize.RANGE_BYTES, cpus=1) == 27_500_000
+    assert ray_engine.part_bytes([big], 16 << 20, cpus=1) == 16 << 20  # never above the size asked for
+    assert ray_engine.part_bytes([big], 8 << 10, cpus=2) == 8 << 10  # a smaller size asked for stays

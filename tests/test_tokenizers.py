@@ -65,12 +65,39 @@ def test_cl100k_fingerprint_is_stable():
     # the cache key of every existing store: computing it faster must not change it
     expected = "613b7b10f38bfdf378cd7add609ff675f460e46a5beca8703b4ebe67e1f3dc0e"  # computed id by id before
     tok = load_tokenizer("cl100k", backend="tiktoken")
-    assert tok.fingerprint() == expected
+    assert tok.fingerprint() == expected and tok._digest() == expected  # the latter not from the facts cache
     fast = tok._tokens()
     assert len(fast) == 100256 + 5 and fast[-1] == (100276, b"<|endofprompt|>")
     # without tiktoken's private tables: the token-by-token path, same tokens, same digest
     tok._encoding = type("Public", (), {"decode_single_token_bytes": tok._encoding.decode_single_token_bytes})()
     assert tok._tokens() == fast and tok._digest() == expected
+
+
+def test_cl100k_facts_cached_so_tiktoken_is_not_loaded(tmp_path, monkeypatch):
+    """The second process learns vocab size, EOS and fingerprint from the facts file, without tiktoken's tables."""
+    import subprocess
+    import sys
+
+    from packprep.tokenizers import cl100k_facts
+
+    monkeypatch.setenv("PACKPREP_CACHE", str(tmp_path))
+    first = load_tokenizer("cl100k", eos_id=100258)  # computed from tiktoken, then written
+    key = cl100k_facts.facts_key()
+    assert cl100k_facts.read_facts(key)["fingerprints"] == {"eos=100258 bos=None": first.fingerprint()}
+    reference = load_tokenizer("cl100k")  # another pair: added beside the first
+    assert set(cl100k_facts.read_facts(key)["fingerprints"]) == {"eos=100258 bos=None", "eos=100257 bos=None"}
+    probe = (
+        "import sys; from packprep.tokenizers import load_tokenizer; t = load_tokenizer('cl100k', backend='tiktoken'); "
+        "print(t.fingerprint(), t.vocab_size, t.eos_id, 'tiktoken' in sys.modules); "
+        "print(t.encode_batch(['hello world'])[0].tolist(), 'tiktoken' in sys.modules)"
+    )
+    lines = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout.splitlines()
+    assert lines == [f"{reference.fingerprint()} 100277 100257 False", "[15339, 1917] True"]  # loaded when it encodes
+    cl100k_facts.facts_path(key).write_text("{not json")  # a broken file is computed again and replaced
+    assert load_tokenizer("cl100k").fingerprint() == reference.fingerprint()
+    assert cl100k_facts.read_facts(key)["n_vocab"] == 100277
+    with pytest.raises(PackprepError, match="not a token"):
+        load_tokenizer("cl100k", eos_id=100256)  # a gap in the ids: never from the facts
 
 
 def test_cl100k_aliases_overrides_and_fingerprint(cl100k):
@@ -224,7 +251,7 @@ def test_backend_choice_env_var_and_errors(monkeypatch):
     def missing():
         raise ImportError("No module named 'bpe_openai'")
 
-    monkeypatch.setattr(bpe_openai_backend, "bpe_openai_cl100k", missing)
+    monkeypatch.setattr(bpe_openai_backend, "require_bindings", missing)
     monkeypatch.setenv(tokenizers.BACKEND_ENV, "auto")
     assert type(load_tokenizer("cl100k")).__name__ == "TiktokenTokenizer"  # falls back
     monkeypatch.setenv(tokenizers.BACKEND_ENV, "bpe-openai")

@@ -137,7 +137,7 @@ def _tokenize_pooled(
 ) -> tuple[ReadSummary, str]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from packprep.corpus import corpus_fingerprint, corpus_root, source_parts
+    from packprep.corpus import corpus_fingerprint, corpus_root, iter_source_parts
     from packprep.engines.local_tokenize import RANGE_BYTES, tokenize_parts, worker_recipe
 
     # The workers read the corpus; this process, idle while they encode, digests it in a
@@ -145,7 +145,7 @@ def _tokenize_pooled(
     with ThreadPoolExecutor(1) as thread:
         digest = thread.submit(corpus_fingerprint, corpus, sources=sources) if fingerprint is None else None
         read = tokenize_parts(
-            source_parts(sources, RANGE_BYTES), corpus_root(corpus), writer, config=config,
+            iter_source_parts(sources, RANGE_BYTES), corpus_root(corpus), writer, config=config,
             recipe=worker_recipe(tokenizer, config), workers=workers, progress=advance,
         )
         fingerprint = digest.result() if digest is not None else fingerprint

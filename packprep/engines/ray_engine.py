@@ -48,7 +48,8 @@ class RayEngine:
     """:class:`packprep.engines.Backend` on Ray: the local engine's bytes, computed in tasks and actors.
 
     ``address``: None starts a local Ray, ``"auto"`` joins the running cluster. ``range_bytes``:
-    a plain ``.jsonl`` larger than this is read by several tasks, one per byte range of about this size.
+    a plain ``.jsonl`` larger than this is read by several tasks, one per byte range of at most
+    this size (smaller where the cluster's cores would otherwise not get two each: ``part_bytes``).
     """
 
     name = "ray"
@@ -66,19 +67,22 @@ class RayEngine:
         workers: int | None = None,
     ) -> tuple[DocStore, ReadSummary]:
         # ``workers`` is the local engine's: Ray places its tasks on the cluster's cores.
+        from concurrent.futures import ThreadPoolExecutor
+
         from packprep.corpus import corpus_fingerprint, corpus_root, source_parts
         from packprep.tokenizers import smallest_token_dtype
 
-        if fingerprint is None:
-            # The tasks read the corpus on other workers, in parallel: the digest (a stream over every
-            # file in order) is taken here, in a pass of its own.
-            fingerprint = corpus_fingerprint(corpus, sources=sources)
         ray = connect(self.address)
         dtype = smallest_token_dtype(tokenizer.vocab_size)
         blocks = work / BLOCKS_DIRNAME
         try:
-            parts = source_parts(sources, self.range_bytes)
-            summaries = run_blocks(ray, parts, corpus_root(corpus), blocks, config, dtype, reporter)
+            parts = source_parts(sources, part_bytes(sources, self.range_bytes, cpus=ray.cluster_resources().get("CPU", 1)))
+            # The tasks read the corpus on Ray's workers: the digest (a stream over every file in
+            # order) is taken here meanwhile, in a thread (hashlib and file reads release the GIL).
+            with ThreadPoolExecutor(1) as thread:
+                digest = thread.submit(corpus_fingerprint, corpus, sources=sources) if fingerprint is None else None
+                summaries = run_blocks(ray, parts, corpus_root(corpus), blocks, config, dtype, reporter)
+                fingerprint = digest.result() if digest is not None else fingerprint
             counts = {
                 "records": sum(s["records"] for s in summaries),
                 "dropped_empty": sum(s["dropped_empty"] for s in summaries),
@@ -124,6 +128,18 @@ class RayEngine:
         params: dict[str, Any], on_shard: Callable[[int, dict[str, Any]], None], on_rows: Callable[..., None],
     ) -> None:
         write_shards_on_ray(out, folder, store, jobs, params=params, on_shard=on_shard, address=self.address, on_rows=on_rows)
+
+
+# The smallest byte range part_bytes makes: the local engine's parts, whose start-up is alike.
+MIN_PART_BYTES = 4 << 20
+
+
+def part_bytes(sources: list[Path], range_bytes: int, *, cpus: float) -> int:
+    """The byte-range size for tokenize tasks: ``range_bytes`` at most, and small enough that each
+    of the cluster's ``cpus`` gets two ranges of the corpus (so a 55 MB file is not one task on
+    one core of many), but not under MIN_PART_BYTES, below which a task's start-up would show."""
+    total = sum(source.stat().st_size for source in sources if source.is_file())
+    return min(range_bytes, max(MIN_PART_BYTES, -(-total // max(1, int(2 * cpus)))))
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:

@@ -3,7 +3,8 @@
 One Ray task per corpus source (a file, or a saved HF dataset folder) reads and tokenizes
 it into a block store ``WORK/.blocks/<i>/`` (a small document store, written under
 ``<i>.tmp`` and renamed when complete). A plain ``.jsonl`` larger than ``RANGE_BYTES`` is
-cut at newlines into byte ranges of about that size, one task each (``corpus.source_parts``:
+cut at newlines into byte ranges of at most that size (``ray_engine.part_bytes``: two per
+core of the cluster, 4 MB at least), one task each (``corpus.source_parts``:
 the driver counts the newlines before each range, so document ids and error lines keep their
 absolute line numbers). The driver then concatenates the blocks in corpus order
 (``store.concatenate``): it sizes the final ``tokens.bin``/``doc_ids.bin`` and copy tasks
@@ -26,8 +27,8 @@ from packprep.progress import Reporter
 from packprep.store import DocStoreWriter
 
 _MAX_FIRST_ERRORS = 5
-# A plain .jsonl above this size becomes several tokenize tasks of about this size: large
-# enough that a task's start-up (loading the tokenizer) is small beside its work.
+# A plain .jsonl above this size becomes several tokenize tasks of at most this size (fewer
+# cores than parts: large enough that a task's start-up is small beside its work).
 RANGE_BYTES = 64 << 20
 
 
@@ -97,7 +98,9 @@ def _tokenize_block(
     counters = ReadCounters()
     summary: dict[str, Any] = {"error": None, "dropped_empty": 0, "num_documents": 0, "num_tokens": 0}
     try:
-        tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id)
+        # One process: Ray gives this task one CPU and runs one task per CPU (bpe-openai would
+        # otherwise start encoder processes of its own inside every task).
+        tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=1)
         documents = read_source(
             Path(source), Path(root), text_field=config.text_field, id_field=config.id_field, on_error=config.on_error,
             counters=counters, byte_range=span,

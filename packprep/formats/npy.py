@@ -21,17 +21,20 @@ Positions of a row after its last segment are padding. Every array is a plain
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import json
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packprep.io import atomic_path, load_json, release_pages, replace_durably, save_json, save_npy, sha256_file
+from packprep.io import atomic_path, load_json, save_json, save_npy, sha256_file
 from packprep.stages.pack import PackPlan, fill_rows, piece_token_spans
 
 FORMAT_NAME = "packprep-npy"
@@ -47,7 +50,7 @@ _SEGMENT_DTYPES = {
     "seg_doc": np.int64,
     "seg_doc_offset": np.int64,
 }
-_FILL_CHUNK_TOKENS = 1 << 19  # rows filled per chunk (~512K tokens): bounds the index arrays and the store pages mapped at once
+_FILL_CHUNK_TOKENS = 1 << 19  # rows filled per chunk (~512K tokens): bounds the two row buffers and the index arrays
 
 
 def default_rows_per_shard(seq_len: int, dtype: np.dtype, target_bytes: int = 256 << 20) -> int:
@@ -78,31 +81,40 @@ def write_shard(
     """Write rows ``rows`` of ``plan`` as shard ``index``; return its manifest entry.
 
     ``read_spans(starts, lengths)`` returns store tokens (``DocStore.read_spans``);
-    ``offsets`` are the store's document offsets. The token matrix is filled in place
-    in a ``.npy`` memmap (never whole in RAM), a chunk of rows at a time, each chunk
-    reading just the token spans its pieces hold; each file is written under a
-    temporary name first.
+    ``offsets`` are the store's document offsets. The token matrix is filled a chunk of
+    rows at a time (never whole in RAM), each chunk reading just the token spans its
+    pieces hold, and written behind its ``.npy`` header in order; each file is written
+    under a temporary name first.
     """
     name = shard_name(index)
     num_rows = rows.stop - rows.start
     path = shard_file(out, name, "input_ids")
-    tmp = path.with_name(path.name + ".tmp")
-    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(num_rows, plan.seq_len))
-    _reserve(tmp)
     chunk = max(1, _FILL_CHUNK_TOKENS // plan.seq_len)
-    for r in range(rows.start, rows.stop, chunk):
-        r_end = min(r + chunk, rows.stop)
-        pieces, tokens, piece_offsets = _chunk_pieces(plan, r, r_end, read_spans=read_spans, offsets=offsets)
-        fill_rows(
-            pieces, slice(0, r_end - r), tokens=tokens, offsets=piece_offsets, sep_id=sep_id, pad_id=pad_id,
-            out=matrix[r - rows.start : r_end - rows.start],
-        )
-        release_pages(matrix)
-        if on_rows:
-            on_rows(r_end - r)
-    matrix.flush()
-    del matrix
-    replace_durably(tmp, path)
+    # Rows are filled into two buffers in turn while a thread writes and hashes the other
+    # (file writes and sha256 release the GIL): no memory map to flush chunk by chunk, and
+    # no reading the matrix back for its checksum (together ~0.4 s per 100 MB, on one core).
+    buffers = [np.empty((min(chunk, num_rows), plan.seq_len), dtype=dtype) for _ in range(2)]
+    header = _npy_header(dtype, (num_rows, plan.seq_len))
+    digest = hashlib.sha256(header)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(1) as thread:
+        fh.write(header)
+        _reserve(fh, len(header) + num_rows * plan.seq_len * np.dtype(dtype).itemsize, tmp)
+        written: list[Future | None] = [None, None]
+        for turn, r in enumerate(range(rows.start, rows.stop, chunk)):
+            r_end = min(r + chunk, rows.stop)
+            if written[turn % 2] is not None:
+                written[turn % 2].result()  # that buffer is free again
+            block = buffers[turn % 2][: r_end - r]
+            pieces, tokens, piece_offsets = _chunk_pieces(plan, r, r_end, read_spans=read_spans, offsets=offsets)
+            fill_rows(pieces, slice(0, r_end - r), tokens=tokens, offsets=piece_offsets, sep_id=sep_id, pad_id=pad_id, out=block)
+            written[turn % 2] = thread.submit(_write_and_hash, fh, digest, block)
+            if on_rows:
+                on_rows(r_end - r)
+        for future in written:
+            if future is not None:
+                future.result()
+        fh.flush()
+    checksums = {"input_ids": digest.hexdigest()}
 
     s0, s1 = int(plan.row_ptr[rows.start]), int(plan.row_ptr[rows.stop])
     arrays = {"row_ptr": plan.row_ptr[rows.start : rows.stop + 1] - s0}
@@ -110,7 +122,9 @@ def write_shard(
         arrays[key] = getattr(plan, key)[s0:s1].astype(dt)
     for key, array in arrays.items():
         save_npy(shard_file(out, name, key), array)
-    files = {key: {"path": shard_file(out, name, key).name, "sha256": sha256_file(shard_file(out, name, key))} for key in SHARD_ARRAYS}
+    for key in SEGMENT_ARRAYS:
+        checksums[key] = sha256_file(shard_file(out, name, key))
+    files = {key: {"path": shard_file(out, name, key).name, "sha256": checksums[key]} for key in SHARD_ARRAYS}
     return {"name": name, "rows": num_rows, "segments": s1 - s0, "files": files}
 
 
@@ -140,17 +154,31 @@ def _chunk_pieces(
     return pieces, tokens, piece_offsets
 
 
-def _reserve(path: Path) -> None:
-    """Allocate the file's blocks now: on a full disk this raises ENOSPC here, where writes
-    through the memory map would instead kill the process with SIGBUS."""
+def _write_and_hash(fh: Any, digest: Any, block: np.ndarray) -> None:
+    data = memoryview(block).cast("B")
+    fh.write(data)
+    digest.update(data)
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, int]) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for a C-order array of ``shape`` and ``dtype``."""
+    header = io.BytesIO()
+    format_1_0 = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(header, format_1_0)
+    return header.getvalue()
+
+
+def _reserve(fh: Any, size: int, path: Path) -> None:
+    """Allocate the file's ``size`` bytes now: on a full disk this raises ENOSPC here, before
+    any row is filled."""
     if hasattr(os, "posix_fallocate"):
-        with open(path, "r+b") as fh:
-            try:
-                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
-            except OSError as err:
-                if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
-                # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; writes stay lazy.
+        fh.flush()
+        try:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(err.errno, os.strerror(err.errno), str(path)) from None
+            # EOPNOTSUPP/EINVAL: the filesystem cannot preallocate; writes stay lazy.
 
 
 def save_journal(out: Path, key: str, shards: list[dict[str, Any]]) -> None:

@@ -323,6 +323,37 @@ def permute_rows(plan: PackPlan, row_order: np.ndarray) -> PackPlan:
     )
 
 
+def _fill_in_order(
+    flat: np.ndarray, dst: np.ndarray, length: np.ndarray, doc: np.ndarray, doc_offset: np.ndarray,
+    num_tokens: np.ndarray, *, tokens: np.ndarray, offsets: np.ndarray, sep_id: int | None,
+) -> bool:
+    """:func:`fill_rows` without an index per token, when it applies; False (nothing written) when not.
+
+    It applies when the pieces' real tokens lie back to back in ``tokens`` in segment order
+    and the segments go forward through ``flat``: then the real tokens, read in order, fill
+    exactly the positions a run mask marks, in order (one boolean pass instead of five int64
+    index arrays: ~4x faster). The shard writer's pieces (``formats.npy``: every piece a
+    document of its own) always qualify.
+    """
+    real = np.clip(num_tokens - doc_offset, 0, length)
+    src = offsets[doc] + np.minimum(doc_offset, num_tokens)
+    end = dst + length
+    if not (np.array_equal(src[1:], src[:-1] + real[:-1]) and np.all(dst[1:] >= end[:-1])):
+        return False
+    is_sep = real < length
+    if is_sep.any() and sep_id is None:
+        raise ValueError("plan has separator positions but no sep_id was given")
+    # Runs of the mask: a gap (padding, a separator or nothing) before each piece, then its real tokens.
+    gaps = dst - np.concatenate([[0], dst[:-1] + real[:-1]])
+    runs = np.empty(2 * len(dst) + 1, dtype=np.int64)
+    runs[0:-1:2], runs[1:-1:2], runs[-1] = gaps, real, len(flat) - (dst[-1] + real[-1])
+    mask = np.repeat(np.tile(np.array([False, True]), len(dst) + 1)[: len(runs)], runs)
+    flat[mask] = tokens[src[0] : src[0] + int(real.sum())]
+    if is_sep.any():  # a piece's positions past its real tokens are the separator
+        flat[concat_ranges((dst + real)[is_sep], (length - real)[is_sep])] = sep_id
+    return True
+
+
 def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + c)`` for each pair, vectorised."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -370,6 +401,9 @@ def fill_rows(
     doc = plan.seg_doc[s0:s1]
     doc_offset = plan.seg_doc_offset[s0:s1]
     num_tokens = offsets[doc + 1] - offsets[doc]
+    if _fill_in_order(out.reshape(-1), seg_rows * seq_len + plan.seg_start[s0:s1], length, doc, doc_offset, num_tokens,
+                      tokens=tokens, offsets=offsets, sep_id=sep_id):
+        return
 
     position_in_doc = concat_ranges(doc_offset, length)
     dst = concat_ranges(seg_rows * seq_len + plan.seg_start[s0:s1], length)

