@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a local Ray, like tests/test_ray_engine.py: make test-fast leaves it out
+pytestmark = pytest.mark.slow  # starts a local Ray, like tests/engines/test_ray_engine.py: make test-fast leaves it out
 ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
 
 from packprep.config import PackConfig  # noqa: E402

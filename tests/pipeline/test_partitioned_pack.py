@@ -47,7 +47,7 @@ def test_partition_docs_must_not_be_negative():
         PackConfig(strategy="icp", partition_docs=-1)
 
 
-@pytest.mark.slow  # a SIGKILLed CLI run and its rerun, like tests/test_resume.py
+@pytest.mark.slow  # a SIGKILLed CLI run and its rerun, like tests/pipeline/test_resume.py
 @pytest.mark.parametrize("strategy", ["icp", "cluster"])
 def test_a_driver_killed_after_two_partitions_resumes_them_and_writes_the_clean_bytes(store_path, tmp_path, strategy):
     clean = pack(store_path, tmp_path / "clean", config=PackConfig(strategy=strategy, partition_docs=8, **OPTIONS), embed_config=EMBED)
@@ -103,7 +103,7 @@ def test_each_part_of_the_order_is_packed_on_its_own_and_cut_into_its_own_shards
     assert not (out / "pack.partial").exists()
 
 
-@pytest.mark.slow  # SIGKILLed CLI runs and their reruns, like tests/test_resume.py
+@pytest.mark.slow  # SIGKILLed CLI runs and their reruns, like tests/pipeline/test_resume.py
 def test_a_driver_killed_after_two_packed_parts_resumes_them_and_writes_the_clean_bytes(store_path, tmp_path):
     clean = pack(store_path, tmp_path / "clean", config=PackConfig(strategy="cluster", packing="bestfit", partition_docs=8, **OPTIONS), embed_config=EMBED)
     out = tmp_path / "out"
