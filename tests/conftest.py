@@ -1,4 +1,13 @@
-"""Tiny corpora made in the tests, so every test runs offline and fast."""
+"""Tiny corpora made in the tests, so every test runs offline and fast.
+
+Where a test goes: tests/ mirrors packprep/. A file that mainly tests one package's code sits in
+the folder of that package (tests/stages/ for packprep/stages/, likewise tokenizers/, engines/,
+pipeline/, formats/, store/, verify/); tests of a top-level module (cli, corpus, io, recipe,
+torch) and of the whole tool (readme, examples, golden output, import graph, determinism, edge
+corpora, bad input) stay in tests/ itself. Each folder is a package (an empty __init__.py). A
+test file never imports another test file: what two of them share lives here (fixtures, corpora)
+or in tests/helpers.py (REPO_ROOT, the tokenizer trained here, the partitioned store).
+"""
 
 from __future__ import annotations
 
@@ -34,7 +43,8 @@ def _import_or_fail(modname: str, *args, **kwargs):
 
 
 # A test that starts Ray has "ray" as a word of its file or function name (test_ray_engine.py,
-# test_golden_ray_engine): the scheduler below runs all of them on one worker.
+# test_golden_ray_engine), in whichever folder of tests/ (only the file's stem is read): the
+# scheduler below runs all of them on one worker.
 _STARTS_RAY = re.compile(r"(?:^|_)ray(?:_|$)")
 
 

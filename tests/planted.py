@@ -1,4 +1,4 @@
-"""Planted near-duplicates for the dedup test and benchmark (tests/test_dedup.py, benchmarks/bench_dedup.py).
+"""Planted near-duplicates for the dedup test and benchmark (tests/stages/test_dedup.py, benchmarks/bench_dedup.py).
 
 Two kinds of copy, as issue 12 describes them:
 - formatting: the same words re-cased (all lower, all upper, or some words capitalised or

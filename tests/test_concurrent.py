@@ -18,8 +18,8 @@ import pytest
 
 from packprep.io import OWNER_NAME
 from tests.conftest import make_documents, write_jsonl
+from tests.helpers import REPO_ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKPREP = [sys.executable, "-m", "packprep.cli"]
 
 

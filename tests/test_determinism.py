@@ -14,7 +14,7 @@ from packprep.io import load_json
 from packprep.tokenizers.bpe_openai import _PARALLEL_MIN_CHARS
 from packprep.corpus import corpus_fingerprint
 from tests.conftest import make_documents, write_jsonl
-from tests.test_resume import REPO, output_digest
+from tests.helpers import REPO_ROOT as REPO, output_digest
 
 PACKPREP = [sys.executable, "-m", "packprep.cli"]
 

@@ -23,9 +23,8 @@ pytest.importorskip("torch")
 from packprep import PackedDataset, pack  # noqa: E402
 from packprep.config import PackConfig, TokenizeConfig  # noqa: E402
 from tests.conftest import make_documents, write_jsonl  # noqa: E402
-from tests.test_tokenizers import make_hf_tokenizer  # noqa: E402
+from tests.helpers import REPO_ROOT as ROOT, make_hf_tokenizer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 STEP_LINE = re.compile(r"^step\s+(\d+)\s+loss\s+(\S+)$", re.M)
 
 

@@ -24,10 +24,10 @@ import pytest
 from packprep.config import EmbedConfig, PackConfig, TokenizeConfig
 from packprep.engines import Engine
 from packprep.pipeline import pack, tokenize
+from tests.helpers import EXAMPLES_CORPUS, REPO_ROOT
 
-HERE = Path(__file__).parent
-CORPUS = HERE / "golden" / "corpus"
-HASHES = HERE / "golden" / "hashes.json"
+CORPUS = REPO_ROOT / "tests" / "golden" / "corpus"
+HASHES = REPO_ROOT / "tests" / "golden" / "hashes.json"
 UPDATE = os.environ.get("PACKPREP_UPDATE_GOLDEN") == "1"
 
 STRATEGIES = ("random", "eos", "cluster", "icp")
@@ -135,7 +135,7 @@ def test_golden_ray_engine(tmp_path):
 @pytest.mark.parametrize("packing", PACKINGS)
 def test_golden_examples_corpus(packing, fmt, tmp_path):
     """The whole examples/corpus (2,923 documents, eos): the shipped corpus itself."""
-    examples = HERE.parent / "examples" / "corpus"
+    examples = EXAMPLES_CORPUS
     out = tmp_path / "out"
     pack(examples, out, config=PackConfig(strategy="eos", packing=packing, seq_len=2048), format=fmt)
     check(f"examples-eos-{packing}-{fmt}", folder_hashes(out, replace={str(examples): "<examples>", str(tmp_path): "<tmp>"}))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT as ROOT
 
 
 def load_tool():

@@ -22,7 +22,7 @@ from packprep import PackedDataset, pack  # noqa: E402
 from packprep.config import PackConfig, TokenizeConfig  # noqa: E402
 from packprep.torch import additive_mask, collate_block_mask, collate_position_ids  # noqa: E402
 from tests.conftest import write_jsonl  # noqa: E402
-from tests.test_tokenizers import TRAIN_TEXTS, make_hf_tokenizer  # noqa: E402
+from tests.helpers import TRAIN_TEXTS, make_hf_tokenizer  # noqa: E402
 
 VOCAB = 300  # >= the tiny tokenizer's vocabulary
 ATOL = 1e-5

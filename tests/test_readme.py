@@ -18,8 +18,8 @@ import typer
 from packprep.cli import app
 from packprep.config import PackConfig
 from packprep.pipeline import pack
+from tests.helpers import REPO_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 

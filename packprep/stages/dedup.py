@@ -194,7 +194,7 @@ def minhash_signatures(
     then splitmix64); permutation p keeps the top 32 bits of the smallest ``a_p * h mod
     2**64`` with a random odd ``a_p``: multiplicative hashing (Dietzfelbinger et al.) in
     wrapping uint64 arithmetic, which numpy does natively, with no modular reduction and
-    no Python loop per item. ``tests/test_dedup.py`` checks the estimates are unbiased
+    no Python loop per item. ``tests/stages/test_dedup.py`` checks the estimates are unbiased
     against the true Jaccard. Documents shorter than ``shingle`` are one shingle; empty
     documents get an all-0xFFFFFFFF signature that :func:`near_duplicates` ignores.
     """

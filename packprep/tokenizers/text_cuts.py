@@ -32,7 +32,7 @@ comes before or after:
 ``unicodedata`` may be an older Unicode than the tokenizer's Rust regex, so a character it
 does not know (category Cn, or a surrogate) is never beside a cut: a letter assigned since
 would turn a "letter, then not a letter" cut into the middle of a word.
-``tests/test_text_cuts.py`` checks every allowed cut of adversarial texts against the whole
+``tests/tokenizers/test_text_cuts.py`` checks every allowed cut of adversarial texts against the whole
 encode, on both cl100k backends.
 """
 

@@ -12,6 +12,7 @@ import pytest
 from packprep.errors import PackprepError
 from packprep.stages import embed, model_files
 from packprep.stages.embed import DEFAULT_MODEL, embed_documents, embed_texts, first_tokens_text, load_embedder
+from tests.helpers import PAIRED_TEXTS
 
 TEXTS = [
     "Cats sleep.",
@@ -22,17 +23,6 @@ TEXTS = [
     "The goalkeeper saved a penalty in the final minute.",
     "",
     "Rust's borrow checker rejects programs that would alias mutable state, which prevents data races at compile time.",
-]
-
-
-# Two similar pairs, each next to an unrelated sentence: (0, 1) vs 2 and (3, 4) vs 5.
-PAIRED_TEXTS = [
-    "A man is playing the guitar on stage.",
-    "Someone is strumming a guitar at a concert.",
-    "The quarterly earnings report disappointed investors.",
-    "How do I reset my password?",
-    "I forgot my login password and need to change it.",
-    "Volcanoes erupt when magma rises through the crust.",
 ]
 
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from packprep.stages.knn_lists import exact_knn, list_search, nearest_centroids, plan_lists, spherical_kmeans
+from tests.helpers import REPO_ROOT
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
@@ -68,7 +69,6 @@ def test_same_graph_for_any_thread_count():
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     script = (
         "import hashlib, numpy as np\n"
@@ -82,7 +82,7 @@ def test_same_graph_for_any_thread_count():
     digests = []
     for threads in ("1", "2"):
         env = {**os.environ, **{v: threads for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")}}
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])  # this checkout, not an installed copy
+        env["PYTHONPATH"] = str(REPO_ROOT)  # this checkout, not an installed copy
         run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=True)
         digests.append(run.stdout.strip())
     assert len(digests[0]) == 40 and digests[0] == digests[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -18,47 +17,7 @@ from packprep.config import EmbedConfig, PackConfig
 from packprep.inspect import compute_stats
 from packprep.pipeline import pack, tokenize
 from tests.conftest import write_jsonl
-
-TOPICS = {
-    "astronomy": [
-        "The telescope resolved two faint galaxies behind the nebula.",
-        "Astronomers measured the redshift of a distant quasar.",
-        "The orbit of the comet brings it near the Sun every 76 years.",
-        "Saturn's rings are made of ice and rock fragments.",
-    ],
-    "cooking": [
-        "Knead the dough for ten minutes, then let it rise until doubled.",
-        "Simmer the tomato sauce with garlic, basil and olive oil.",
-        "Whisk the eggs with sugar before folding in the flour.",
-        "Roast the vegetables at high heat until they caramelise.",
-    ],
-    "football": [
-        "The striker scored twice in the second half of the match.",
-        "The goalkeeper saved a penalty in the final minute.",
-        "The coach changed the formation after the defender was sent off.",
-        "Fans filled the stadium for the derby against their rivals.",
-    ],
-    "finance": [
-        "The central bank raised interest rates to curb inflation.",
-        "Bond yields fell as investors sought safer assets.",
-        "The company's quarterly earnings beat analysts' expectations.",
-        "Stock markets slid after the weak employment report.",
-    ],
-}
-
-
-def labelled_corpus(folder: Path, per_topic: int = 10, seed: int = 0) -> tuple[Path, dict[str, str]]:
-    rng = random.Random(seed)
-    records, topic_of = [], {}
-    for topic, sentences in TOPICS.items():
-        for i in range(per_topic):
-            doc_id = f"{topic}-{i}"
-            text = " ".join(rng.sample(sentences, k=3)) + f" Note {i}: " + rng.choice(sentences)
-            records.append({"id": doc_id, "text": text})
-            topic_of[doc_id] = topic
-    rng.shuffle(records)
-    return write_jsonl(folder / "labelled.jsonl", records), topic_of
-
+from tests.helpers import labelled_corpus
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, dict[str, str]]:

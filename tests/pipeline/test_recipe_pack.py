@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from packprep import PackedDataset
 from packprep.cli import app
 from packprep.verify import verify_output
+from tests.helpers import REPO_ROOT as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "examples" / "corpus"
 runner = CliRunner()
 

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a local Ray, like tests/test_ray_engine.py: make test-fast leaves it out
+pytestmark = pytest.mark.slow  # starts a local Ray, like tests/engines/test_ray_engine.py: make test-fast leaves it out
 ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
 
 from packprep.config import PackConfig  # noqa: E402
 from packprep.engines import Engine, ray_order  # noqa: E402
 from packprep.pipeline import pack  # noqa: E402
-from tests.test_partitioned_pack import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO, cli_options, shard_bytes, store_path  # noqa: E402,F401
+from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, shard_bytes, store_path  # noqa: E402,F401 (store_path: a fixture)
 
 RAY = Engine("ray")
 

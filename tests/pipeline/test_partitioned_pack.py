@@ -11,29 +11,10 @@ import numpy as np
 import pytest
 
 from packprep import PackedDataset
-from packprep.io import sha256_file
-from packprep.config import EmbedConfig, PackConfig
-from packprep.pipeline import pack, tokenize
-from packprep.pipeline.semantic import embed
+from packprep.config import PackConfig
+from packprep.pipeline import pack
 from packprep.progress import SilentReporter
-from tests.conftest import make_documents, write_jsonl
-
-REPO = Path(__file__).resolve().parents[1]
-EMBED = EmbedConfig(embed_tokens=32)  # short inputs keep MiniLM quick; the order does not care
-OPTIONS = dict(seq_len=128, seed=3, dedup=False, semantic_threshold=0.0, rows_per_shard=4)
-
-
-@pytest.fixture(scope="module")
-def store_path(tmp_path_factory) -> Path:
-    """48 documents, tokenized and embedded once; every test packs from this store."""
-    folder = tmp_path_factory.mktemp("partitioned")
-    store = tokenize(write_jsonl(folder / "corpus" / "docs.jsonl", make_documents(48, seed=5)), folder / "store")
-    embed(store, config=EMBED)
-    return store.path
-
-
-def shard_bytes(out: Path) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name.startswith(("shard-", "doc_"))}
+from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, shard_bytes, store_path  # noqa: F401 (store_path: a fixture)
 
 
 def packed_order(out: Path) -> list[int]:
@@ -66,25 +47,7 @@ def test_partition_docs_must_not_be_negative():
         PackConfig(strategy="icp", partition_docs=-1)
 
 
-# SIGKILL of the driver right after it journaled its second partition: a real kill, at a known point.
-KILLED_AFTER_TWO = [
-    sys.executable, "-c",
-    "import os, signal, packprep.pipeline.ordering as f\n"
-    "real = f.OrderJournal.finish\n"
-    "def finish(self, p, part):\n"
-    "    real(self, p, part)\n"
-    "    if len(self.finished) == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
-    "f.OrderJournal.finish = finish\n"
-    "from packprep.cli import main; main()",
-]
-
-
-def cli_options(strategy: str) -> list[str]:
-    return ["--strategy", strategy, "--seq-len", "128", "--seed", "3", "--no-dedup", "--semantic-threshold", "0",
-            "--shard-size", "4", "--embed-tokens", "32", "--partition-docs", "8"]
-
-
-@pytest.mark.slow  # a SIGKILLed CLI run and its rerun, like tests/test_resume.py
+@pytest.mark.slow  # a SIGKILLed CLI run and its rerun, like tests/pipeline/test_resume.py
 @pytest.mark.parametrize("strategy", ["icp", "cluster"])
 def test_a_driver_killed_after_two_partitions_resumes_them_and_writes_the_clean_bytes(store_path, tmp_path, strategy):
     clean = pack(store_path, tmp_path / "clean", config=PackConfig(strategy=strategy, partition_docs=8, **OPTIONS), embed_config=EMBED)
@@ -140,20 +103,7 @@ def test_each_part_of_the_order_is_packed_on_its_own_and_cut_into_its_own_shards
     assert not (out / "pack.partial").exists()
 
 
-# SIGKILL of the driver right after it journaled its second packed part.
-KILLED_AFTER_TWO_PARTS = [
-    sys.executable, "-c",
-    "import os, signal, packprep.pipeline.pack_parts as f\n"
-    "real = f.PackJournal.finish\n"
-    "def finish(self, summary):\n"
-    "    real(self, summary)\n"
-    "    if len(self.parts) == 2: os.kill(os.getpid(), signal.SIGKILL)\n"
-    "f.PackJournal.finish = finish\n"
-    "from packprep.cli import main; main()",
-]
-
-
-@pytest.mark.slow  # SIGKILLed CLI runs and their reruns, like tests/test_resume.py
+@pytest.mark.slow  # SIGKILLed CLI runs and their reruns, like tests/pipeline/test_resume.py
 def test_a_driver_killed_after_two_packed_parts_resumes_them_and_writes_the_clean_bytes(store_path, tmp_path):
     clean = pack(store_path, tmp_path / "clean", config=PackConfig(strategy="cluster", packing="bestfit", partition_docs=8, **OPTIONS), embed_config=EMBED)
     out = tmp_path / "out"

@@ -7,7 +7,6 @@ interrupted with SIGINT as Ctrl-C would.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -20,8 +19,8 @@ import pytest
 pytestmark = pytest.mark.slow  # SIGKILLed CLI runs and their reruns: make test-fast leaves it out
 
 from packprep.io import load_json, sha256_file
+from tests.helpers import EXAMPLES_CORPUS, REPO_ROOT as REPO, output_digest
 
-REPO = Path(__file__).resolve().parents[1]
 PACKPREP = [sys.executable, "-m", "packprep.cli"]
 # Small shards (~200 of them): a kill or Ctrl-C lands between shards with time to spare,
 # even on a fast machine where writing all shards takes a fraction of a second.
@@ -32,7 +31,7 @@ PACK_OPTIONS = ["--strategy", "eos", "--seq-len", "256", "--shard-size", "16", "
 def corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
     for name in ("part-00.jsonl.gz", "part-01.jsonl.gz"):
-        shutil.copy(REPO / "examples" / "corpus" / name, folder / name)
+        shutil.copy(EXAMPLES_CORPUS / name, folder / name)
     return folder
 
 
@@ -41,15 +40,6 @@ def clean_output(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clean") / "out"
     subprocess.run([*PACKPREP, "pack", str(corpus), str(out), *PACK_OPTIONS, "--quiet"], check=True, cwd=REPO)
     return out
-
-
-def output_digest(out: Path) -> dict[str, str]:
-    """sha256 of every output file, plus the manifest without the fields that name folders."""
-    digest = {p.name: sha256_file(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != "manifest.json"}
-    manifest = load_json(out / "manifest.json")
-    manifest.pop("source")
-    digest["manifest.json"] = json.dumps(manifest, sort_keys=True)
-    return digest
 
 
 def kill_when(command: list[str], trigger: Path, *, timeout: float = 120.0) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 
@@ -27,9 +26,9 @@ from packprep.stages.dedup import (
     text_signatures,
 )
 from packprep.stages.shingles import normalize_text, shingle_hashes, word_hashes
+from tests.helpers import EXAMPLES_CORPUS as EXAMPLES
 from tests.planted import formatting_copy, plant
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "corpus"
 
 
 def test_normalised_hash_ignores_unicode_form_case_and_whitespace_but_not_punctuation():

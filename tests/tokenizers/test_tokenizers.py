@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from packprep.errors import PackprepError
 from packprep.tokenizers import CL100K_PATTERN, load_tokenizer, smallest_token_dtype
+from tests.helpers import EXAMPLES_CORPUS as EXAMPLES, make_hf_tokenizer
 
 # ---------------------------------------------------------------- cl100k
 
@@ -115,7 +116,6 @@ def test_cl100k_aliases_overrides_and_fingerprint(cl100k):
 
 # ---------------------------------------------------------------- cl100k on bpe-openai
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "corpus"
 VARIED_TEXTS = [
     "",
     "def f(x):\n    return {'a': [x**2 for x in range(10)]}  # comment\n\n\tif x != y: pass\r\n",
@@ -286,30 +286,7 @@ def test_store_is_the_same_whichever_backend_encoded_it(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- tokenizer.json
-
-TRAIN_TEXTS = ["the cat sat on the mat", "the dog ate the bone", "a cat and a dog"]
-
-
-def make_hf_tokenizer(folder: Path, *, config: dict | None = None, vocab_size: int = 300) -> Path:
-    """A byte-level BPE trained on three sentences: <s> = 0, </s> = 1."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(TRAIN_TEXTS * 10, trainer=trainer)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    if config is not None:
-        (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder / "tokenizer.json"
-
+# (trained by tests/helpers.make_hf_tokenizer, which the trainer tests use too)
 
 @pytest.fixture(scope="module")
 def hf_path(tmp_path_factory) -> Path:

@@ -36,8 +36,7 @@ from packprep.stages.static_embed import (
     model2vec_vocabulary,
     static_fingerprint,
 )
-from tests.test_embed import PAIRED_TEXTS
-from tests.test_semantic import TOPICS, labelled_corpus
+from tests.helpers import PAIRED_TEXTS, TOPICS, labelled_corpus
 
 TEXTS = PAIRED_TEXTS  # the same pairs MiniLM is tested on
 SPECIALS = [0, 100, 101, 102, 103]  # [PAD] [UNK] [CLS] [SEP] [MASK]
