@@ -31,6 +31,21 @@ def config(strategy: str, packing: str = "split") -> PackConfig:
     return PackConfig(strategy=strategy, packing=packing, partition_docs=8, **OPTIONS)
 
 
+def dies_once(real, *, argument: int, equal_to: int, marker):
+    """``real``, wrapped so the Ray worker running it dies the first time its positional
+    ``argument`` equals ``equal_to`` (as on a lost node or an OOM kill); ``marker`` records that it did."""
+
+    def wrapper(*args):
+        import os
+
+        if args[argument] == equal_to and not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return real(*args)
+
+    return wrapper
+
+
 @pytest.mark.parametrize(("strategy", "packing"), [("icp", "split"), ("icp", "bestfit"), ("cluster", "split"), ("cluster", "bestfit")])
 def test_partitions_on_ray_write_the_local_bytes(store_path, tmp_path, strategy, packing):
     local = pack(store_path, tmp_path / "local", config=config(strategy, packing), embed_config=EMBED)
@@ -41,17 +56,7 @@ def test_partitions_on_ray_write_the_local_bytes(store_path, tmp_path, strategy,
 
 def test_a_worker_killed_mid_partition_is_retried_and_the_bytes_are_the_same(store_path, tmp_path, monkeypatch):
     marker = tmp_path / "crashed-once"
-    real = ray_order.order_part
-
-    def dies_once_in_partition_1(p, *args):
-        import os
-
-        if p == 1 and not marker.exists():
-            marker.touch()
-            os._exit(1)  # the worker process dies mid-task, as on a lost node or an OOM kill
-        return real(p, *args)
-
-    monkeypatch.setattr(ray_order, "order_part", dies_once_in_partition_1)
+    monkeypatch.setattr(ray_order, "order_part", dies_once(ray_order.order_part, argument=0, equal_to=1, marker=marker))
     local = pack(store_path, tmp_path / "local", config=config("icp"), embed_config=EMBED)
     on_ray = pack(store_path, tmp_path / "ray", config=config("icp"), embed_config=EMBED, engine=RAY)
     assert marker.exists()
@@ -98,17 +103,7 @@ def test_a_worker_killed_while_writing_a_shard_is_retried_and_the_bytes_are_the_
     from packprep.engines import ray_pack
 
     marker = tmp_path / "crashed-once"
-    real = ray_pack.write_shard_task
-
-    def dies_once_in_shard_2(out, index, *args):
-        import os
-
-        if index == 2 and not marker.exists():
-            marker.touch()
-            os._exit(1)
-        return real(out, index, *args)
-
-    monkeypatch.setattr(ray_pack, "write_shard_task", dies_once_in_shard_2)
+    monkeypatch.setattr(ray_pack, "write_shard_task", dies_once(ray_pack.write_shard_task, argument=1, equal_to=2, marker=marker))
     local = pack(store_path, tmp_path / "local", config=config("icp", "bestfit"), embed_config=EMBED)
     on_ray = pack(store_path, tmp_path / "ray", config=config("icp", "bestfit"), embed_config=EMBED, engine=RAY)
     assert marker.exists()
@@ -150,17 +145,7 @@ def test_a_worker_killed_while_packing_a_part_is_retried_and_the_bytes_are_the_s
     from packprep.engines import ray_pack
 
     marker = tmp_path / "crashed-once"
-    real = ray_pack.pack_part_task
-
-    def dies_once_in_part_1(folder, part, *args):
-        import os
-
-        if part == 1 and not marker.exists():
-            marker.touch()
-            os._exit(1)
-        return real(folder, part, *args)
-
-    monkeypatch.setattr(ray_pack, "pack_part_task", dies_once_in_part_1)
+    monkeypatch.setattr(ray_pack, "pack_part_task", dies_once(ray_pack.pack_part_task, argument=1, equal_to=1, marker=marker))
     local = pack(store_path, tmp_path / "local", config=config("cluster", "bestfit"), embed_config=EMBED)
     on_ray = pack(store_path, tmp_path / "ray", config=config("cluster", "bestfit"), embed_config=EMBED, engine=RAY)
     assert marker.exists()
