@@ -44,6 +44,7 @@ RANGE_BYTES = 4 << 20
 _AHEAD = 2  # parts sent to a worker before its first comes back: it never waits for this process
 _QUEUED_REPLIES = 16  # batches this process holds per worker (~8 MB of text each) before the worker waits
 _MAX_FIRST_ERRORS = 5
+_EXIT_GRACE_S = 10  # how long a worker whose replies ended may take to exit before it is killed
 
 
 def worker_recipe(tokenizer: Any, config: TokenizeConfig) -> tuple[Any, ...]:
@@ -143,8 +144,8 @@ class _Worker:
         try:
             while True:
                 replies.put(pickle.load(stream))
-        except (EOFError, OSError, ValueError, pickle.UnpicklingError):
-            replies.put(None)  # the process ended (or was killed)
+        except Exception:  # whatever ended the stream (EOF, a killed process, bytes that do not unpickle), the reader must hear of it
+            replies.put(None)  # the process ended, was killed, or its stream cannot be read
 
     def send(self, request: tuple[Any, ...]) -> None:
         try:
@@ -160,7 +161,14 @@ class _Worker:
         return reply
 
     def _died(self) -> NoReturn:
-        raise RuntimeError(f"a tokenize worker process died (exit code {self._process.wait()})") from None
+        # Its replies ended. Usually it has exited; if it is still alive (its stream could not be
+        # read), it would block writing a reply nobody reads, and waiting for it would hang this run.
+        try:
+            code = self._process.wait(timeout=_EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError("a tokenize worker process stopped replying; it was killed") from None
+        raise RuntimeError(f"a tokenize worker process died (exit code {code})") from None
 
     def close(self) -> None:
         """End of input: the worker returns."""

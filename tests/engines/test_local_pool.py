@@ -113,6 +113,29 @@ def test_a_worker_that_dies_fails_the_run_and_no_worker_is_left(corpus, tmp_path
     assert all(process.poll() is not None for process in started)
 
 
+def test_a_worker_whose_replies_cannot_be_read_is_killed_not_waited_for(corpus, tmp_path, pooled, monkeypatch):
+    """If the reading thread fails while the worker lives on (it then blocks writing a reply nobody
+    reads), the run fails in one error and kills it: waiting for it to exit would hang forever."""
+    started = []
+    real_init, real_load = local_tokenize._Worker.__init__, local_tokenize.pickle.load
+
+    def spy(self):
+        real_init(self)
+        started.append(self._process)
+
+    def unreadable(stream):
+        if stream is started[0].stdout:
+            raise local_tokenize.pickle.UnpicklingError("garbled")
+        return real_load(stream)
+
+    monkeypatch.setattr(local_tokenize._Worker, "__init__", spy)
+    monkeypatch.setattr(local_tokenize.pickle, "load", unreadable)
+    monkeypatch.setattr(local_tokenize, "_EXIT_GRACE_S", 0.5)
+    with pytest.raises(RuntimeError, match="stopped replying; it was killed"):
+        tokenize(corpus, tmp_path / "pool", workers=2)
+    assert all(process.poll() is not None for process in started)
+
+
 def test_a_small_corpus_stays_in_this_process(small_corpus, tmp_path, monkeypatch):
     def no_pool(*args, **kwargs):
         raise AssertionError("a corpus under POOL_MIN_BYTES started worker processes")
