@@ -14,7 +14,7 @@ from packprep.corpus import byte_ranges
 from packprep.engines import local, local_tokenize
 from packprep.errors import PackprepError
 from packprep.pipeline import tokenize
-from tests.conftest import make_documents, write_jsonl
+from tests.conftest import make_documents
 
 STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", "store.json")
 RANGE_BYTES = 8 << 10  # the big file (about 40 KB) becomes 5 or 6 parts
