@@ -18,7 +18,7 @@ import mmap
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,29 @@ OWNER_NAME = ".packprep.owner.json"  # who holds the lock: pid and command, for 
 LOCK_FILES = frozenset({LOCK_NAME, OWNER_NAME})
 
 
+
+
+def intact_parts(path: Path, header: dict[str, str], files_of: Callable[[Any], dict[str, str]]) -> dict[int, Any] | None:
+    """The parts a journal at ``path`` (``save_parts``) lists under this ``header`` (a run's key and
+    digests) whose files, beside the journal, still have their sha256 (``files_of(entry)``: name ->
+    sha256); None when there is no journal or it is another run's."""
+    try:
+        saved = load_json(path)
+    except (OSError, ValueError):
+        return None
+    if any(saved.get(name) != value for name, value in header.items()):
+        return None
+    folder = Path(path).parent
+    return {
+        int(p): entry
+        for p, entry in saved.get("parts", {}).items()
+        if all((folder / name).is_file() and sha256_file(folder / name) == sha for name, sha in files_of(entry).items())
+    }
+
+
+def save_parts(path: Path, header: dict[str, str], parts: dict[int, Any]) -> None:
+    """Journal the finished ``parts`` (part number -> entry) of the run ``header`` names, atomically."""
+    save_json(path, {**header, "parts": {str(p): entry for p, entry in sorted(parts.items())}})
 
 
 def refuse_file(path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from packprep.io import load_json, release_pages, save_json, save_npy, sha256_file
+from packprep.io import intact_parts, release_pages, save_npy, save_parts, sha256_file
 from packprep.pipeline.run import Run
 from packprep.stages.partition import PartOrder, Partitions
 
@@ -43,23 +43,21 @@ class OrderJournal:
     def resume(cls, folder: Path, *, key: str, plan: Partitions) -> OrderJournal:
         """The journal of an interrupted run with this key and plan (its intact partitions), else a new one."""
         journal = cls(folder, key=key, plan=plan)
-        try:
-            saved = load_json(journal.path)
-        except (OSError, ValueError):
-            saved = {}
-        if saved.get("key") == key and saved.get("plan") == journal.digest:
-            for p, files in saved.get("parts", {}).items():
-                if all((journal.folder / name).is_file() and sha256_file(journal.folder / name) == sha for name, sha in files.items()):
-                    journal.finished[int(p)] = files
-        else:
+        intact = intact_parts(journal.path, journal.header, lambda files: files)
+        if intact is None:
             for stale in journal.folder.glob("part-*"):  # another run's partitions
                 stale.unlink()
+        journal.finished = intact or {}
         journal.folder.mkdir(parents=True, exist_ok=True)
         return journal
 
     @property
     def path(self) -> Path:
         return self.folder / "journal.json"
+
+    @property
+    def header(self) -> dict[str, str]:
+        return {"key": self.key, "plan": self.digest}
 
     def todo(self, num_partitions: int) -> list[int]:
         return [p for p in range(num_partitions) if p not in self.finished]
@@ -70,7 +68,7 @@ class OrderJournal:
         for name, array in files.items():
             save_npy(self.folder / name, array)
         self.finished[p] = {name: sha256_file(self.folder / name) for name in files}
-        save_json(self.path, {"key": self.key, "plan": self.digest, "parts": {str(q): f for q, f in sorted(self.finished.items())}})
+        save_parts(self.path, self.header, self.finished)
 
     def load(self, p: int) -> PartOrder:
         order = np.load(self.folder / f"part-{p:06d}.order.npy")

@@ -28,7 +28,7 @@ import numpy as np
 
 from packprep.formats import npy
 from packprep.formats.pack_parts import ORDER_FILE
-from packprep.io import load_json, save_json, save_npy, sha256_file
+from packprep.io import intact_parts, save_npy, save_parts
 from packprep.pipeline.run import Run
 from packprep.stages.pack import part_ranges
 from packprep.store import DocStore
@@ -51,17 +51,10 @@ class PackJournal:
         """The journal of an interrupted run with this key and order (its intact parts), else a new one;
         ``folder/order.npy`` holds ``order`` on return."""
         journal = cls(folder, key=key, digest=order_digest(order))
-        try:
-            saved = load_json(journal.path)
-        except (OSError, ValueError):
-            saved = {}
-        if saved.get("key") == key and saved.get("order") == journal.digest:
-            for p, summary in saved.get("parts", {}).items():
-                files = summary.get("files", {})
-                if all((journal.folder / n).is_file() and sha256_file(journal.folder / n) == sha for n, sha in files.items()):
-                    journal.parts[int(p)] = summary
-        else:
+        intact = intact_parts(journal.path, journal.header, lambda summary: summary.get("files", {}))
+        if intact is None:
             shutil.rmtree(journal.folder, ignore_errors=True)  # another run's parts
+        journal.parts = intact or {}
         journal.folder.mkdir(parents=True, exist_ok=True)
         save_npy(journal.folder / ORDER_FILE, np.asarray(order, dtype=np.int64))  # what the parts' tasks read
         return journal
@@ -70,10 +63,14 @@ class PackJournal:
     def path(self) -> Path:
         return self.folder / "journal.json"
 
+    @property
+    def header(self) -> dict[str, str]:
+        return {"key": self.key, "order": self.digest}
+
     def finish(self, summary: dict[str, Any]) -> None:
         """Record a packed part (``pack_part_files``' summary: its files are on disk already)."""
         self.parts[int(summary["part"])] = summary
-        save_json(self.path, {"key": self.key, "order": self.digest, "parts": {str(p): s for p, s in sorted(self.parts.items())}})
+        save_parts(self.path, self.header, self.parts)
 
 
 @dataclass(frozen=True)
