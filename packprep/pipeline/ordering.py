@@ -59,9 +59,6 @@ class OrderJournal:
     def header(self) -> dict[str, str]:
         return {"key": self.key, "plan": self.digest}
 
-    def todo(self, num_partitions: int) -> list[int]:
-        return [p for p in range(num_partitions) if p not in self.finished]
-
     def finish(self, p: int, part: PartOrder) -> None:
         """Save partition ``p``'s result, then record it (with checksums) in the journal."""
         files = {f"part-{p:06d}.order.npy": part.order, f"part-{p:06d}.rows.npy": np.vstack([part.centroid, part.ends])}
