@@ -325,9 +325,10 @@ def permute_rows(plan: PackPlan, row_order: np.ndarray) -> PackPlan:
 
 def _fill_in_order(
     flat: np.ndarray, dst: np.ndarray, length: np.ndarray, doc: np.ndarray, doc_offset: np.ndarray,
-    num_tokens: np.ndarray, *, tokens: np.ndarray, offsets: np.ndarray, sep_id: int | None,
+    num_tokens: np.ndarray, real: np.ndarray, *, tokens: np.ndarray, offsets: np.ndarray, sep_id: int | None,
 ) -> bool:
     """:func:`fill_rows` without an index per token, when it applies; False (nothing written) when not.
+    ``real``: each piece's real tokens (the rest of it is its separator, ``sep_id``).
 
     It applies when the pieces' real tokens lie back to back in ``tokens`` in segment order
     and the segments go forward through ``flat``: then the real tokens, read in order, fill
@@ -335,14 +336,11 @@ def _fill_in_order(
     index arrays: ~4x faster). The shard writer's pieces (``formats.npy``: every piece a
     document of its own) always qualify.
     """
-    real = np.clip(num_tokens - doc_offset, 0, length)
     src = offsets[doc] + np.minimum(doc_offset, num_tokens)
     end = dst + length
     if not (np.array_equal(src[1:], src[:-1] + real[:-1]) and np.all(dst[1:] >= end[:-1])):
         return False
     is_sep = real < length
-    if is_sep.any() and sep_id is None:
-        raise ValueError("plan has separator positions but no sep_id was given")
     # Runs of the mask: a gap (padding, a separator or nothing) before each piece, then its real tokens.
     gaps = dst - np.concatenate([[0], dst[:-1] + real[:-1]])
     runs = np.empty(2 * len(dst) + 1, dtype=np.int64)
@@ -401,8 +399,11 @@ def fill_rows(
     doc = plan.seg_doc[s0:s1]
     doc_offset = plan.seg_doc_offset[s0:s1]
     num_tokens = offsets[doc + 1] - offsets[doc]
+    real = np.clip(num_tokens - doc_offset, 0, length)  # a piece's positions past these are its separator
+    if sep_id is None and np.any(real < length):
+        raise ValueError("plan has separator positions but no sep_id was given")
     if _fill_in_order(out.reshape(-1), seg_rows * seq_len + plan.seg_start[s0:s1], length, doc, doc_offset, num_tokens,
-                      tokens=tokens, offsets=offsets, sep_id=sep_id):
+                      real, tokens=tokens, offsets=offsets, sep_id=sep_id):
         return
 
     position_in_doc = concat_ranges(doc_offset, length)
@@ -412,8 +413,6 @@ def fill_rows(
     flat = out.reshape(-1)
     flat[dst[is_token]] = tokens[src[is_token]]
     if not is_token.all():
-        if sep_id is None:
-            raise ValueError("plan has separator positions but no sep_id was given")
         flat[dst[~is_token]] = sep_id
 
 
