@@ -14,7 +14,8 @@ processes: ~0.6 of the bare encoder's throughput on 2 cores.)
 
 A worker is a plain child Python (as ``tokenizers.bpe_openai`` says why: no multiprocessing)
 speaking pickles. Request: ``(source, root, span, config, recipe)``. Replies, in order:
-``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch, then
+``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch (a huge document's
+tokens come first as ``("tokens", ids)`` replies, group by group; its batch has none left), then
 ``("done", counts)``, or ``("error", message, path, line)`` for a PackprepError (a bad record
 under ``--on-error raise``), or ``("crash", traceback)`` for a bug.
 """
@@ -45,6 +46,9 @@ _AHEAD = 2  # parts sent to a worker before its first comes back: it never waits
 _QUEUED_REPLIES = 16  # batches this process holds per worker (~8 MB of text each) before the worker waits
 _MAX_FIRST_ERRORS = 5
 _EXIT_GRACE_S = 10  # how long a worker whose replies ended may take to exit before it is killed
+# A worker reads a JSONL line this long whose text is most of it piece by piece (corpus.read_source's
+# huge_text_bytes): ~1.7x the line at the peak, not ~4.5x (bytes, orjson's copy, a 2-byte str).
+HUGE_TEXT_BYTES = 16 << 20
 
 
 def worker_recipe(tokenizer: Any, config: TokenizeConfig) -> tuple[Any, ...]:
@@ -108,7 +112,11 @@ def tokenize_parts(
 
 def _collect(worker: _Worker, writer: Any, counts: dict[str, Any], progress: Callable[..., None]) -> None:
     """Append one part's batches to ``writer`` and add its counts; raise what the part raised."""
-    while (reply := worker.receive())[0] == "batch":
+    while (reply := worker.receive())[0] in ("batch", "tokens"):
+        if reply[0] == "tokens":  # a huge document's tokens so far: its "batch" ends it
+            writer.append_tokens(reply[1])
+            progress(0, tokens=len(reply[1]))
+            continue
         _, tokens, lengths, ids, hashes, dropped, records = reply
         writer.append(tokens, lengths, ids, hashes)
         counts["dropped_empty"] += dropped
@@ -205,13 +213,25 @@ def _encoder(recipe: tuple[Any, ...]) -> Callable[[list[str]], tuple[np.ndarray,
     return load_tokenizer(spec, eos_id=eos_id, bos_id=bos_id, num_threads=1).encode_batch
 
 
+def _tokenize_batch(batch: list[tuple[str, Any]], encode: Callable, reply: Callable[[tuple[Any, ...]], None]) -> tuple[Any, ...]:
+    """``stages.tokenize.tokenize_batch``, or for a huge text (``json_text.JsonText``, alone in
+    its batch) ``tokenize_pieces``, replying its tokens group by group as ``("tokens", ids)``."""
+    from packprep.stages.tokenize import tokenize_batch, tokenize_pieces
+    from packprep.tokenizers.text_cuts import encode_stream
+
+    if len(batch) == 1 and not isinstance(batch[0][1], str):
+        (doc_id, text), = batch
+        return tokenize_pieces(doc_id, text, lambda parts: encode_stream(parts, encode), lambda ids: reply(("tokens", ids)))
+    return tokenize_batch(batch, encode)
+
+
 def serve() -> None:
     """The worker side: tokenize each requested part, replying batch by batch, until stdin closes."""
     import signal
     import traceback
 
     from packprep.corpus import ReadCounters, read_source
-    from packprep.stages.tokenize import batches, tokenize_batch
+    from packprep.stages.tokenize import batches
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends us
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
@@ -232,11 +252,10 @@ def serve() -> None:
             counters = ReadCounters()
             documents = read_source(
                 Path(source), Path(root), text_field=config.text_field, id_field=config.id_field,
-                on_error=config.on_error, counters=counters, byte_range=span,
+                on_error=config.on_error, counters=counters, byte_range=span, huge_text_bytes=HUGE_TEXT_BYTES,
             )
             for batch in batches(documents):
-                tokens, lengths, ids, hashes, dropped = tokenize_batch(batch, encode)
-                reply(("batch", tokens, lengths, ids, hashes, dropped, len(batch)))
+                reply(("batch", *_tokenize_batch(batch, encode, reply), len(batch)))
             reply(("done", {
                 "records": counters.records, "skipped": counters.skipped, "with_id": counters.with_id,
                 "first_errors": counters.first_errors[:_MAX_FIRST_ERRORS],

@@ -185,6 +185,11 @@ class DocStoreWriter:
         self.num_documents += len(ids)
         self.num_tokens += int(len(tokens))
 
+    def append_tokens(self, tokens: np.ndarray) -> None:
+        """Write the first tokens of a document still arriving (a huge one, in pieces): the next
+        :meth:`append`'s first length counts them, so its ``lengths`` sum to them plus its own tokens."""
+        self.append(tokens, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64))
+
     def add_column(self, name: str, values: np.ndarray) -> None:
         """A per-document column (one of :data:`COLUMNS`), written by :meth:`finish` before the manifest."""
         if name not in COLUMNS:
@@ -200,6 +205,8 @@ class DocStoreWriter:
         replace_durably(self._tokens_tmp, self.path / "tokens.bin")
         self._ids.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        if int(lengths.sum()) != self.num_tokens:  # e.g. a document begun by append_tokens and never ended
+            raise ValueError(f"the documents' lengths sum to {int(lengths.sum())}, not the {self.num_tokens} tokens written")
         save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         save_npy(self.path / "text_hash.npy", np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))
         _write_manifest(self.path, self.dtype, self.num_documents, self.num_tokens, manifest)
