@@ -13,7 +13,7 @@ on with the next parts: no text crosses a pipe, and reading, encoding and writin
 processes: ~0.6 of the bare encoder's throughput on 2 cores.)
 
 A worker is a plain child Python (as ``tokenizers.bpe_openai`` says why: no multiprocessing)
-speaking pickles. Request: ``(source, root, span, config, recipe)``. Replies, in order:
+speaking pickles. Request: ``(source, root, span, config, recipe, huge_text_bytes)``. Replies, in order:
 ``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch (a huge document's
 tokens come first as ``("tokens", ids)`` replies, group by group; its batch has none left), then
 ``("done", counts)``, or ``("error", message, path, line)`` for a PackprepError (a bad record
@@ -88,7 +88,7 @@ def tokenize_parts(
         part = next(todo, None)
         if part is not None:
             source, span = part
-            worker.send((str(source), str(root), span, config, recipe))
+            worker.send((str(source), str(root), span, config, recipe, HUGE_TEXT_BYTES))
             pending.append(worker)
 
     try:
@@ -244,7 +244,7 @@ def serve() -> None:
 
     while True:
         try:
-            source, root, span, config, recipe = pickle.load(requests)
+            source, root, span, config, recipe, huge_text_bytes = pickle.load(requests)
         except EOFError:
             return
         try:
@@ -252,7 +252,7 @@ def serve() -> None:
             counters = ReadCounters()
             documents = read_source(
                 Path(source), Path(root), text_field=config.text_field, id_field=config.id_field,
-                on_error=config.on_error, counters=counters, byte_range=span, huge_text_bytes=HUGE_TEXT_BYTES,
+                on_error=config.on_error, counters=counters, byte_range=span, huge_text_bytes=huge_text_bytes,
             )
             for batch in batches(documents):
                 reply(("batch", *_tokenize_batch(batch, encode, reply), len(batch)))

@@ -142,3 +142,31 @@ def test_a_small_corpus_stays_in_this_process(small_corpus, tmp_path, monkeypatc
 
     monkeypatch.setattr(local_tokenize, "tokenize_parts", no_pool)
     assert tokenize(small_corpus, tmp_path / "work", workers=2).num_documents == 40
+
+
+def test_a_huge_line_is_read_in_pieces_and_stored_as_if_read_whole(tmp_path, pooled, monkeypatch):
+    from packprep.store import DocStoreWriter
+    from tests.tokenizers.test_text_cuts import ADVERSARIAL
+
+    monkeypatch.setattr(local_tokenize, "HUGE_TEXT_BYTES", 1 << 20)
+    text = " ".join(ADVERSARIAL[:-1]) * 3000  # ~1.5M characters: several pieces, several groups of tokens
+    records = [
+        json.dumps({"text": "a small one"}),
+        json.dumps({"id": "escaped", "text": text}),  # non-ASCII as \uXXXX
+        json.dumps({"id": "raw", "meta": {"n": 1}, "text": text[::-1]}, ensure_ascii=False),
+        json.dumps({"id": "blank", "text": " \n\t" * 400_000}),
+        json.dumps({"text": "the last one"}),
+    ]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "c.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    pieces = []
+    append_tokens = DocStoreWriter.append_tokens
+    monkeypatch.setattr(DocStoreWriter, "append_tokens", lambda self, tokens: pieces.append(len(tokens)) or append_tokens(self, tokens))
+    serial = tokenize(corpus, tmp_path / "serial", workers=1)
+    assert pieces == []  # read whole here
+    store = tokenize(corpus, tmp_path / "pool", workers=2)
+    assert len(pieces) >= 4  # the two huge texts came in groups
+    assert store.manifest["counts"] == serial.manifest["counts"] == {"records": 5, "dropped_empty": 1, "skipped_records": 0}
+    assert store_bytes(tmp_path / "pool") == store_bytes(tmp_path / "serial")
+    assert list(store.doc_ids) == ["c.jsonl:1", "escaped", "raw", "c.jsonl:5"]
