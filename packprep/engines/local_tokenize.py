@@ -213,15 +213,29 @@ def _encoder(recipe: tuple[Any, ...]) -> Callable[[list[str]], tuple[np.ndarray,
     return load_tokenizer(spec, eos_id=eos_id, bos_id=bos_id, num_threads=1).encode_batch
 
 
-def _tokenize_batch(batch: list[tuple[str, Any]], encode: Callable, reply: Callable[[tuple[Any, ...]], None]) -> tuple[Any, ...]:
+def _stream_encoder(recipe: tuple[Any, ...], encode: Callable) -> Callable | None:
+    """``text_cuts.encode_stream`` over ``encode`` where its cuts keep the ids (cl100k's
+    pre-tokenisation), else None: a huge text is then read whole, as a str."""
+    from packprep.tokenizers.text_cuts import encode_stream
+
+    if recipe[0] != "bpe-openai":
+        from packprep.tokenizers import CL100K_PATTERN
+
+        if getattr(getattr(encode, "__self__", None), "pattern", None) != CL100K_PATTERN:
+            return None
+    return lambda parts: encode_stream(parts, encode)
+
+
+def _tokenize_batch(
+    batch: list[tuple[str, Any]], encode: Callable, stream: Callable | None, reply: Callable[[tuple[Any, ...]], None]
+) -> tuple[Any, ...]:
     """``stages.tokenize.tokenize_batch``, or for a huge text (``json_text.JsonText``, alone in
     its batch) ``tokenize_pieces``, replying its tokens group by group as ``("tokens", ids)``."""
     from packprep.stages.tokenize import tokenize_batch, tokenize_pieces
-    from packprep.tokenizers.text_cuts import encode_stream
 
     if len(batch) == 1 and not isinstance(batch[0][1], str):
         (doc_id, text), = batch
-        return tokenize_pieces(doc_id, text, lambda parts: encode_stream(parts, encode), lambda ids: reply(("tokens", ids)))
+        return tokenize_pieces(doc_id, text, stream, lambda ids: reply(("tokens", ids)))
     return tokenize_batch(batch, encode)
 
 
@@ -249,13 +263,15 @@ def serve() -> None:
             return
         try:
             encode = encoders.get(recipe) or encoders.setdefault(recipe, _encoder(recipe))
+            stream = _stream_encoder(recipe, encode)
             counters = ReadCounters()
             documents = read_source(
                 Path(source), Path(root), text_field=config.text_field, id_field=config.id_field,
-                on_error=config.on_error, counters=counters, byte_range=span, huge_text_bytes=huge_text_bytes,
+                on_error=config.on_error, counters=counters, byte_range=span,
+                huge_text_bytes=huge_text_bytes if stream else None,
             )
             for batch in batches(documents):
-                reply(("batch", *_tokenize_batch(batch, encode, reply), len(batch)))
+                reply(("batch", *_tokenize_batch(batch, encode, stream, reply), len(batch)))
             reply(("done", {
                 "records": counters.records, "skipped": counters.skipped, "with_id": counters.with_id,
                 "first_errors": counters.first_errors[:_MAX_FIRST_ERRORS],

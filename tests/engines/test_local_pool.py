@@ -144,10 +144,16 @@ def test_a_small_corpus_stays_in_this_process(small_corpus, tmp_path, monkeypatc
     assert tokenize(small_corpus, tmp_path / "work", workers=2).num_documents == 40
 
 
-def test_a_huge_line_is_read_in_pieces_and_stored_as_if_read_whole(tmp_path, pooled, monkeypatch):
+@pytest.mark.parametrize("backend", ["bpe-openai", pytest.param("tiktoken", marks=pytest.mark.slow), pytest.param("tokenizer.json", marks=pytest.mark.slow)])
+def test_a_huge_line_is_read_in_pieces_and_stored_as_if_read_whole(tmp_path, pooled, monkeypatch, backend):
     from packprep.store import DocStoreWriter
+    from tests.helpers import make_hf_tokenizer
     from tests.tokenizers.test_text_cuts import ADVERSARIAL
 
+    if backend == "bpe-openai":
+        pytest.importorskip("bpe_openai")
+    monkeypatch.setenv("PACKPREP_TOKENIZER_BACKEND", "bpe-openai" if backend == "bpe-openai" else "tiktoken")
+    config = TokenizeConfig(tokenizer=str(make_hf_tokenizer(tmp_path / "hf"))) if backend == "tokenizer.json" else TokenizeConfig()
     monkeypatch.setattr(local_tokenize, "HUGE_TEXT_BYTES", 1 << 20)
     text = " ".join(ADVERSARIAL[:-1]) * 3000  # ~1.5M characters: several pieces, several groups of tokens
     records = [
@@ -163,10 +169,11 @@ def test_a_huge_line_is_read_in_pieces_and_stored_as_if_read_whole(tmp_path, poo
     pieces = []
     append_tokens = DocStoreWriter.append_tokens
     monkeypatch.setattr(DocStoreWriter, "append_tokens", lambda self, tokens: pieces.append(len(tokens)) or append_tokens(self, tokens))
-    serial = tokenize(corpus, tmp_path / "serial", workers=1)
+    serial = tokenize(corpus, tmp_path / "serial", config=config, workers=1)
     assert pieces == []  # read whole here
-    store = tokenize(corpus, tmp_path / "pool", workers=2)
-    assert len(pieces) >= 4  # the two huge texts came in groups
+    store = tokenize(corpus, tmp_path / "pool", config=config, workers=2)
+    # The two huge texts come in groups, but not for a tokenizer text_cuts knows nothing of: read whole
+    assert len(pieces) >= 4 if backend != "tokenizer.json" else pieces == []
     assert store.manifest["counts"] == serial.manifest["counts"] == {"records": 5, "dropped_empty": 1, "skipped_records": 0}
     assert store_bytes(tmp_path / "pool") == store_bytes(tmp_path / "serial")
     assert list(store.doc_ids) == ["c.jsonl:1", "escaped", "raw", "c.jsonl:5"]
