@@ -220,7 +220,8 @@ def iter_documents(
     counters: ReadCounters | None = None,
     fingerprint: Fingerprint | None = None,
     sources: list[Path] | None = None,
-) -> Iterator[tuple[str, str]]:
+    huge_text_bytes: int | None = None,
+) -> Iterator[tuple[str, str | JsonText]]:
     """Stream ``(doc_id, text)`` from a file or folder in a deterministic order; empty texts included.
 
     ``doc_id`` is the record's ``id_field`` as ``str`` when present, else ``"rel/path:line"``
@@ -232,6 +233,7 @@ def iter_documents(
     (``Fingerprint(corpus_root(path))``) is fed the files as they are read: once the
     documents are exhausted, its digest is ``corpus_fingerprint(path)``. ``sources``:
     ``list_corpus_files(path)`` when the caller has listed the corpus already.
+    ``huge_text_bytes``: see :func:`read_source`.
     """
     path = Path(path)
     sources = list_corpus_files(path) if sources is None else sources
@@ -240,7 +242,7 @@ def iter_documents(
     for source in sources:
         yield from read_source(
             source, root, text_field=text_field, id_field=id_field, on_error=on_error, counters=counters,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint, huge_text_bytes=huge_text_bytes,
         )
 
 

@@ -20,16 +20,23 @@ _BATCH_CHARS = 8 << 20  # ~8 MB of text per tokenizer call keeps memory flat wit
 
 
 def tokenize_into(
-    writer: Any, documents: Iterable[tuple[str, str]], tokenizer: Any, *, progress: Any = None
+    writer: Any, documents: Iterable[tuple[str, Any]], tokenizer: Any, *, progress: Any = None,
+    encode_stream: Callable[[Iterable[str]], Iterable[np.ndarray]] | None = None,
 ) -> int:
     """Tokenize ``(id, text)`` pairs batch by batch into ``writer``; return how many were empty.
 
     ``writer``: anything with ``DocStoreWriter.append``'s signature. Every engine's batches
-    go through :func:`tokenize_batch`, so the store is the same whoever ran it.
+    go through :func:`tokenize_batch`, so the store is the same whoever ran it. A text that
+    is not a str (a huge one read piece by piece) goes through :func:`tokenize_pieces` with
+    ``encode_stream``, its tokens to ``writer.append_tokens`` as they come.
     """
     dropped_empty = 0
     for batch in batches(documents):
-        flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch)
+        if not isinstance(batch[0][1], str):
+            (doc_id, text), = batch
+            flat, lengths, ids, hashes, dropped = tokenize_pieces(doc_id, text, encode_stream, writer.append_tokens)
+        else:
+            flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch)
         dropped_empty += dropped
         writer.append(flat, lengths, ids, hashes)
         if progress is not None:
