@@ -38,7 +38,7 @@ from packprep.tokenizers.tiktoken_backend import CL100K_ENCODING, CL100K_NAMES, 
 
 __all__ = [
     "BACKEND_ENV", "BACKENDS", "CL100K_ENCODING", "CL100K_NAMES", "CL100K_PATTERN", "Tokenizer",
-    "load_tokenizer", "smallest_token_dtype", "tokenizer_from_manifest",
+    "load_tokenizer", "smallest_token_dtype", "text_cuts_hold", "tokenizer_from_manifest",
 ]
 
 BACKEND_ENV = "PACKPREP_TOKENIZER_BACKEND"
@@ -112,6 +112,11 @@ def _use_bpe_openai(backend: str | None) -> bool:
 def _no_pattern(spec: str, pattern: str | None) -> None:
     if pattern is not None:
         raise PackprepError(f"a split pattern applies to .tiktoken files only, not to tokenizer {spec!r}")
+
+def text_cuts_hold(tokenizer: Any) -> bool:
+    """Whether ``text_cuts``' cuts keep ``tokenizer``'s ids: cl100k's pre-tokenisation pattern (either cl100k backend)."""
+    return getattr(tokenizer, "pattern", None) == CL100K_PATTERN
+
 
 def tokenizer_from_manifest(info: dict[str, Any]) -> Tokenizer:
     """The tokenizer a store or output was made with, special ids included (manifest ``tokenizer``)."""

@@ -42,7 +42,6 @@ import array
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import numpy as np
 
@@ -207,9 +206,3 @@ def encode_stream(
     if pending:
         yield encode([pending])[0]
 
-
-def cuts_hold(tokenizer: Any) -> bool:
-    """Whether these cuts keep ``tokenizer``'s ids: cl100k's pre-tokenisation pattern (either cl100k backend)."""
-    from packprep.tokenizers.tiktoken_backend import CL100K_PATTERN
-
-    return getattr(tokenizer, "pattern", None) == CL100K_PATTERN
