@@ -119,13 +119,11 @@ def _tokenize_here(
     from packprep.corpus import Fingerprint, ReadCounters, corpus_root, iter_documents
     from packprep.engines.local_tokenize import HUGE_TEXT_BYTES
     from packprep.stages.tokenize import tokenize_into
-    from packprep.tokenizers import text_cuts_hold
-    from packprep.tokenizers.text_cuts import encode_stream
+    from packprep.tokenizers import stream_encoder
 
     counters = ReadCounters()
     reading = Fingerprint(corpus_root(corpus)) if fingerprint is None else None  # one pass: hashed as read
-    # A huge text is read and encoded in pieces where text_cuts' cuts keep the ids (as the workers do)
-    stream = (lambda parts: encode_stream(parts, tokenizer.encode_batch)) if text_cuts_hold(tokenizer) else None
+    stream = stream_encoder(tokenizer)  # a huge text read and encoded in pieces, where the tokenizer allows (as in the workers)
     documents = iter_documents(
         corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters,
         fingerprint=reading, sources=sources, huge_text_bytes=HUGE_TEXT_BYTES if stream else None,

@@ -216,12 +216,12 @@ def _encoder(recipe: tuple[Any, ...]) -> Callable[[list[str]], tuple[np.ndarray,
 def _stream_encoder(recipe: tuple[Any, ...], encode: Callable) -> Callable | None:
     """``text_cuts.encode_stream`` over ``encode`` where its cuts keep the ids (cl100k's
     pre-tokenisation), else None: a huge text is then read whole, as a str."""
-    from packprep.tokenizers import text_cuts_hold
+    from packprep.tokenizers import stream_encoder
     from packprep.tokenizers.text_cuts import encode_stream
 
-    if recipe[0] != "bpe-openai" and not text_cuts_hold(getattr(encode, "__self__", None)):  # encode_batch's tokenizer
-        return None
-    return lambda parts: encode_stream(parts, encode)
+    if recipe[0] == "bpe-openai":  # encode_in_process: cl100k
+        return lambda parts: encode_stream(parts, encode)
+    return stream_encoder(encode.__self__)  # encode is the loaded tokenizer's encode_batch
 
 
 def _tokenize_batch(
