@@ -421,7 +421,7 @@ def _stream_errors(suffix: str) -> tuple[type[BaseException], ...]:
 
 def _read_jsonl(
     path: Path, rel: str, reader: _Reader, *, suffix: str, byte_range: tuple[int, int, int] | None = None
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[str, str | JsonText]]:
     loads, decode_error, document = orjson.loads, orjson.JSONDecodeError, reader.document
     huge = reader.huge_text_bytes
     lineno, first, shift = 0, True, 0

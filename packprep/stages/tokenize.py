@@ -100,8 +100,9 @@ def tokenize_pieces(
     its length, id and hash; or nothing kept (``dropped`` 1) for a blank text, before any ``emit``.
     """
     no_tokens = np.zeros(0, dtype=np.uint32)
+    nothing = no_tokens, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64), 1
     if not len(text) or text.isspace():
-        return no_tokens, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64), 1
+        return nothing
     hasher = NormalizedTextHasher()
 
     def hashed() -> Iterator[str]:
@@ -113,5 +114,7 @@ def tokenize_pieces(
     for tokens in encode_stream(hashed()):
         emit(tokens)
         total += len(tokens)
+    if total == 0:  # as tokenize_batch drops a text without tokens (none was emitted)
+        return nothing
     hashes = np.array([hasher.intdigest()], dtype=np.uint64)
     return no_tokens, np.array([total], dtype=np.int64), [doc_id], hashes, 0
