@@ -20,12 +20,13 @@ TEXTS = [
     "\\" * 41 + '"' * 7 + "\\" * 3,  # runs of the characters that escape
     "控制字符\x01\x1f和换行\n" * 3,  # control characters are escaped \u0001
     " \n\t " * 10,  # blank
+    'say "' * 1100 + "\\" * 5,  # more escaped quotes than json_text looks for with find
 ]
 
 
 def lines_of(text: str) -> list[bytes]:
     """The JSON lines a writer might give ``text`` in: escaped non-ASCII (json.dumps' default), raw UTF-8, orjson's."""
-    record = {"id": 7, "meta": {"t": "x\\\"y"}, "text": text, "after": [1, "2"]}
+    record = {"text": text, "id": 7, "meta": {"t": "x\\\"y"}, "after": [1, "2"]}
     return [json.dumps(record).encode(), json.dumps(record, ensure_ascii=False).encode(), orjson.dumps(record)]
 
 
@@ -37,11 +38,11 @@ def small_pieces(monkeypatch):
 @pytest.mark.parametrize("text", TEXTS)
 def test_the_pieces_are_the_text(text, small_pieces):
     for line in lines_of(text):
-        record, got = json_text.split_huge_record(line, "text", min_bytes=1)
+        record, got = json_text.split_huge_record(line, "text", min_bytes=6)  # the first literal longer than "text"
         assert record == {**orjson.loads(line), "text": "packprep:huge-text:1"}
         pieces = list(got.pieces())
         assert "".join(pieces) == text and len(got) == len(text) and got.isspace() == text.isspace()
-        start, end = json_text._longest_literal(line)
+        start, end = json_text._long_literal(line, 6)
         assert len(pieces) > (end - start) // 64  # really cut, escapes or not
 
 
@@ -57,7 +58,7 @@ def _check_every_cut(text: str) -> None:
     successful decode of pieces is the text, wherever the pieces were cut (json_text's argument)."""
     for line in lines_of(text):
         start = line.index(b'"', line.index(b'"text":') + 7) + 1
-        content = line[start : line.index(b'", "after"' if b'", "after"' in line else b'","after"')]
+        content = line[start : line.index(b'", "id"' if b'", "id"' in line else b'","id"')]
         assert _decodes(content) == text
         rule_cuts = {m.end() for m in json_text._CUT.finditer(content)} - {len(content)}
         for p in range(1, len(content)):
@@ -93,13 +94,20 @@ def test_every_cut_of_random_text_joins_or_fails(text):
         b'{"text": "abcdefghij',  # no closing quote
         b'{"text": "ab", "other": "abcdefghijklmnop"}',  # the long literal is not the text
         b'{"text": "abcdefghijklmnop", "text": "ab"}',  # nor here: the last key wins
-        b'{"text": "packprep:huge-text:1", "x": "abcdefghijklmnopqrstuvwxyz"}',  # a text that looks like the placeholder
+        b'{"x": "abcdefghijklmnopqrstuvwxyz", "text": "packprep:huge-text:1"}',  # a text that looks like the placeholder
         b'["text", "abcdefghijklmnop"]',  # not an object
         b'{"abcdefghijklmnop": 1}',  # a key
     ],
 )
 def test_anything_else_is_left_to_the_whole_parse(line, small_pieces):
     assert json_text.split_huge_record(line, "text", min_bytes=8) is None
+
+
+def test_a_long_literal_after_many_short_ones_is_left_to_the_whole_parse(monkeypatch, small_pieces):
+    monkeypatch.setattr(json_text, "_MAX_LITERALS", 4)
+    first, later = b'{"text": "abcdefghijklmnop", "a": "b", "c": "d"}', b'{"a": "b", "c": "d", "text": "abcdefghijklmnop"}'
+    assert "".join(json_text.split_huge_record(first, "text", min_bytes=8)[1].pieces()) == "abcdefghijklmnop"
+    assert json_text.split_huge_record(later, "text", min_bytes=8) is None
 
 
 def test_read_source_gives_the_same_documents_and_errors(tmp_path, small_pieces):
