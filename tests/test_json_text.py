@@ -20,7 +20,7 @@ TEXTS = [
     "\\" * 41 + '"' * 7 + "\\" * 3,  # runs of the characters that escape
     "控制字符\x01\x1f和换行\n" * 3,  # control characters are escaped \u0001
     " \n\t " * 10,  # blank
-    'say "' * 1100 + "\\" * 5,  # more escaped quotes than json_text looks for with find
+    'say "' * 1100 + "\\" * 5,  # many escaped quotes
 ]
 
 
@@ -103,11 +103,16 @@ def test_anything_else_is_left_to_the_whole_parse(line, small_pieces):
     assert json_text.split_huge_record(line, "text", min_bytes=8) is None
 
 
-def test_a_long_literal_after_many_short_ones_is_left_to_the_whole_parse(monkeypatch, small_pieces):
-    monkeypatch.setattr(json_text, "_MAX_LITERALS", 4)
+def test_a_line_of_too_many_quotes_is_left_to_the_whole_parse(monkeypatch, small_pieces):
+    monkeypatch.setattr(json_text, "_MAX_QUOTES", 5)  # closing quotes looked for, escaped or not
     first, later = b'{"text": "abcdefghijklmnop", "a": "b", "c": "d"}', b'{"a": "b", "c": "d", "text": "abcdefghijklmnop"}'
     assert "".join(json_text.split_huge_record(first, "text", min_bytes=8)[1].pieces()) == "abcdefghijklmnop"
-    assert json_text.split_huge_record(later, "text", min_bytes=8) is None
+    assert json_text.split_huge_record(later, "text", min_bytes=8) is None  # many short strings first
+    escaped = b'{"text": "abcdefghijklmnop \\"1\\" \\"2\\" \\"3\\""}'
+    monkeypatch.setattr(json_text, "_MAX_QUOTES", 8)
+    assert "".join(json_text.split_huge_record(escaped, "text", min_bytes=8)[1].pieces()) == 'abcdefghijklmnop "1" "2" "3"'
+    monkeypatch.setattr(json_text, "_MAX_QUOTES", 7)
+    assert json_text.split_huge_record(escaped, "text", min_bytes=8) is None  # a text of many quotes
 
 
 def test_read_source_gives_the_same_documents_and_errors(tmp_path, small_pieces):
