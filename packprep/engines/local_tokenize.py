@@ -12,7 +12,7 @@ on with the next parts: no text crosses a pipe, and reading, encoding and writin
 (Before, this process parsed JSON, hashed every text and sent texts to the encoder
 processes: ~0.6 of the bare encoder's throughput on 2 cores.)
 
-A worker is a plain child Python (as ``tokenizers.bpe_openai`` says why: no multiprocessing)
+A worker is a plain child Python (``children.start_child`` says why: no multiprocessing)
 speaking pickles. Request: ``(source, root, span, config, recipe)``. Replies, in order:
 ``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch, then
 ``("done", counts)``, or ``("error", message, path, line)`` for a PackprepError (a bad record
@@ -22,7 +22,6 @@ under ``--on-error raise``), or ``("crash", traceback)`` for a bug.
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import queue
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from packprep.children import start_child
 from packprep.config import TokenizeConfig
 from packprep.errors import PackprepError
 
@@ -127,14 +127,7 @@ class _Worker:
     """A child Python running :func:`serve`; a thread drains its replies so it never blocks on them."""
 
     def __init__(self) -> None:
-        package_parent = str(Path(__file__).resolve().parents[2])
-        python_path = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        # One Rayon thread per worker: the workers are the parallelism (Hugging Face tokenizers).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path), "RAYON_NUM_THREADS": "1"}
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "from packprep.engines.local_tokenize import serve; serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-        )
+        self._process = start_child("from packprep.engines.local_tokenize import serve; serve()")
         self._replies: queue.Queue[Any] = queue.Queue(maxsize=_QUEUED_REPLIES)
         threading.Thread(target=self._drain, args=(self._process.stdout, self._replies), daemon=True).start()
         self._finalizer = weakref.finalize(self, _kill, self._process)
