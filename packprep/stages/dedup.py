@@ -59,6 +59,8 @@ def exact_normal_form(text: str) -> str:
     no threshold to absorb "x = a + b" against "x = a - b"; MinHash, which has one, ignores it.
     """
     # str.split() and the regex \s match the same code points; split+join is ~3x faster.
+    if text.isascii():  # NFKC leaves ASCII as it is and casefold is lower there: ~0.3 of the time skipped
+        return " ".join(text.lower().split())
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
