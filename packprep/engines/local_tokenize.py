@@ -13,7 +13,7 @@ on with the next parts: no text crosses a pipe, and reading, encoding and writin
 processes: ~0.6 of the bare encoder's throughput on 2 cores.)
 
 A worker is a plain child Python (``children.start_child`` says why: no multiprocessing)
-speaking pickles. Request: ``(source, root, span, config, recipe)``. Replies, in order:
+speaking pickles. Request: ``(source, root, span, config, recipe, hash_texts)``. Replies, in order:
 ``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch, then
 ``("done", counts)``, or ``("error", message, path, line)`` for a PackprepError (a bad record
 under ``--on-error raise``), or ``("crash", traceback)`` for a bug.
@@ -66,6 +66,7 @@ def tokenize_parts(
     recipe: tuple[Any, ...],
     workers: int,
     progress: Callable[..., None],
+    hash_texts: bool = True,
 ) -> dict[str, Any]:
     """Tokenize ``parts`` (``corpus.iter_source_parts``) on ``workers`` processes into ``writer`` in corpus order.
 
@@ -84,7 +85,7 @@ def tokenize_parts(
         part = next(todo, None)
         if part is not None:
             source, span = part
-            worker.send((str(source), str(root), span, config, recipe))
+            worker.send((str(source), str(root), span, config, recipe, hash_texts))
             pending.append(worker)
 
     try:
@@ -217,7 +218,7 @@ def serve() -> None:
 
     while True:
         try:
-            source, root, span, config, recipe = pickle.load(requests)
+            source, root, span, config, recipe, hash_texts = pickle.load(requests)
         except EOFError:
             return
         try:
@@ -228,7 +229,7 @@ def serve() -> None:
                 on_error=config.on_error, counters=counters, byte_range=span,
             )
             for batch in batches(documents):
-                tokens, lengths, ids, hashes, dropped = tokenize_batch(batch, encode)
+                tokens, lengths, ids, hashes, dropped = tokenize_batch(batch, encode, hash_texts=hash_texts)
                 reply(("batch", tokens, lengths, ids, hashes, dropped, len(batch)))
             reply(("done", {
                 "records": counters.records, "skipped": counters.skipped, "with_id": counters.with_id,

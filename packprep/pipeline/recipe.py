@@ -37,7 +37,8 @@ from packprep.engines import LOCAL, Engine
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
 from packprep.recipe import Recipe
-from packprep.pipeline.semantic import HeldEmbedder
+from packprep.pipeline.run import Run
+from packprep.pipeline.semantic import HeldEmbedder, with_text_hash
 from packprep.stages import decontaminate as decon
 from packprep.stages.dedup import REASON_DECONTAMINATED, DedupResult
 from packprep.stages.mix import Mixture, mix, split_hashes, val_mask
@@ -144,8 +145,10 @@ def _source_store(source: Any, recipe: Recipe, config: TokenizeConfig, work: Pat
         named = json.dumps({"path": str(source.path.resolve()), "config": as_dict(config)}, sort_keys=True)
         folder = (recipe.cache or work / "sources") / f"{source.path.name}-{hashlib.sha256(named.encode()).hexdigest()[:12]}"
     if folder not in opened:
-        opened[folder] = DocStore.open(folder) if folder == source.path else tokenize(
-            source.path, folder, config=config, workers=workers, engine=engine, reporter=reporter)
+        if folder == source.path:  # hashed if a pack tokenized it without: the pool copies every store's hashes
+            opened[folder] = with_text_hash(DocStore.open(folder), Run.of(engine, reporter, workers))
+        else:
+            opened[folder] = tokenize(source.path, folder, config=config, workers=workers, engine=engine, reporter=reporter)
     return opened[folder]
 
 
@@ -189,7 +192,8 @@ def _copy(writer: DocStoreWriter, store: DocStore, docs: np.ndarray) -> None:
         stop = max(int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _COPY_TOKENS, side="right")), start + 1)
         batch = docs[start:stop]
         tokens = store.read_spans(store.offsets[batch], lengths[start:stop])
-        writer.append(tokens, lengths[start:stop], [store.doc_ids[int(d)] for d in batch], store.text_hash[batch])
+        hashes = None if store.text_hash is None else store.text_hash[batch]
+        writer.append(tokens, lengths[start:stop], [store.doc_ids[int(d)] for d in batch], hashes)
         start = stop
 
 
