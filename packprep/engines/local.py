@@ -157,7 +157,7 @@ def _tokenize_pooled(
     with ThreadPoolExecutor(1) as thread:
         digest = thread.submit(corpus_fingerprint, corpus, sources=sources) if fingerprint is None else None
         read = tokenize_parts(
-            iter_source_parts(sources, RANGE_BYTES), corpus_root(corpus), writer, config=config,
+            iter_source_parts(sources, RANGE_BYTES, tail_ranges=2 * workers), corpus_root(corpus), writer, config=config,
             recipe=worker_recipe(tokenizer, config), workers=workers, progress=advance, hash_texts=hash_texts,
         )
         fingerprint = digest.result() if digest is not None else fingerprint
