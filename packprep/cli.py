@@ -408,27 +408,7 @@ def inspect(
 
 
 def main() -> None:
-    _prestart_tokenize_workers(sys.argv[1:])
     app()
-
-
-_PRESTART_MAX = 8
-
-
-def _prestart_tokenize_workers(args: list[str]) -> None:
-    """A local ``pack`` or ``tokenize`` of a large corpus tokenizes on one worker per core: start
-    them before Typer builds its ~30 option parsers (~0.2 s of pydantic adapters, one core) instead
-    of after. A run that turns out to need none (a small corpus, a reused store) leaves them
-    unused: killed at exit, ~0.15 CPU-s each. Not guessed when the options change the workers."""
-    if args[:1] not in (["pack"], ["tokenize"]) or any(
-        a in ("--help", "ray", "--engine=ray") or a.startswith("--workers") for a in args
-    ):
-        return
-    import os
-
-    from packprep.engines.local_tokenize import prestart_workers
-
-    prestart_workers(min(os.cpu_count() or 1, _PRESTART_MAX))
 
 
 if __name__ == "__main__":

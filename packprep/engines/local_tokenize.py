@@ -47,15 +47,6 @@ _MAX_FIRST_ERRORS = 5
 _EXIT_GRACE_S = 10  # how long a worker whose replies ended may take to exit before it is killed
 
 
-_prestarted: list[_Worker] = []
-
-
-def prestart_workers(count: int) -> None:
-    """Start ``count`` workers now, for the next :func:`tokenize_parts` to adopt (the CLI calls this while
-    Typer parses the options: ~0.2 s of one core). Those never adopted are killed when Python exits."""
-    _prestarted.extend(_Worker() for _ in range(count))
-
-
 def worker_recipe(tokenizer: Any, config: TokenizeConfig) -> tuple[Any, ...]:
     """How a worker makes the same encoder: bpe-openai's bindings alone (no tiktoken tables to
     load, ~0.15 s less start-up per worker), else the tokenizer loaded from the config."""
@@ -85,8 +76,7 @@ def tokenize_parts(
     order). The first failing part in corpus order raises its PackprepError, as reading in
     this process would have.
     """
-    adopted = [_prestarted.pop() for _ in range(min(len(_prestarted), max(1, workers)))]
-    pool = adopted + [_Worker() for _ in range(max(1, workers) - len(adopted))]
+    pool = [_Worker() for _ in range(max(1, workers))]
     counts: dict[str, Any] = {"records": 0, "skipped": 0, "with_id": 0, "dropped_empty": 0, "first_errors": []}
     todo = iter(parts)
     pending: collections.deque[_Worker] = collections.deque()  # the worker of each part sent, in corpus order

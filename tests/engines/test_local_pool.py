@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -80,28 +79,6 @@ def test_the_pool_writes_the_serial_store_byte_for_byte(corpus, tmp_path, pooled
     assert store.manifest["counts"] == serial.manifest["counts"] == {"records": 330, "dropped_empty": 2, "skipped_records": 0}
     assert store_bytes(tmp_path / "pool") == store_bytes(tmp_path / "serial")
     assert {"big.jsonl:1", "big.jsonl:298"} <= set(store.doc_ids)
-
-
-def test_workers_the_cli_started_early_are_adopted_by_the_pool(corpus, tmp_path, pooled):
-    from packprep import cli
-
-    cli._prestart_tokenize_workers(["pack", str(corpus), str(tmp_path / "out")])
-    started = list(local_tokenize._prestarted)
-    assert len(started) == min(os.cpu_count() or 1, cli._PRESTART_MAX)
-    serial = tokenize(corpus, tmp_path / "serial", workers=1)  # not pooled: leaves them waiting
-    assert local_tokenize._prestarted == started
-    tokenize(corpus, tmp_path / "pool", workers=len(started) + 1)
-    assert local_tokenize._prestarted == [] and all(w._process.returncode == 0 for w in started)
-    assert store_bytes(tmp_path / "pool") == store_bytes(serial.path)
-
-
-@pytest.mark.parametrize("args", [["inspect", "out"], ["pack", "--help"], ["pack", "c", "o", "--engine", "ray"],
-                                  ["tokenize", "c", "w", "--workers", "1"], ["pack", "c", "o", "--workers=3"]])
-def test_the_cli_starts_no_workers_it_cannot_know_are_wanted(args):
-    from packprep import cli
-
-    cli._prestart_tokenize_workers(args)
-    assert local_tokenize._prestarted == []
 
 
 @pytest.mark.parametrize("backend", ["tiktoken", "bpe-openai"])
