@@ -45,6 +45,7 @@ MANIFEST_NAME = "store.json"
 # concatenated, and by the next run when a killed one left them.
 BLOCKS_DIRNAME = ".blocks"
 _COPY_CHUNK = 8 << 20
+_COPY_TOKENS = 1 << 22  # copy_documents reads this many tokens at a time
 TEXT_HASH_FILE = "text_hash.npy"
 STORE_FILES = ("tokens.bin", "offsets.npy", TEXT_HASH_FILE, "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
 COLUMNS = ("sources", "benchmark", "original")  # optional per-document columns (see the layout above)
@@ -273,6 +274,21 @@ def concatenate(
         save_npy(work / TEXT_HASH_FILE, np.concatenate([p.text_hash for p in parts]))
     _write_manifest(work, dtype, len(offsets) - 1, int(offsets[-1]), manifest)
     return DocStore.open(work)
+
+
+def copy_documents(writer: DocStoreWriter, store: DocStore, docs: np.ndarray) -> None:
+    """Append ``store``'s documents ``docs`` (int64 [M], repeats allowed) to ``writer``, ~4M tokens at a time
+    (a recipe's pool and split stores are such copies)."""
+    lengths = store.lengths()[docs]
+    ends = np.cumsum(lengths)
+    start = 0
+    while start < len(docs):
+        stop = max(int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _COPY_TOKENS, side="right")), start + 1)
+        batch = docs[start:stop]
+        tokens = store.read_spans(store.offsets[batch], lengths[start:stop])
+        hashes = None if store.text_hash is None else store.text_hash[batch]
+        writer.append(tokens, lengths[start:stop], [store.doc_ids[int(d)] for d in batch], hashes)
+        start = stop
 
 
 def copy_range(source: str, target: str, start: int) -> None:
