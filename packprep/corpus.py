@@ -387,15 +387,18 @@ def iter_byte_ranges(
     target, pos, newlines = next_step(0), 0, 0
     with open(path, "rb") as fh:
         while target < size and (chunk := fh.read(_COUNT_CHUNK)):
+            counted = 0  # the newlines of chunk[:counted] are in `newlines`: each byte is counted once
             while target < size and (at := chunk.find(b"\n", max(target - 1 - pos, 0))) >= 0:
                 cut = pos + at + 1
                 if cut >= size:  # the file ends with this newline: no empty range after it
                     target = size
                     break
                 yield start, cut, first_line
-                start, first_line = cut, newlines + chunk.count(b"\n", 0, at + 1) + 1
+                newlines += chunk.count(b"\n", counted, at + 1)
+                counted = at + 1
+                start, first_line = cut, newlines + 1
                 target = cut + next_step(cut)
-            newlines += chunk.count(b"\n")
+            newlines += chunk.count(b"\n", counted)
             pos += len(chunk)
     yield start, size, first_line
 
