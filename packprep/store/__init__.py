@@ -186,7 +186,9 @@ class DocStoreWriter:
         if (text_hash is None) != self._unhashed and self.num_documents:
             raise ValueError("every batch of a store has text hashes, or none has")
         self._unhashed = text_hash is None
-        if len(tokens) and int(tokens.max()) > np.iinfo(self.dtype).max:
+        tokens = np.asarray(tokens)
+        # ids of a dtype no wider than the store's fit by construction: no pass over the batch to check them
+        if len(tokens) and np.iinfo(tokens.dtype).max > np.iinfo(self.dtype).max and int(tokens.max()) > np.iinfo(self.dtype).max:
             raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
         self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
         self._ids.extend(ids)
