@@ -45,6 +45,7 @@ _MAX_FIRST_ERRORS = 5
 _MISSING = object()
 _SKIP_HINT = "or pass --on-error skip"
 _COUNT_CHUNK = 8 << 20  # byte_ranges counts newlines this much at a time
+MIN_TAIL_RANGE = 256 << 10  # iter_source_parts' shrinking ranges stop here: a range's round trip stays small beside its work
 _WHOLE_JSON_MAX = 256 << 20  # a pretty-printed file is parsed whole to say what it is, up to this size
 
 
@@ -343,12 +344,21 @@ def source_parts(sources: list[Path], range_bytes: int) -> list[tuple[Path, tupl
     return list(iter_source_parts(sources, range_bytes))
 
 
-def iter_source_parts(sources: list[Path], range_bytes: int) -> Iterator[tuple[Path, tuple[int, int, int] | None]]:
+def iter_source_parts(
+    sources: list[Path], range_bytes: int, *, tail_ranges: int = 0
+) -> Iterator[tuple[Path, tuple[int, int, int] | None]]:
     """:func:`source_parts` one at a time: a range is known as soon as the file is counted up to
-    its end, so the first part can be read while the rest of the file is still being cut."""
-    for source in sources:
-        big = source.is_file() and _suffix(source.name) == ".jsonl" and source.stat().st_size > range_bytes
-        ranges = iter_byte_ranges(source, range_bytes) if big else iter(())
+    its end, so the first part can be read while the rest of the file is still being cut.
+
+    ``tail_ranges`` (the local pool: twice its workers): ranges shrink towards the corpus's end so
+    that what is left always makes at least that many (down to MIN_TAIL_RANGE bytes): workers
+    that take the next range when they finish one then finish within a small range of each other.
+    """
+    sizes = [source.stat().st_size if source.is_file() else 0 for source in sources]
+    for i, source in enumerate(sources):
+        big = source.is_file() and _suffix(source.name) == ".jsonl" and sizes[i] > range_bytes
+        bytes_after = sum(sizes[i + 1 :])
+        ranges = iter_byte_ranges(source, range_bytes, tail_ranges=tail_ranges, bytes_after=bytes_after) if big else iter(())
         first = next(ranges, None)
         second = next(ranges, None)
         if second is None:  # one range: the whole source
@@ -367,23 +377,37 @@ def byte_ranges(path: Path, range_bytes: int) -> list[tuple[int, int, int]]:
     return list(iter_byte_ranges(path, range_bytes))
 
 
-def iter_byte_ranges(path: Path, range_bytes: int) -> Iterator[tuple[int, int, int]]:
-    """:func:`byte_ranges` one at a time, each given as soon as the file is counted up to its end."""
+def iter_byte_ranges(
+    path: Path, range_bytes: int, *, tail_ranges: int = 0, bytes_after: int = 0
+) -> Iterator[tuple[int, int, int]]:
+    """:func:`byte_ranges` one at a time, each given as soon as the file is counted up to its end.
+
+    ``tail_ranges``, ``bytes_after`` (the bytes of the sources after this one): see :func:`iter_source_parts`.
+    """
     size = path.stat().st_size
     step = -(-size // max(1, -(-size // max(1, range_bytes))))  # ceil(size / number of ranges)
+
+    def next_step(start: int) -> int:
+        if not tail_ranges:
+            return step
+        return min(step, max(MIN_TAIL_RANGE, (size - start + bytes_after) // tail_ranges))
+
     start, first_line = 0, 1
-    target, pos, newlines = step, 0, 0
+    target, pos, newlines = next_step(0), 0, 0
     with open(path, "rb") as fh:
         while target < size and (chunk := fh.read(_COUNT_CHUNK)):
+            counted = 0  # the newlines of chunk[:counted] are in `newlines`: each byte is counted once
             while target < size and (at := chunk.find(b"\n", max(target - 1 - pos, 0))) >= 0:
                 cut = pos + at + 1
                 if cut >= size:  # the file ends with this newline: no empty range after it
                     target = size
                     break
                 yield start, cut, first_line
-                start, first_line = cut, newlines + chunk.count(b"\n", 0, at + 1) + 1
-                target = cut + step
-            newlines += chunk.count(b"\n")
+                newlines += chunk.count(b"\n", counted, at + 1)
+                counted = at + 1
+                start, first_line = cut, newlines + 1
+                target = cut + next_step(cut)
+            newlines += chunk.count(b"\n", counted)
             pos += len(chunk)
     yield start, size, first_line
 

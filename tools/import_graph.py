@@ -28,7 +28,7 @@ PACKAGE = "packprep"
 # Bottom to top. A module may import modules of its own layer and of the layers before it.
 # A name ending in "." is a package prefix: every module under it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundations", ["version", "errors", "progress", "io"]),
+    ("foundations", ["version", "errors", "progress", "io", "children"]),
     ("pure stages: arrays in, arrays out; the strategy registry", ["stages."]),
     ("configs, validated against the registries", ["config", "recipe"]),
     ("tokenizers", ["tokenizers."]),

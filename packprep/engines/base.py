@@ -38,13 +38,17 @@ class Backend(Protocol):
     def tokenize(
         self, corpus: Path, work: Path, *, sources: list[Path], config: TokenizeConfig, tokenizer: Any,
         fingerprint: str | None, manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
-        workers: int | None = None,
+        workers: int | None = None, hash_texts: bool = True,
     ) -> tuple[DocStore, ReadSummary]:
         """Read ``corpus`` (its ``sources``: ``corpus.list_corpus_files``) and write its document store into ``work`` (claimed by the pipeline);
         ``manifest(counts, num_documents, fingerprint)`` gives what ``store.json`` records (and
         raises when nothing was read). ``fingerprint``: ``corpus.corpus_fingerprint(corpus)``,
         or None for the engine to compute (the local engine does while it reads). ``workers``:
-        processes on this machine (None: all cores)."""
+        processes on this machine (None: all cores). ``hash_texts``: write ``text_hash.npy``."""
+
+    def write_text_hashes(self, store: DocStore, *, reporter: Reporter) -> None:
+        """Write ``text_hash.npy`` into ``store``, a store tokenized without it whose tokenizer
+        ``decodes_exactly``: ``stages.dedup.document_text_hashes`` of its documents."""
 
     def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
         """The ``stages.dedup.DedupResult`` of exact and near dedup of ``store``."""

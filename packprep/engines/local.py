@@ -15,7 +15,7 @@ import numpy as np
 from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig
 from packprep.engines.base import ReadSummary
 from packprep.progress import Reporter
-from packprep.store import DocStore, DocStoreWriter
+from packprep.store import TEXT_HASH_FILE, DocStore, DocStoreWriter
 
 
 class LocalEngine:
@@ -29,7 +29,7 @@ class LocalEngine:
     def tokenize(
         self, corpus: Path, work: Path, *, sources: list[Path], config: TokenizeConfig, tokenizer: Any,
         fingerprint: str | None, manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
-        workers: int | None = None,
+        workers: int | None = None, hash_texts: bool = True,
     ) -> tuple[DocStore, ReadSummary]:
         from packprep.tokenizers import smallest_token_dtype
 
@@ -40,11 +40,22 @@ class LocalEngine:
             "tokenize", unit="docs"
         ) as advance:
             if pooled:
-                read, fingerprint = _tokenize_pooled(corpus, sources, writer, config, tokenizer, fingerprint, workers, advance)
+                read, fingerprint = _tokenize_pooled(
+                    corpus, sources, writer, config, tokenizer, fingerprint, workers, advance, hash_texts
+                )
             else:
-                read, fingerprint = _tokenize_here(corpus, sources, writer, config, tokenizer, fingerprint, advance)
+                read, fingerprint = _tokenize_here(corpus, sources, writer, config, tokenizer, fingerprint, advance, hash_texts)
             store = writer.finish(manifest(read.counts, writer.num_documents, fingerprint))
         return store, read
+
+    def write_text_hashes(self, store: DocStore, *, reporter: Reporter) -> None:
+        from packprep.io import save_npy
+        from packprep.stages.dedup import document_text_hashes
+        from packprep.tokenizers import tokenizer_from_manifest
+
+        decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
+        with reporter.track("text hashes", total=store.num_documents, unit="docs") as advance:
+            save_npy(store.path / TEXT_HASH_FILE, document_text_hashes(decode, store.tokens, store.offsets, progress=advance))
 
     def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
         from packprep.stages import dedup as stage
@@ -114,7 +125,8 @@ def _size(source: Path) -> int:
 
 
 def _tokenize_here(
-    corpus: Path, sources: list[Path], writer: DocStoreWriter, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None, advance: Any
+    corpus: Path, sources: list[Path], writer: DocStoreWriter, config: TokenizeConfig, tokenizer: Any, fingerprint: str | None,
+    advance: Any, hash_texts: bool,
 ) -> tuple[ReadSummary, str]:
     from packprep.corpus import Fingerprint, ReadCounters, corpus_root, iter_documents
     from packprep.engines.local_tokenize import HUGE_TEXT_BYTES
@@ -128,7 +140,7 @@ def _tokenize_here(
         corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters,
         fingerprint=reading, sources=sources, huge_text_bytes=HUGE_TEXT_BYTES if stream else None,
     )
-    dropped_empty = tokenize_into(writer, documents, tokenizer, progress=advance, encode_stream=stream)
+    dropped_empty = tokenize_into(writer, documents, tokenizer, hash_texts=hash_texts, progress=advance, encode_stream=stream)
     counts = {"records": counters.records, "dropped_empty": dropped_empty, "skipped_records": counters.skipped}
     fingerprint = reading.hexdigest() if reading is not None else fingerprint
     return ReadSummary(counts, with_id=counters.with_id, first_errors=counters.first_errors), fingerprint
@@ -136,7 +148,7 @@ def _tokenize_here(
 
 def _tokenize_pooled(
     corpus: Path, sources: list[Path], writer: DocStoreWriter, config: TokenizeConfig, tokenizer: Any,
-    fingerprint: str | None, workers: int, advance: Any,
+    fingerprint: str | None, workers: int, advance: Any, hash_texts: bool,
 ) -> tuple[ReadSummary, str]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -148,8 +160,8 @@ def _tokenize_pooled(
     with ThreadPoolExecutor(1) as thread:
         digest = thread.submit(corpus_fingerprint, corpus, sources=sources) if fingerprint is None else None
         read = tokenize_parts(
-            iter_source_parts(sources, RANGE_BYTES), corpus_root(corpus), writer, config=config,
-            recipe=worker_recipe(tokenizer, config), workers=workers, progress=advance,
+            iter_source_parts(sources, RANGE_BYTES, tail_ranges=2 * workers), corpus_root(corpus), writer, config=config,
+            recipe=worker_recipe(tokenizer, config), workers=workers, progress=advance, hash_texts=hash_texts,
         )
         fingerprint = digest.result() if digest is not None else fingerprint
     counts = {"records": read["records"], "dropped_empty": read["dropped_empty"], "skipped_records": read["skipped"]}

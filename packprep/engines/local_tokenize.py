@@ -12,8 +12,8 @@ on with the next parts: no text crosses a pipe, and reading, encoding and writin
 (Before, this process parsed JSON, hashed every text and sent texts to the encoder
 processes: ~0.6 of the bare encoder's throughput on 2 cores.)
 
-A worker is a plain child Python (as ``tokenizers.bpe_openai`` says why: no multiprocessing)
-speaking pickles. Request: ``(source, root, span, config, recipe, huge_text_bytes)``. Replies, in order:
+A worker is a plain child Python (``children.start_child`` says why: no multiprocessing)
+speaking pickles. Request: ``(source, root, span, config, recipe, hash_texts, huge_text_bytes)``. Replies, in order:
 ``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch (a huge document's
 tokens come first as ``("tokens", ids)`` replies, group by group; its batch has none left), then
 ``("done", counts)``, or ``("error", message, path, line)`` for a PackprepError (a bad record
@@ -23,7 +23,6 @@ under ``--on-error raise``), or ``("crash", traceback)`` for a bug.
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import queue
 import subprocess
@@ -36,6 +35,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from packprep.children import start_child
 from packprep.config import TokenizeConfig
 from packprep.errors import PackprepError
 
@@ -70,6 +70,7 @@ def tokenize_parts(
     recipe: tuple[Any, ...],
     workers: int,
     progress: Callable[..., None],
+    hash_texts: bool = True,
 ) -> dict[str, Any]:
     """Tokenize ``parts`` (``corpus.iter_source_parts``) on ``workers`` processes into ``writer`` in corpus order.
 
@@ -88,7 +89,7 @@ def tokenize_parts(
         part = next(todo, None)
         if part is not None:
             source, span = part
-            worker.send((str(source), str(root), span, config, recipe, HUGE_TEXT_BYTES))
+            worker.send((str(source), str(root), span, config, recipe, hash_texts, HUGE_TEXT_BYTES))
             pending.append(worker)
 
     try:
@@ -135,14 +136,7 @@ class _Worker:
     """A child Python running :func:`serve`; a thread drains its replies so it never blocks on them."""
 
     def __init__(self) -> None:
-        package_parent = str(Path(__file__).resolve().parents[2])
-        python_path = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        # One Rayon thread per worker: the workers are the parallelism (Hugging Face tokenizers).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path), "RAYON_NUM_THREADS": "1"}
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "from packprep.engines.local_tokenize import serve; serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-        )
+        self._process = start_child("from packprep.engines.local_tokenize import serve; serve()")
         self._replies: queue.Queue[Any] = queue.Queue(maxsize=_QUEUED_REPLIES)
         threading.Thread(target=self._drain, args=(self._process.stdout, self._replies), daemon=True).start()
         self._finalizer = weakref.finalize(self, _kill, self._process)
@@ -225,7 +219,8 @@ def _stream_encoder(recipe: tuple[Any, ...], encode: Callable) -> Callable | Non
 
 
 def _tokenize_batch(
-    batch: list[tuple[str, Any]], encode: Callable, stream: Callable | None, reply: Callable[[tuple[Any, ...]], None]
+    batch: list[tuple[str, Any]], encode: Callable, stream: Callable | None, reply: Callable[[tuple[Any, ...]], None],
+    *, hash_texts: bool,
 ) -> tuple[Any, ...]:
     """``stages.tokenize.tokenize_batch``, or for a huge text (``json_text.JsonText``, alone in
     its batch) ``tokenize_pieces``, replying its tokens group by group as ``("tokens", ids)``."""
@@ -233,8 +228,8 @@ def _tokenize_batch(
 
     if len(batch) == 1 and not isinstance(batch[0][1], str):
         (doc_id, text), = batch
-        return tokenize_pieces(doc_id, text, stream, lambda ids: reply(("tokens", ids)))
-    return tokenize_batch(batch, encode)
+        return tokenize_pieces(doc_id, text, stream, lambda ids: reply(("tokens", ids)), hash_texts=hash_texts)
+    return tokenize_batch(batch, encode, hash_texts=hash_texts)
 
 
 def serve() -> None:
@@ -256,7 +251,7 @@ def serve() -> None:
 
     while True:
         try:
-            source, root, span, config, recipe, huge_text_bytes = pickle.load(requests)
+            source, root, span, config, recipe, hash_texts, huge_text_bytes = pickle.load(requests)
         except EOFError:
             return
         try:
@@ -269,7 +264,7 @@ def serve() -> None:
                 huge_text_bytes=huge_text_bytes if stream else None,
             )
             for batch in batches(documents):
-                reply(("batch", *_tokenize_batch(batch, encode, stream, reply), len(batch)))
+                reply(("batch", *_tokenize_batch(batch, encode, stream, reply, hash_texts=hash_texts), len(batch)))
             reply(("done", {
                 "records": counters.records, "skipped": counters.skipped, "with_id": counters.with_id,
                 "first_errors": counters.first_errors[:_MAX_FIRST_ERRORS],

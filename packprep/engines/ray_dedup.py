@@ -60,6 +60,20 @@ def sign_and_shuffle(
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
+def hash_range(store_path: str, hashes_path: str, first: int, end: int) -> int:
+    """Ray task: ``stages.dedup.document_text_hashes`` of documents [first, end) into those rows of the
+    uint64 ``.npy`` at ``hashes_path`` (flushed before returning: a retry rewrites the same bytes); their count."""
+    from packprep.stages.dedup import document_text_hashes
+    from packprep.tokenizers import tokenizer_from_manifest
+
+    store = DocStore.open(store_path, mapped=True)
+    decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
+    shared = np.load(hashes_path, mmap_mode="r+")
+    shared[first:end] = document_text_hashes(decode, store.tokens, np.asarray(store.offsets[first : end + 1]))
+    shared.flush()
+    return end - first
+
+
 def sign_range(
     store_path: str, first: int, end: int, params: dict[str, Any], keep: np.ndarray | None, partitions: int,
     signatures_path: str | None = None,

@@ -36,12 +36,13 @@ import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig
 from packprep.engines.base import RAY_INSTALL_HINT, RAY_MAX_RETRIES, ReadSummary
-from packprep.engines.ray_dedup import document_ranges, sign_and_shuffle, sign_range
+from packprep.engines.ray_dedup import document_ranges, hash_range, sign_and_shuffle, sign_range
 from packprep.engines.ray_embed import EmbedWorker
 from packprep.engines.ray_tokenize import RANGE_BYTES, run_blocks
 from packprep.errors import PackprepError
 from packprep.progress import Reporter, SilentReporter
-from packprep.store import BLOCKS_DIRNAME, DocStore, concatenate, copy_range
+from packprep.io import replace_durably
+from packprep.store import BLOCKS_DIRNAME, TEXT_HASH_FILE, DocStore, concatenate, copy_range
 
 
 class RayEngine:
@@ -64,7 +65,7 @@ class RayEngine:
     def tokenize(
         self, corpus: Path, work: Path, *, sources: list[Path], config: TokenizeConfig, tokenizer: Any,
         fingerprint: str | None, manifest: Callable[[dict[str, int], int, str], dict[str, Any]], reporter: Reporter,
-        workers: int | None = None,
+        workers: int | None = None, hash_texts: bool = True,
     ) -> tuple[DocStore, ReadSummary]:
         # ``workers`` is the local engine's: Ray places its tasks on the cluster's cores.
         from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +82,7 @@ class RayEngine:
             # order) is taken here meanwhile, in a thread (hashlib and file reads release the GIL).
             with ThreadPoolExecutor(1) as thread:
                 digest = thread.submit(corpus_fingerprint, corpus, sources=sources) if fingerprint is None else None
-                summaries = run_blocks(ray, parts, corpus_root(corpus), blocks, config, dtype, reporter)
+                summaries = run_blocks(ray, parts, corpus_root(corpus), blocks, config, dtype, reporter, hash_texts)
                 fingerprint = digest.result() if digest is not None else fingerprint
             counts = {
                 "records": sum(s["records"] for s in summaries),
@@ -100,6 +101,23 @@ class RayEngine:
             shutil.rmtree(blocks, ignore_errors=True)
         first_errors = [e for s in summaries for e in s["first_errors"]]
         return store, ReadSummary(counts, with_id=sum(s["with_id"] for s in summaries), first_errors=first_errors)
+
+    def write_text_hashes(self, store: DocStore, *, reporter: Reporter) -> None:
+        ray = connect(self.address)
+        ranges = document_ranges(store.offsets, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        task = ray.remote(max_retries=RAY_MAX_RETRIES)(hash_range)
+        tmp = store.path / (TEXT_HASH_FILE + ".tmp")
+        # The tasks write their rows of the file: no hash passes through the driver.
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint64, shape=(store.num_documents,)).flush()
+        try:
+            with reporter.track("text hashes", total=store.num_documents, unit="docs") as advance:
+                pending = [task.remote(str(store.path), str(tmp), first, end) for first, end in ranges]
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    advance(ray.get(done[0]))
+            replace_durably(tmp, store.path / TEXT_HASH_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
         return dedup_on_ray(store, config=config, address=self.address, reporter=reporter)

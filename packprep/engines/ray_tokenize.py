@@ -40,11 +40,12 @@ def run_blocks(
     config: TokenizeConfig,
     dtype: np.dtype,
     reporter: Reporter,
+    hash_texts: bool = True,
 ) -> list[dict[str, Any]]:
     """Block summaries in corpus order; the error of the first failing block (in corpus order) is raised."""
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(_tokenize_block)  # looked up per call: tests wrap it
     refs = [
-        task.remote(i, str(source), str(root), str(blocks), config, dtype.name, span)
+        task.remote(i, str(source), str(root), str(blocks), config, dtype.name, span, hash_texts)
         for i, (source, span) in enumerate(parts)
     ]
     index_of = {ref: i for i, ref in enumerate(refs)}
@@ -80,6 +81,7 @@ def _tokenize_block(
     config: TokenizeConfig,
     dtype: str,
     span: tuple[int, int, int] | None = None,
+    hash_texts: bool = True,
 ) -> dict[str, Any]:
     """Ray task: tokenize one corpus source, or its byte range ``span`` (``corpus.source_parts``), into the block
     store ``blocks/<index>``; returns its counts.
@@ -106,7 +108,7 @@ def _tokenize_block(
             counters=counters, byte_range=span,
         )
         with DocStoreWriter(tmp, dtype=np.dtype(dtype)) as writer:
-            summary["dropped_empty"] = tokenize_into(writer, documents, tokenizer)
+            summary["dropped_empty"] = tokenize_into(writer, documents, tokenizer, hash_texts=hash_texts)
             writer.finish({})
             summary.update(num_documents=writer.num_documents, num_tokens=writer.num_tokens)
         shutil.rmtree(final, ignore_errors=True)  # a finished attempt whose result Ray lost

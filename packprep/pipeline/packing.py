@@ -92,7 +92,10 @@ def _pack(
     else:
         listing = scan_corpus(source)  # a missing or unreadable corpus fails before OUT is touched
         claim_folder(out, overwrite=overwrite, ours=is_output_file, keep={WORK_DIRNAME})
-        store = tokenize_in(source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, run=run, listing=listing)
+        store = tokenize_in(
+            source, out / WORK_DIRNAME, config=tokenize_config, overwrite=overwrite, run=run, listing=listing,
+            hash_texts=config.run_dedup and dedup_config.exact,
+        )
 
     if isinstance(embed_config, HeldEmbedder):
         if from_store and config.semantic:

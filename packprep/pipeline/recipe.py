@@ -37,16 +37,16 @@ from packprep.engines import LOCAL, Engine
 from packprep.formats import npy
 from packprep.progress import Reporter, SilentReporter
 from packprep.recipe import Recipe
-from packprep.pipeline.semantic import HeldEmbedder
+from packprep.pipeline.run import Run
+from packprep.pipeline.semantic import HeldEmbedder, with_text_hash
 from packprep.stages import decontaminate as decon
 from packprep.stages.dedup import REASON_DECONTAMINATED, DedupResult
 from packprep.stages.mix import Mixture, mix, split_hashes, val_mask
-from packprep.store import DocStore, DocStoreWriter, is_store
+from packprep.store import DocStore, DocStoreWriter, copy_documents, is_store
 
 OUTPUT_FILES = ("doc_sources.npy", "doc_benchmark.npy")
 VAL_OWNER = "val split"  # the "benchmark" name of a train document that shares an n-gram with a val document
 SHARE_TOLERANCE, TOTAL_TOLERANCE = 0.005, 0.01  # issue 15: shares within ±0.5 points, the total within ±1 %
-_COPY_TOKENS = 1 << 22
 
 
 def pack_recipe(
@@ -144,8 +144,10 @@ def _source_store(source: Any, recipe: Recipe, config: TokenizeConfig, work: Pat
         named = json.dumps({"path": str(source.path.resolve()), "config": as_dict(config)}, sort_keys=True)
         folder = (recipe.cache or work / "sources") / f"{source.path.name}-{hashlib.sha256(named.encode()).hexdigest()[:12]}"
     if folder not in opened:
-        opened[folder] = DocStore.open(folder) if folder == source.path else tokenize(
-            source.path, folder, config=config, workers=workers, engine=engine, reporter=reporter)
+        if folder == source.path:  # hashed if a pack tokenized it without: the pool copies every store's hashes
+            opened[folder] = with_text_hash(DocStore.open(folder), Run.of(engine, reporter, workers))
+        else:
+            opened[folder] = tokenize(source.path, folder, config=config, workers=workers, engine=engine, reporter=reporter)
     return opened[folder]
 
 
@@ -170,7 +172,7 @@ def _pool(recipe: Recipe, stores: list[DocStore], folder: Path, reporter: Report
         picked.append((store, docs))
     with DocStoreWriter(folder, dtype=stores[0].tokens.dtype) as writer:
         for store, docs in picked:
-            _copy(writer, store, docs)
+            copy_documents(writer, store, docs)
         writer.add_column("sources", np.repeat(np.arange(len(picked), dtype=np.int16), [len(d) for _, d in picked]))
         first = stores[0].manifest
         counts = {name: sum(st.manifest["counts"].get(name, 0) for st in stores) for name in first["counts"]}
@@ -178,19 +180,6 @@ def _pool(recipe: Recipe, stores: list[DocStore], folder: Path, reporter: Report
                               "source": {"path": str(recipe.path), "fingerprint": recipe.sha256, "parts": parts}, "counts": counts})
     reporter.info(f"recipe: {pool.num_documents:,} documents from {len(stores)} sources")
     return pool
-
-
-def _copy(writer: DocStoreWriter, store: DocStore, docs: np.ndarray) -> None:
-    """Append ``store``'s documents ``docs`` (int64 [M], repeats allowed) to ``writer``, ~4M tokens at a time."""
-    lengths = store.lengths()[docs]
-    ends = np.cumsum(lengths)
-    start = 0
-    while start < len(docs):
-        stop = max(int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _COPY_TOKENS, side="right")), start + 1)
-        batch = docs[start:stop]
-        tokens = store.read_spans(store.offsets[batch], lengths[start:stop])
-        writer.append(tokens, lengths[start:stop], [store.doc_ids[int(d)] for d in batch], store.text_hash[batch])
-        start = stop
 
 
 def _benchmark_files(recipe: Recipe) -> list[Path]:
@@ -282,7 +271,7 @@ def _split_store(pool: DocStore, folder: Path, picks: np.ndarray, dropped: np.nd
     if not (is_store(folder) and DocStore.open(folder).manifest.get("key") == key):
         claim_folder(folder, overwrite=True, ours=lambda p: True)  # OUT/work/<split> is this module's alone
         with DocStoreWriter(folder, dtype=pool.tokens.dtype) as writer:
-            _copy(writer, pool, docs)
+            copy_documents(writer, pool, docs)
             writer.add_column("sources", pool.column("sources")[docs])
             writer.add_column("benchmark", benchmark[docs])
             first = np.full(len(reason), -1, np.int64)

@@ -52,10 +52,22 @@ def dedup_in(store: DocStore, *, config: DedupConfig, run: Run) -> Dedup:
         return load_dedup(store.path, cached)
     (store.path / DEDUP_MANIFEST).unlink(missing_ok=True)
 
+    if config.exact:
+        store = with_text_hash(store, run)
     result = run.backend.dedup(store, config=config, reporter=reporter)
     found = record_dedup(store, config=config, result=result)
     reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
     return found
+
+
+def with_text_hash(store: DocStore, run: Run) -> DocStore:
+    """``store`` with its ``text_hash.npy``: a pack that does not dedup tokenizes without it, so a
+    later dedup of the same store hashes the decoded documents once (the same hashes: only a
+    tokenizer that ``decodes_exactly`` skips them at tokenize time) and keeps them in the store."""
+    if store.text_hash is not None:
+        return store
+    run.backend.write_text_hashes(store, reporter=run.reporter)
+    return DocStore.open(store.path)
 
 
 def record_dedup(store: DocStore, *, config: DedupConfig, result: Any) -> Dedup:

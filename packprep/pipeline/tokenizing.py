@@ -43,17 +43,24 @@ def tokenize(
 
 def tokenize_in(
     corpus: str | Path, work: str | Path, *, config: TokenizeConfig, overwrite: bool, run: Run,
-    listing: CorpusListing | None = None,
+    listing: CorpusListing | None = None, hash_texts: bool = True,
 ) -> DocStore:
-    """:func:`tokenize` as a step of a larger ``run`` (``pack`` calls it with the ``listing`` of the corpus it made)."""
+    """:func:`tokenize` as a step of a larger ``run`` (``pack`` calls it with the ``listing`` of the corpus it made).
+
+    ``hash_texts`` False (a pack without exact dedup): no ``text_hash.npy`` when the tokenizer
+    ``decodes_exactly`` (hashing is ~0.15 of the tokenize work); a later dedup hashes the
+    decoded store instead (``pipeline.semantic.with_text_hash``), to the same values.
+    """
     listing = scan_corpus(corpus) if listing is None else listing  # fails early on a missing path or nothing to read
     warn_unread_files(listing, corpus, run.reporter)
     corpus, work = Path(corpus), Path(work)
     with removed_on_error(work), folder_lock(work):
-        return _tokenize(corpus, work, listing.sources, config, overwrite, run)
+        return _tokenize(corpus, work, listing.sources, config, overwrite, run, hash_texts)
 
 
-def _tokenize(corpus: Path, work: Path, sources: list[Path], config: TokenizeConfig, overwrite: bool, run: Run) -> DocStore:
+def _tokenize(
+    corpus: Path, work: Path, sources: list[Path], config: TokenizeConfig, overwrite: bool, run: Run, hash_texts: bool
+) -> DocStore:
     from packprep.tokenizers import load_tokenizer
 
     reporter = run.reporter
@@ -77,7 +84,7 @@ def _tokenize(corpus: Path, work: Path, sources: list[Path], config: TokenizeCon
 
     store, read = run.backend.tokenize(
         corpus, work, sources=sources, config=config, tokenizer=tokenizer, fingerprint=fingerprint, manifest=manifest,
-        reporter=reporter, workers=run.workers,
+        reporter=reporter, workers=run.workers, hash_texts=hash_texts or not tokenizer.decodes_exactly,
     )
     report_read(reporter, config, read.counts, with_id=read.with_id, first_errors=read.first_errors)
     return store

@@ -20,7 +20,7 @@ _BATCH_CHARS = 8 << 20  # ~8 MB of text per tokenizer call keeps memory flat wit
 
 
 def tokenize_into(
-    writer: Any, documents: Iterable[tuple[str, Any]], tokenizer: Any, *, progress: Any = None,
+    writer: Any, documents: Iterable[tuple[str, Any]], tokenizer: Any, *, hash_texts: bool = True, progress: Any = None,
     encode_stream: Callable[[Iterable[str]], Iterable[np.ndarray]] | None = None,
 ) -> int:
     """Tokenize ``(id, text)`` pairs batch by batch into ``writer``; return how many were empty.
@@ -34,9 +34,11 @@ def tokenize_into(
     for batch in batches(documents):
         if not isinstance(batch[0][1], str):
             (doc_id, text), = batch
-            flat, lengths, ids, hashes, dropped = tokenize_pieces(doc_id, text, encode_stream, writer.append_tokens)
+            flat, lengths, ids, hashes, dropped = tokenize_pieces(
+                doc_id, text, encode_stream, writer.append_tokens, hash_texts=hash_texts
+            )
         else:
-            flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch)
+            flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch, hash_texts=hash_texts)
         dropped_empty += dropped
         writer.append(flat, lengths, ids, hashes)
         if progress is not None:
@@ -45,21 +47,24 @@ def tokenize_into(
 
 
 def tokenize_batch(
-    batch: list[tuple[str, str]], encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int]:
+    batch: list[tuple[str, str]], encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]], *, hash_texts: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, int]:
     """One batch of ``(id, text)`` as the store keeps it: ``(tokens, lengths, ids, text_hash, dropped)``.
 
     ``encode``: a tokenizer's ``encode_batch`` (flat uint32 ids, int64 lengths). Empty documents
     (no text, only whitespace, or no tokens) are dropped and counted in ``dropped``; the kept
     ones give flat uint32 ``tokens`` [T], int64 ``lengths`` [K], ``ids`` [K] and the uint64
-    ``text_hash`` [K] of their normalised text, which exact dedup uses later.
+    ``text_hash`` [K] of their normalised text, which exact dedup uses later (None unless
+    ``hash_texts``: ~0.15 of the tokenize work, spent only when a dedup will read it).
     """
     # A whitespace-only text tokenizes to a few space tokens: a document with nothing to learn from.
     kept = [(doc_id, text) for doc_id, text in batch if text and not text.isspace()]
     flat, lengths = encode([text for _, text in kept])
     keep = lengths > 0
     kept = list(itertools.compress(kept, keep))
-    hashes = np.fromiter((normalized_text_hash(text) for _, text in kept), dtype=np.uint64, count=len(kept))
+    hashes = None
+    if hash_texts:
+        hashes = np.fromiter((normalized_text_hash(text) for _, text in kept), dtype=np.uint64, count=len(kept))
     return flat, lengths[keep], [doc_id for doc_id, _ in kept], hashes, len(batch) - len(kept)
 
 
@@ -89,7 +94,9 @@ def tokenize_pieces(
     text: Any,
     encode_stream: Callable[[Iterable[str]], Iterable[np.ndarray]],
     emit: Callable[[np.ndarray], None],
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, int]:
+    *,
+    hash_texts: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, int]:
     """:func:`tokenize_batch` of one document too big to hold as one str, its tokens given to ``emit`` as they come.
 
     ``text``: ``pieces()`` (str, in order), ``isspace()`` and ``len()`` of the whole text
@@ -97,17 +104,19 @@ def tokenize_pieces(
     ids of the whole text (``tokenizers.text_cuts.encode_stream``). Each array goes to
     ``emit`` (``DocStoreWriter.append_tokens``) before the next is made, so no process
     holds the document's ids whole. Returns the batch that ends the document: no tokens,
-    its length, id and hash; or nothing kept (``dropped`` 1) for a blank text, before any ``emit``.
+    its length, id and hash (None unless ``hash_texts``); or nothing kept (``dropped`` 1)
+    for a blank text, before any ``emit``.
     """
     no_tokens = np.zeros(0, dtype=np.uint32)
-    nothing = no_tokens, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64), 1
+    nothing = no_tokens, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64) if hash_texts else None, 1
     if not len(text) or text.isspace():
         return nothing
-    hasher = NormalizedTextHasher()
+    hasher = NormalizedTextHasher() if hash_texts else None
 
     def hashed() -> Iterator[str]:
         for piece in text.pieces():
-            hasher.update(piece)
+            if hasher is not None:
+                hasher.update(piece)
             yield piece
 
     total = 0
@@ -116,5 +125,5 @@ def tokenize_pieces(
         total += len(tokens)
     if total == 0:  # as tokenize_batch drops a text without tokens (none was emitted)
         return nothing
-    hashes = np.array([hasher.intdigest()], dtype=np.uint64)
+    hashes = np.array([hasher.intdigest()], dtype=np.uint64) if hasher is not None else None
     return no_tokens, np.array([total], dtype=np.int64), [doc_id], hashes, 0

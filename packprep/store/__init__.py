@@ -5,7 +5,9 @@ Layout of a WORK folder (format ``packprep-docstore``, version 1)::
     WORK/
       tokens.bin          all tokens of all kept documents, back to back (uint16 or uint32, raw, memmapped)
       offsets.npy         int64 [N+1]; document i is tokens[offsets[i]:offsets[i+1]], offsets[0] == 0
-      text_hash.npy       uint64 [N]; hash of the normalised text (exact dedup reads it)
+      text_hash.npy       uint64 [N]; hash of the normalised text (exact dedup reads it); written at
+                          tokenize time when a dedup will read it, else (exactly decoding tokenizers
+                          only) computed from the decoded documents when a dedup first needs it
       doc_ids.bin         UTF-8 ids, back to back      } a StringTable: id of document i
       doc_ids.idx.npy     int64 [N+1] byte offsets     }
       store.json          manifest, written last: a store is complete when it exists
@@ -43,7 +45,9 @@ MANIFEST_NAME = "store.json"
 # concatenated, and by the next run when a killed one left them.
 BLOCKS_DIRNAME = ".blocks"
 _COPY_CHUNK = 8 << 20
-STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
+_COPY_TOKENS = 1 << 22  # copy_documents reads this many tokens at a time
+TEXT_HASH_FILE = "text_hash.npy"
+STORE_FILES = ("tokens.bin", "offsets.npy", TEXT_HASH_FILE, "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
 COLUMNS = ("sources", "benchmark", "original")  # optional per-document columns (see the layout above)
 
 
@@ -54,7 +58,7 @@ class DocStore:
     path: Path
     tokens: np.ndarray  # uint16/uint32 [T], memmap
     offsets: np.ndarray  # int64 [N+1]
-    text_hash: np.ndarray  # uint64 [N]
+    text_hash: np.ndarray | None  # uint64 [N]; None until hashed (see the layout above)
     doc_ids: StringTable
     manifest: dict[str, Any]
 
@@ -79,7 +83,7 @@ class DocStore:
             path=path,
             tokens=tokens,
             offsets=np.load(path / "offsets.npy", mmap_mode="r" if mapped else None),
-            text_hash=np.load(path / "text_hash.npy", mmap_mode="r" if mapped else None),
+            text_hash=np.load(hashes, mmap_mode="r" if mapped else None) if (hashes := path / TEXT_HASH_FILE).is_file() else None,
             doc_ids=StringTable(path / "doc_ids"),
             manifest=manifest,
         )
@@ -157,12 +161,14 @@ class DocStoreWriter:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST_NAME).unlink(missing_ok=True)
+        (self.path / TEXT_HASH_FILE).unlink(missing_ok=True)  # an earlier store's: this one may have none
         self.dtype = np.dtype(dtype)
         self._tokens_tmp = self.path / "tokens.bin.tmp"
         self._tokens = open(self._tokens_tmp, "wb")
         self._ids = StringTableWriter(self.path / "doc_ids")
         self._lengths: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
+        self._unhashed = False
         self._columns: dict[str, np.ndarray] = {}
         self.num_documents = 0
         self.num_tokens = 0
@@ -174,21 +180,31 @@ class DocStoreWriter:
         if exc_type is not None:
             self.abort()
 
-    def append(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[str], text_hash: np.ndarray) -> None:
-        """Add a batch: flat ``tokens`` with int64 ``lengths`` [B], ``ids`` [B], uint64 ``text_hash`` [B]."""
-        if len(tokens) and int(tokens.max()) > np.iinfo(self.dtype).max:
-            raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
-        self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
+    def append(self, tokens: np.ndarray, lengths: np.ndarray, ids: list[str], text_hash: np.ndarray | None) -> None:
+        """Add a batch: flat ``tokens`` with int64 ``lengths`` [B], ``ids`` [B], uint64 ``text_hash`` [B]
+        (None in every batch: a store without ``text_hash.npy``)."""
+        if (text_hash is None) != self._unhashed and self.num_documents:
+            raise ValueError("every batch of a store has text hashes, or none has")
+        self._unhashed = text_hash is None
+        self._write_tokens(tokens)
         self._ids.extend(ids)
         self._lengths.append(np.asarray(lengths, dtype=np.int64))
-        self._hashes.append(np.asarray(text_hash, dtype=np.uint64))
+        if text_hash is not None:
+            self._hashes.append(np.asarray(text_hash, dtype=np.uint64))
         self.num_documents += len(ids)
-        self.num_tokens += int(len(tokens))
 
     def append_tokens(self, tokens: np.ndarray) -> None:
         """Write the first tokens of a document still arriving (a huge one, in pieces): the next
         :meth:`append`'s first length counts them, so its ``lengths`` sum to them plus its own tokens."""
-        self.append(tokens, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64))
+        self._write_tokens(tokens)
+
+    def _write_tokens(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens)
+        # ids of a dtype no wider than the store's fit by construction: no pass over the batch to check them
+        if len(tokens) and np.iinfo(tokens.dtype).max > np.iinfo(self.dtype).max and int(tokens.max()) > np.iinfo(self.dtype).max:
+            raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
+        self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
+        self.num_tokens += int(len(tokens))
 
     def add_column(self, name: str, values: np.ndarray) -> None:
         """A per-document column (one of :data:`COLUMNS`), written by :meth:`finish` before the manifest."""
@@ -208,7 +224,8 @@ class DocStoreWriter:
         if int(lengths.sum()) != self.num_tokens:  # e.g. a document begun by append_tokens and never ended
             raise ValueError(f"the documents' lengths sum to {int(lengths.sum())}, not the {self.num_tokens} tokens written")
         save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        save_npy(self.path / "text_hash.npy", np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))
+        if not self._unhashed:
+            save_npy(self.path / TEXT_HASH_FILE, np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))
         _write_manifest(self.path, self.dtype, self.num_documents, self.num_tokens, manifest)
         return DocStore.open(self.path)
 
@@ -261,9 +278,29 @@ def concatenate(
     save_npy(work / "doc_ids.idx.npy", _stack_offsets([np.load(p.path / "doc_ids.idx.npy") for p in parts]))
     offsets = _stack_offsets([p.offsets for p in parts])
     save_npy(work / "offsets.npy", offsets)
-    save_npy(work / "text_hash.npy", np.concatenate([p.text_hash for p in parts]))
+    hashed = [p.text_hash is not None for p in parts]
+    if any(hashed) and not all(hashed):
+        raise ValueError("every block of a store has text hashes, or none has")
+    (work / TEXT_HASH_FILE).unlink(missing_ok=True)  # an earlier store's
+    if all(hashed):
+        save_npy(work / TEXT_HASH_FILE, np.concatenate([p.text_hash for p in parts]))
     _write_manifest(work, dtype, len(offsets) - 1, int(offsets[-1]), manifest)
     return DocStore.open(work)
+
+
+def copy_documents(writer: DocStoreWriter, store: DocStore, docs: np.ndarray) -> None:
+    """Append ``store``'s documents ``docs`` (int64 [M], repeats allowed) to ``writer``, ~4M tokens at a time
+    (a recipe's pool and split stores are such copies)."""
+    lengths = store.lengths()[docs]
+    ends = np.cumsum(lengths)
+    start = 0
+    while start < len(docs):
+        stop = max(int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _COPY_TOKENS, side="right")), start + 1)
+        batch = docs[start:stop]
+        tokens = store.read_spans(store.offsets[batch], lengths[start:stop])
+        hashes = None if store.text_hash is None else store.text_hash[batch]
+        writer.append(tokens, lengths[start:stop], [store.doc_ids[int(d)] for d in batch], hashes)
+        start = stop
 
 
 def copy_range(source: str, target: str, start: int) -> None:

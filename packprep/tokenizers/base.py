@@ -25,6 +25,9 @@ class Tokenizer(Protocol):
     vocab_size: int  # max id + 1, special tokens included
     eos_id: int | None
     bos_id: int | None
+    # decode(encode(text)) == text for any text: exact dedup may then hash the decoded store
+    # instead of hashing every text at tokenize time (pipeline.semantic.with_text_hash)
+    decodes_exactly: bool
 
     def encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat token ids (uint32 [sum(lengths)], texts concatenated) and lengths (int64 [len(texts)])."""

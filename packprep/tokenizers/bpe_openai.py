@@ -6,8 +6,8 @@ the vocabulary, the name and the fingerprint stay tiktoken's, so a store's cache
 the same whichever backend encoded it.
 
 bpe-openai holds the GIL while it encodes, so a large batch is spread over worker
-processes instead of threads. A worker is a plain child Python
-(``python -c "from packprep.tokenizers.bpe_openai import _serve_encoder; ..."``) speaking
+processes instead of threads. A worker is a plain child Python (``children.start_child``:
+``python -c "from packprep.tokenizers.bpe_openai import _serve_encoder; ..."``) speaking
 pickles on stdin/stdout: a list of texts in, (flat uint32 ids, int64 lengths) out, until
 stdin closes.
 """
@@ -15,7 +15,6 @@ stdin closes.
 from __future__ import annotations
 
 import functools
-import os
 import pickle
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from packprep.children import start_child
 from packprep.tokenizers.base import flatten
 from packprep.tokenizers.text_cuts import PIECE_CHARS, encode_in_pieces
 from packprep.tokenizers.tiktoken_backend import TiktokenTokenizer
@@ -85,23 +85,10 @@ class BpeOpenAICl100k(TiktokenTokenizer):
 
 
 class _EncoderProcess:
-    """A child Python that encodes with bpe-openai: pickled texts in on stdin, (flat, lengths) out on stdout.
-
-    A plain subprocess rather than multiprocessing: spawn and forkserver re-run the caller's
-    main script in each worker (a script calling ``packprep.pack`` without an
-    ``if __name__ == "__main__"`` guard would crash or start over), and fork copies whatever
-    lock the CLI's progress thread holds at that moment.
-    """
+    """A child Python (``children.start_child``) that encodes with bpe-openai: pickled texts in on stdin, (flat, lengths) out on stdout."""
 
     def __init__(self) -> None:
-        package_parent = str(Path(__file__).resolve().parents[2])  # the folder holding packprep/
-        python_path = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", "from packprep.tokenizers.bpe_openai import _serve_encoder; _serve_encoder()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(python_path)},
-        )
+        self._process = start_child("from packprep.tokenizers.bpe_openai import _serve_encoder; _serve_encoder()")
         self._stop = weakref.finalize(self, _stop_process, self._process)
 
     def send(self, texts: list[str]) -> None:

@@ -25,6 +25,10 @@ _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
 class HFTokenizer:
     """A Hugging Face ``tokenizers.Tokenizer`` read from a ``tokenizer.json``."""
 
+    # Normalisers, prefix spaces, [UNK] and decoders' clean-ups may change the text on the way
+    # back: its documents are always hashed from their text at tokenize time.
+    decodes_exactly = False
+
     def __init__(self, tokenizer: Any, *, path: Path, content: bytes, eos: int | None, bos: int | None):
         self._tokenizer = tokenizer
         self._content = content

@@ -24,6 +24,8 @@ CL100K_PATTERN = (
 class TiktokenTokenizer:
     """cl100k or a ``.tiktoken`` file; ``encoding`` is a ``tiktoken.Encoding``."""
 
+    decodes_exactly = True  # byte-level BPE: a document's tokens are its UTF-8 bytes
+
     def __init__(
         self, encoding: Any | None, *, name: str, pattern: str, threads: int, eos: int | None, bos: int | None,
         vocab_size: int | None = None, fingerprint: str | None = None,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from packprep.config import TokenizeConfig
-from packprep.corpus import byte_ranges
+from packprep import corpus as corpus_module
+from packprep.corpus import byte_ranges, iter_source_parts
 from packprep.engines import local, local_tokenize
 from packprep.errors import PackprepError
 from packprep.pipeline import tokenize
@@ -25,6 +26,7 @@ def pooled(monkeypatch):
     """Any corpus goes through the pool, its .jsonl files in byte ranges of RANGE_BYTES."""
     monkeypatch.setattr(local, "POOL_MIN_BYTES", 0)
     monkeypatch.setattr(local_tokenize, "RANGE_BYTES", RANGE_BYTES)
+    monkeypatch.setattr(corpus_module, "MIN_TAIL_RANGE", 1 << 10)  # the last ranges shrink to ~1 KB
 
 
 @pytest.fixture
@@ -54,6 +56,20 @@ def store_bytes(work: Path) -> dict[str, bytes]:
     return {name: (work / name).read_bytes() for name in STORE_FILES if name != "store.json"} | {
         "store.json": json.loads((work / "store.json").read_text())
     }
+
+
+def test_ranges_shrink_towards_the_corpus_end_and_still_cover_it_line_for_line(corpus, pooled):
+    big, later = corpus / "big.jsonl", corpus / "c.jsonl.gz"
+    parts = list(iter_source_parts([big, later], RANGE_BYTES, tail_ranges=4))
+    spans = [span for source, span in parts if source == big]
+    assert [source for source, _ in parts][-1] == later and parts[-1][1] is None
+    sizes = [end - start for start, end, _ in spans]
+    assert len(spans) > len(byte_ranges(big, RANGE_BYTES)) and sizes[-2] < sizes[0] / 2
+    data, position = big.read_bytes(), 0
+    for start, end, first_line in spans:
+        assert start == position and data.count(b"\n", 0, start) + 1 == first_line
+        position = end
+    assert position == len(data)
 
 
 def test_the_pool_writes_the_serial_store_byte_for_byte(corpus, tmp_path, pooled):
@@ -179,3 +195,12 @@ def test_a_huge_line_is_read_in_pieces_here_and_in_the_pool_and_stored_as_if_rea
         assert store.manifest["counts"] == whole.manifest["counts"] == {"records": 5, "dropped_empty": 1, "skipped_records": 0}
         assert store_bytes(tmp_path / f"pieces-{workers}") == store_bytes(tmp_path / "whole")
         assert list(store.doc_ids) == ["c.jsonl:1", "escaped", "raw", "c.jsonl:5"]
+    # A pack without exact dedup writes no text hashes: the same tokens, in pieces too
+    from packprep.pipeline.run import Run
+    from packprep.pipeline.tokenizing import tokenize_in
+
+    for workers in (1, 2):
+        unhashed = tmp_path / f"unhashed-{workers}"
+        tokenize_in(corpus, unhashed, config=config, overwrite=False, run=Run.of(workers=workers), hash_texts=False)
+        for name in ("tokens.bin", "offsets.npy", "doc_ids.bin"):
+            assert (unhashed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from packprep.engines.ray_engine import RayEngine  # noqa: E402
 from packprep.errors import PackprepError  # noqa: E402
 from packprep.io import LOCK_FILES  # noqa: E402
 from packprep.pipeline import pack, tokenize  # noqa: E402
+from packprep.progress import SilentReporter  # noqa: E402
 from packprep.stages import dedup as dedup_stage  # noqa: E402
 from packprep.store import DocStore  # noqa: E402
 
@@ -217,6 +219,17 @@ def test_dedup_on_ray_equals_the_local_result(duplicated_store):
     assert result.reason.tolist() == local.reason.tolist()
     assert result.dup_of.tolist() == local.dup_of.tolist()
     assert not (store.path / ray_engine.SIGNATURES_FILE).exists()  # the shared signatures are scratch
+
+
+def test_text_hashes_written_on_ray_equal_the_tokenize_time_ones(duplicated_store, tmp_path):
+    # a store a pack tokenized without hashes (no dedup) gets them from its decoded documents
+    store = duplicated_store
+    unhashed = tmp_path / "unhashed"
+    shutil.copytree(store.path, unhashed)
+    (unhashed / "text_hash.npy").unlink()
+    RayEngine().write_text_hashes(DocStore.open(unhashed), reporter=SilentReporter())
+    assert (unhashed / "text_hash.npy").read_bytes() == (store.path / "text_hash.npy").read_bytes()
+    assert not (unhashed / "text_hash.npy.tmp").exists()
 
 
 def test_minhash_signatures_on_ray_equal_the_local_ones(duplicated_store):

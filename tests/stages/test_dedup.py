@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import unicodedata
 
 import numpy as np
 
@@ -41,6 +42,17 @@ def test_normalised_hash_ignores_unicode_form_case_and_whitespace_but_not_punctu
     assert normalized_text_hash("x = a + b") != normalized_text_hash("x = a - b")
     assert exact_normal_form(" Stra\u00dfe\u00a0 \uFB01ne.\n") == "strasse fine."
     assert 0 <= normalized_text_hash("x") < 2**64
+
+
+def test_exact_normal_form_of_ascii_text_is_the_general_one():
+    # ASCII text takes a shortcut (lower instead of NFKC + casefold); every ASCII character,
+    # the separators str.split() knows (\x1c-\x1f) included, must normalise as before.
+    rng = random.Random(5)
+    alphabet = [chr(c) for c in range(128)]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert text.isascii()
+        assert exact_normal_form(text) == " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def test_normalize_text_keeps_words_and_drops_everything_between_them():
