@@ -34,6 +34,7 @@ import orjson
 from packprep.io import load_json
 from packprep.errors import PackprepError
 from packprep.formats import npy
+from packprep.json_text import JsonText, split_huge_record
 from packprep.store import MANIFEST_NAME as STORE_MANIFEST, STORE_FORMAT
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".parquet", ".txt", ".md")
@@ -70,6 +71,7 @@ class _Reader:
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         self.text_field, self.id_field, self.on_error, self.counters = text_field, id_field, on_error, counters
         self.fingerprint = fingerprint  # fed the raw bytes of every file read whole
+        self.huge_text_bytes: int | None = None  # see read_source
 
     def feed(self, data: bytes) -> None:
         if self.fingerprint is not None:
@@ -219,7 +221,8 @@ def iter_documents(
     counters: ReadCounters | None = None,
     fingerprint: Fingerprint | None = None,
     sources: list[Path] | None = None,
-) -> Iterator[tuple[str, str]]:
+    huge_text_bytes: int | None = None,
+) -> Iterator[tuple[str, str | JsonText]]:
     """Stream ``(doc_id, text)`` from a file or folder in a deterministic order; empty texts included.
 
     ``doc_id`` is the record's ``id_field`` as ``str`` when present, else ``"rel/path:line"``
@@ -231,6 +234,7 @@ def iter_documents(
     (``Fingerprint(corpus_root(path))``) is fed the files as they are read: once the
     documents are exhausted, its digest is ``corpus_fingerprint(path)``. ``sources``:
     ``list_corpus_files(path)`` when the caller has listed the corpus already.
+    ``huge_text_bytes``: see :func:`read_source`.
     """
     path = Path(path)
     sources = list_corpus_files(path) if sources is None else sources
@@ -239,7 +243,7 @@ def iter_documents(
     for source in sources:
         yield from read_source(
             source, root, text_field=text_field, id_field=id_field, on_error=on_error, counters=counters,
-            fingerprint=fingerprint,
+            fingerprint=fingerprint, huge_text_bytes=huge_text_bytes,
         )
 
 
@@ -253,16 +257,21 @@ def read_source(
     counters: ReadCounters | None = None,
     byte_range: tuple[int, int, int] | None = None,
     fingerprint: Fingerprint | None = None,
-) -> Iterator[tuple[str, str]]:
+    huge_text_bytes: int | None = None,
+) -> Iterator[tuple[str, str | JsonText]]:
     """``(doc_id, text)`` of one corpus source (a file, or a saved dataset folder) as :func:`iter_documents`
     reads it; ids are relative to ``root`` (:func:`corpus_root`). Both engines read through this.
 
     ``byte_range``: ``(start, end, first_line)`` from :func:`source_parts`: only the lines of a plain
     ``.jsonl`` in bytes [start, end), numbered from ``first_line``, with the same parsing, ids and errors.
     ``fingerprint``: see :func:`iter_documents` (whole sources only).
+    ``huge_text_bytes``: a JSONL line of at least this many bytes whose text is a string of at
+    least half of them gives its text as a ``json_text.JsonText`` (decoded piece by piece when
+    asked) rather than a str: same characters, same errors, a fraction of the memory.
     """
     assert fingerprint is None or byte_range is None, "a fingerprint covers whole files"
     reader = _Reader(text_field, id_field, on_error, counters if counters is not None else ReadCounters(), fingerprint)
+    reader.huge_text_bytes = huge_text_bytes
     for doc in _read_source(source, root, reader, byte_range):
         reader.counters.records += 1
         yield doc
@@ -436,8 +445,9 @@ def _stream_errors(suffix: str) -> tuple[type[BaseException], ...]:
 
 def _read_jsonl(
     path: Path, rel: str, reader: _Reader, *, suffix: str, byte_range: tuple[int, int, int] | None = None
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[str, str | JsonText]]:
     loads, decode_error, document = orjson.loads, orjson.JSONDecodeError, reader.document
+    huge = reader.huge_text_bytes
     lineno, first, shift = 0, True, 0
     chunks = _chunks(path, suffix, reader.feed)
     if byte_range is not None:
@@ -451,6 +461,13 @@ def _read_jsonl(
             if not line or line.isspace():
                 continue
             lineno += shift
+            if huge is not None and len(line) >= huge:
+                if (split := split_huge_record(line, reader.text_field, min_bytes=huge // 2)) is not None:
+                    first = False
+                    doc = document(split[0], rel, lineno, path)
+                    if doc is not None:
+                        yield doc[0], split[1]  # the JsonText holds the line
+                    continue
             try:
                 record = loads(line)
             except decode_error as exc:

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("pure stages: arrays in, arrays out; the strategy registry", ["stages."]),
     ("configs, validated against the registries", ["config", "recipe"]),
     ("tokenizers", ["tokenizers."]),
-    ("files: raw input, WORK, outputs", ["corpus", "store.", "formats.", "reader"]),
+    ("files: raw input, WORK, outputs", ["json_text", "corpus", "store.", "formats.", "reader"]),
     ("engines: compute only", ["engines."]),
     ("pipeline: load, stage, save, cache", ["pipeline."]),
     ("reading a finished output", ["verify.", "inspect.", "torch"]),

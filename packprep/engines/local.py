@@ -129,15 +129,18 @@ def _tokenize_here(
     advance: Any, hash_texts: bool,
 ) -> tuple[ReadSummary, str]:
     from packprep.corpus import Fingerprint, ReadCounters, corpus_root, iter_documents
+    from packprep.engines.local_tokenize import HUGE_TEXT_BYTES
     from packprep.stages.tokenize import tokenize_into
+    from packprep.tokenizers import stream_encoder
 
     counters = ReadCounters()
     reading = Fingerprint(corpus_root(corpus)) if fingerprint is None else None  # one pass: hashed as read
+    stream = stream_encoder(tokenizer)  # a huge text read and encoded in pieces, where the tokenizer allows (as in the workers)
     documents = iter_documents(
         corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters,
-        fingerprint=reading, sources=sources,
+        fingerprint=reading, sources=sources, huge_text_bytes=HUGE_TEXT_BYTES if stream else None,
     )
-    dropped_empty = tokenize_into(writer, documents, tokenizer, hash_texts=hash_texts, progress=advance)
+    dropped_empty = tokenize_into(writer, documents, tokenizer, hash_texts=hash_texts, progress=advance, encode_stream=stream)
     counts = {"records": counters.records, "dropped_empty": dropped_empty, "skipped_records": counters.skipped}
     fingerprint = reading.hexdigest() if reading is not None else fingerprint
     return ReadSummary(counts, with_id=counters.with_id, first_errors=counters.first_errors), fingerprint

@@ -13,8 +13,9 @@ on with the next parts: no text crosses a pipe, and reading, encoding and writin
 processes: ~0.6 of the bare encoder's throughput on 2 cores.)
 
 A worker is a plain child Python (``children.start_child`` says why: no multiprocessing)
-speaking pickles. Request: ``(source, root, span, config, recipe, hash_texts)``. Replies, in order:
-``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch, then
+speaking pickles. Request: ``(source, root, span, config, recipe, hash_texts, huge_text_bytes)``. Replies, in order:
+``("batch", tokens, lengths, ids, text_hash, dropped, records)`` for each batch (a huge document's
+tokens come first as ``("tokens", ids)`` replies, group by group; its batch has none left), then
 ``("done", counts)``, or ``("error", message, path, line)`` for a PackprepError (a bad record
 under ``--on-error raise``), or ``("crash", traceback)`` for a bug.
 """
@@ -45,6 +46,9 @@ _AHEAD = 2  # parts sent to a worker before its first comes back: it never waits
 _QUEUED_REPLIES = 16  # batches this process holds per worker (~8 MB of text each) before the worker waits
 _MAX_FIRST_ERRORS = 5
 _EXIT_GRACE_S = 10  # how long a worker whose replies ended may take to exit before it is killed
+# A worker reads a JSONL line this long whose text is most of it piece by piece (corpus.read_source's
+# huge_text_bytes): ~1.7x the line at the peak, not ~4.5x (bytes, orjson's copy, a 2-byte str).
+HUGE_TEXT_BYTES = 16 << 20
 
 
 def worker_recipe(tokenizer: Any, config: TokenizeConfig) -> tuple[Any, ...]:
@@ -85,7 +89,7 @@ def tokenize_parts(
         part = next(todo, None)
         if part is not None:
             source, span = part
-            worker.send((str(source), str(root), span, config, recipe, hash_texts))
+            worker.send((str(source), str(root), span, config, recipe, hash_texts, HUGE_TEXT_BYTES))
             pending.append(worker)
 
     try:
@@ -109,7 +113,11 @@ def tokenize_parts(
 
 def _collect(worker: _Worker, writer: Any, counts: dict[str, Any], progress: Callable[..., None]) -> None:
     """Append one part's batches to ``writer`` and add its counts; raise what the part raised."""
-    while (reply := worker.receive())[0] == "batch":
+    while (reply := worker.receive())[0] in ("batch", "tokens"):
+        if reply[0] == "tokens":  # a huge document's tokens so far: its "batch" ends it
+            writer.append_tokens(reply[1])
+            progress(0, tokens=len(reply[1]))
+            continue
         _, tokens, lengths, ids, hashes, dropped, records = reply
         writer.append(tokens, lengths, ids, hashes)
         counts["dropped_empty"] += dropped
@@ -199,13 +207,38 @@ def _encoder(recipe: tuple[Any, ...]) -> Callable[[list[str]], tuple[np.ndarray,
     return load_tokenizer(spec, eos_id=eos_id, bos_id=bos_id, num_threads=1).encode_batch
 
 
+def _stream_encoder(recipe: tuple[Any, ...], encode: Callable) -> Callable | None:
+    """``text_cuts.encode_stream`` over ``encode`` where its cuts keep the ids (cl100k's
+    pre-tokenisation), else None: a huge text is then read whole, as a str."""
+    from packprep.tokenizers import stream_encoder
+    from packprep.tokenizers.text_cuts import encode_stream
+
+    if recipe[0] == "bpe-openai":  # encode_in_process: cl100k
+        return lambda parts: encode_stream(parts, encode)
+    return stream_encoder(encode.__self__)  # encode is the loaded tokenizer's encode_batch
+
+
+def _tokenize_batch(
+    batch: list[tuple[str, Any]], encode: Callable, stream: Callable | None, reply: Callable[[tuple[Any, ...]], None],
+    *, hash_texts: bool,
+) -> tuple[Any, ...]:
+    """``stages.tokenize.tokenize_batch``, or for a huge text (``json_text.JsonText``, alone in
+    its batch) ``tokenize_pieces``, replying its tokens group by group as ``("tokens", ids)``."""
+    from packprep.stages.tokenize import tokenize_batch, tokenize_pieces
+
+    if len(batch) == 1 and not isinstance(batch[0][1], str):
+        (doc_id, text), = batch
+        return tokenize_pieces(doc_id, text, stream, lambda ids: reply(("tokens", ids)), hash_texts=hash_texts)
+    return tokenize_batch(batch, encode, hash_texts=hash_texts)
+
+
 def serve() -> None:
     """The worker side: tokenize each requested part, replying batch by batch, until stdin closes."""
     import signal
     import traceback
 
     from packprep.corpus import ReadCounters, read_source
-    from packprep.stages.tokenize import batches, tokenize_batch
+    from packprep.stages.tokenize import batches
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends us
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
@@ -218,19 +251,20 @@ def serve() -> None:
 
     while True:
         try:
-            source, root, span, config, recipe, hash_texts = pickle.load(requests)
+            source, root, span, config, recipe, hash_texts, huge_text_bytes = pickle.load(requests)
         except EOFError:
             return
         try:
             encode = encoders.get(recipe) or encoders.setdefault(recipe, _encoder(recipe))
+            stream = _stream_encoder(recipe, encode)
             counters = ReadCounters()
             documents = read_source(
                 Path(source), Path(root), text_field=config.text_field, id_field=config.id_field,
                 on_error=config.on_error, counters=counters, byte_range=span,
+                huge_text_bytes=huge_text_bytes if stream else None,
             )
             for batch in batches(documents):
-                tokens, lengths, ids, hashes, dropped = tokenize_batch(batch, encode, hash_texts=hash_texts)
-                reply(("batch", tokens, lengths, ids, hashes, dropped, len(batch)))
+                reply(("batch", *_tokenize_batch(batch, encode, stream, reply, hash_texts=hash_texts), len(batch)))
             reply(("done", {
                 "records": counters.records, "skipped": counters.skipped, "with_id": counters.with_id,
                 "first_errors": counters.first_errors[:_MAX_FIRST_ERRORS],

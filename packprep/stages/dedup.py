@@ -94,6 +94,41 @@ def _chunks_at_whitespace(text: str, chunk_chars: int) -> Iterator[str]:
     yield text[start:] if start else text
 
 
+class NormalizedTextHasher:
+    """:func:`normalized_text_hash` of a text given in pieces cut anywhere (a huge document read piece by piece).
+
+    ``update`` each piece in order, then ``intdigest()``: the hash of the joined text. The
+    pieces are re-cut just before an ASCII whitespace, as :func:`normalized_text_hash` cuts its
+    chunks (why that keeps the hash is said there), so only ~``chunk_chars`` are held.
+    """
+
+    def __init__(self, *, chunk_chars: int = _HASH_CHUNK_CHARS):
+        self._digest = hashlib.blake2b(digest_size=8)
+        self._wrote = False
+        self._pending = ""
+        self._chunk_chars = chunk_chars
+
+    def update(self, piece: str) -> None:
+        self._pending += piece
+        if len(self._pending) > self._chunk_chars:
+            cut = max(map(self._pending.rfind, " \t\n\r"))
+            if cut > 0:
+                self._write(self._pending[:cut])
+                self._pending = self._pending[cut:]
+
+    def intdigest(self) -> int:
+        """The hash of everything given (as a little-endian int, as normalized_text_hash returns it)."""
+        self._write(self._pending)
+        self._pending = ""
+        return int.from_bytes(self._digest.copy().digest(), "little")
+
+    def _write(self, chunk: str) -> None:
+        normal = exact_normal_form(chunk)
+        if normal:
+            self._digest.update(b" " + normal.encode("utf-8") if self._wrote else normal.encode("utf-8"))
+            self._wrote = True
+
+
 def text_jaccard(a: str, b: str, *, shingle: int = DEFAULT_SHINGLE) -> float:
     """The exact Jaccard similarity of two texts' sets of normalised word ``shingle``-grams: what
     MinHash estimates (up to hash collisions, ~2**-64 per pair of shingles). 1.0 for two texts

@@ -13,23 +13,32 @@ from typing import Any
 
 import numpy as np
 
-from packprep.stages.dedup import normalized_text_hash
+from packprep.stages.dedup import NormalizedTextHasher, normalized_text_hash
 
 _BATCH_DOCS = 2048
 _BATCH_CHARS = 8 << 20  # ~8 MB of text per tokenizer call keeps memory flat with huge documents
 
 
 def tokenize_into(
-    writer: Any, documents: Iterable[tuple[str, str]], tokenizer: Any, *, hash_texts: bool = True, progress: Any = None
+    writer: Any, documents: Iterable[tuple[str, Any]], tokenizer: Any, *, hash_texts: bool = True, progress: Any = None,
+    encode_stream: Callable[[Iterable[str]], Iterable[np.ndarray]] | None = None,
 ) -> int:
     """Tokenize ``(id, text)`` pairs batch by batch into ``writer``; return how many were empty.
 
     ``writer``: anything with ``DocStoreWriter.append``'s signature. Every engine's batches
-    go through :func:`tokenize_batch`, so the store is the same whoever ran it.
+    go through :func:`tokenize_batch`, so the store is the same whoever ran it. A text that
+    is not a str (a huge one read piece by piece) goes through :func:`tokenize_pieces` with
+    ``encode_stream``, its tokens to ``writer.append_tokens`` as they come.
     """
     dropped_empty = 0
     for batch in batches(documents):
-        flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch, hash_texts=hash_texts)
+        if not isinstance(batch[0][1], str):
+            (doc_id, text), = batch
+            flat, lengths, ids, hashes, dropped = tokenize_pieces(
+                doc_id, text, encode_stream, writer.append_tokens, hash_texts=hash_texts
+            )
+        else:
+            flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch, hash_texts=hash_texts)
         dropped_empty += dropped
         writer.append(flat, lengths, ids, hashes)
         if progress is not None:
@@ -60,10 +69,17 @@ def tokenize_batch(
 
 
 def batches(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
-    """``documents`` in lists of at most _BATCH_DOCS documents or about _BATCH_CHARS characters."""
+    """``documents`` in lists of at most _BATCH_DOCS documents or about _BATCH_CHARS characters;
+    a text that is not a str (``json_text.JsonText``) comes alone in its list."""
     batch: list[tuple[str, str]] = []
     chars = 0
     for doc in documents:
+        if not isinstance(doc[1], str):  # a huge text read piece by piece: alone, for tokenize_pieces
+            if batch:
+                yield batch
+                batch, chars = [], 0
+            yield [doc]
+            continue
         batch.append(doc)
         chars += len(doc[1])
         if len(batch) >= _BATCH_DOCS or chars >= _BATCH_CHARS:
@@ -71,3 +87,43 @@ def batches(documents: Iterable[tuple[str, str]]) -> Iterator[list[tuple[str, st
             batch, chars = [], 0
     if batch:
         yield batch
+
+
+def tokenize_pieces(
+    doc_id: str,
+    text: Any,
+    encode_stream: Callable[[Iterable[str]], Iterable[np.ndarray]],
+    emit: Callable[[np.ndarray], None],
+    *,
+    hash_texts: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, int]:
+    """:func:`tokenize_batch` of one document too big to hold as one str, its tokens given to ``emit`` as they come.
+
+    ``text``: ``pieces()`` (str, in order), ``isspace()`` and ``len()`` of the whole text
+    (``json_text.JsonText``). ``encode_stream``: pieces in, flat uint32 ids out, together the
+    ids of the whole text (``tokenizers.text_cuts.encode_stream``). Each array goes to
+    ``emit`` (``DocStoreWriter.append_tokens``) before the next is made, so no process
+    holds the document's ids whole. Returns the batch that ends the document: no tokens,
+    its length, id and hash (None unless ``hash_texts``); or nothing kept (``dropped`` 1)
+    for a blank text, before any ``emit``.
+    """
+    no_tokens = np.zeros(0, dtype=np.uint32)
+    nothing = no_tokens, np.zeros(0, dtype=np.int64), [], np.zeros(0, dtype=np.uint64) if hash_texts else None, 1
+    if not len(text) or text.isspace():
+        return nothing
+    hasher = NormalizedTextHasher() if hash_texts else None
+
+    def hashed() -> Iterator[str]:
+        for piece in text.pieces():
+            if hasher is not None:
+                hasher.update(piece)
+            yield piece
+
+    total = 0
+    for tokens in encode_stream(hashed()):
+        emit(tokens)
+        total += len(tokens)
+    if total == 0:  # as tokenize_batch drops a text without tokens (none was emitted)
+        return nothing
+    hashes = np.array([hasher.intdigest()], dtype=np.uint64) if hasher is not None else None
+    return no_tokens, np.array([total], dtype=np.int64), [doc_id], hashes, 0

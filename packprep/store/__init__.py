@@ -186,16 +186,24 @@ class DocStoreWriter:
         if (text_hash is None) != self._unhashed and self.num_documents:
             raise ValueError("every batch of a store has text hashes, or none has")
         self._unhashed = text_hash is None
-        tokens = np.asarray(tokens)
-        # ids of a dtype no wider than the store's fit by construction: no pass over the batch to check them
-        if len(tokens) and np.iinfo(tokens.dtype).max > np.iinfo(self.dtype).max and int(tokens.max()) > np.iinfo(self.dtype).max:
-            raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
-        self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
+        self._write_tokens(tokens)
         self._ids.extend(ids)
         self._lengths.append(np.asarray(lengths, dtype=np.int64))
         if text_hash is not None:
             self._hashes.append(np.asarray(text_hash, dtype=np.uint64))
         self.num_documents += len(ids)
+
+    def append_tokens(self, tokens: np.ndarray) -> None:
+        """Write the first tokens of a document still arriving (a huge one, in pieces): the next
+        :meth:`append`'s first length counts them, so its ``lengths`` sum to them plus its own tokens."""
+        self._write_tokens(tokens)
+
+    def _write_tokens(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens)
+        # ids of a dtype no wider than the store's fit by construction: no pass over the batch to check them
+        if len(tokens) and np.iinfo(tokens.dtype).max > np.iinfo(self.dtype).max and int(tokens.max()) > np.iinfo(self.dtype).max:
+            raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
+        self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
         self.num_tokens += int(len(tokens))
 
     def add_column(self, name: str, values: np.ndarray) -> None:
@@ -213,6 +221,8 @@ class DocStoreWriter:
         replace_durably(self._tokens_tmp, self.path / "tokens.bin")
         self._ids.close()
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+        if int(lengths.sum()) != self.num_tokens:  # e.g. a document begun by append_tokens and never ended
+            raise ValueError(f"the documents' lengths sum to {int(lengths.sum())}, not the {self.num_tokens} tokens written")
         save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         if not self._unhashed:
             save_npy(self.path / TEXT_HASH_FILE, np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))

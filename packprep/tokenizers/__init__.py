@@ -28,8 +28,11 @@ part of the spec: both give the same ids, so it must not change any cache key.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 from packprep.errors import PackprepError
@@ -38,7 +41,7 @@ from packprep.tokenizers.tiktoken_backend import CL100K_ENCODING, CL100K_NAMES, 
 
 __all__ = [
     "BACKEND_ENV", "BACKENDS", "CL100K_ENCODING", "CL100K_NAMES", "CL100K_PATTERN", "Tokenizer",
-    "load_tokenizer", "smallest_token_dtype", "tokenizer_from_manifest",
+    "load_tokenizer", "smallest_token_dtype", "stream_encoder", "tokenizer_from_manifest",
 ]
 
 BACKEND_ENV = "PACKPREP_TOKENIZER_BACKEND"
@@ -112,6 +115,17 @@ def _use_bpe_openai(backend: str | None) -> bool:
 def _no_pattern(spec: str, pattern: str | None) -> None:
     if pattern is not None:
         raise PackprepError(f"a split pattern applies to .tiktoken files only, not to tokenizer {spec!r}")
+
+def stream_encoder(tokenizer: Any) -> Callable[[Iterable[str]], Iterator[np.ndarray]] | None:
+    """``text_cuts.encode_stream`` over ``tokenizer.encode_batch`` (a text given in parts, its
+    ids group by group) where text_cuts' cuts keep its ids: cl100k's pre-tokenisation pattern,
+    either backend. None for any other tokenizer: a huge text must then be read whole."""
+    if getattr(tokenizer, "pattern", None) != CL100K_PATTERN:
+        return None
+    from packprep.tokenizers.text_cuts import encode_stream
+
+    return lambda parts: encode_stream(parts, tokenizer.encode_batch)
+
 
 def tokenizer_from_manifest(info: dict[str, Any]) -> Tokenizer:
     """The tokenizer a store or output was made with, special ids included (manifest ``tokenizer``)."""

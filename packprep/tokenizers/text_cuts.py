@@ -41,7 +41,7 @@ from __future__ import annotations
 import array
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -177,3 +177,32 @@ def encode_in_pieces(
                 flush()
     flush()
     return np.frombuffer(flat, dtype=np.uint32), lengths
+
+
+def encode_stream(
+    parts: Iterable[str],
+    encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]],
+    *,
+    max_chars: int = PIECE_CHARS,
+    group_chars: int = 4 * PIECE_CHARS,
+) -> Iterator[np.ndarray]:
+    """The ids (flat uint32) of the text ``"".join(parts)``, a group of pieces at a time, the text never whole.
+
+    ``parts`` may be cut anywhere (``json_text.JsonText.pieces``): they are gathered until
+    ``group_chars``, cut at ``cut_points`` (a cut only needs the characters on either side
+    of it, so it is one of the whole text's), and all but the last piece encoded; that one
+    starts the next group. The arrays, concatenated, are ``encode([text])``'s ids.
+    """
+    pending = ""
+    for part in parts:
+        pending += part
+        if len(pending) < group_chars:
+            continue
+        cuts = cut_points(pending, max_chars)
+        if cuts:
+            bounds = [0, *cuts]
+            yield encode([pending[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])])[0]
+            pending = pending[cuts[-1] :]
+    if pending:
+        yield encode([pending])[0]
+

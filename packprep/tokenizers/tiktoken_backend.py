@@ -41,6 +41,11 @@ class TiktokenTokenizer:
         self.bos_id = bos
         self._fingerprint = fingerprint
 
+    @property
+    def pattern(self) -> str:
+        """The pre-tokenisation regex: where it is CL100K_PATTERN, ``text_cuts``' cuts keep the ids."""
+        return self._pattern
+
     def __getattr__(self, attribute: str) -> Any:
         # Only reached while _encoding is unset: a cl100k made from cached facts loads its
         # tables the first time tiktoken is really asked for something (decode, encode).

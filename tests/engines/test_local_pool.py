@@ -158,3 +158,49 @@ def test_a_small_corpus_stays_in_this_process(small_corpus, tmp_path, monkeypatc
 
     monkeypatch.setattr(local_tokenize, "tokenize_parts", no_pool)
     assert tokenize(small_corpus, tmp_path / "work", workers=2).num_documents == 40
+
+
+@pytest.mark.parametrize("backend", ["bpe-openai", pytest.param("tiktoken", marks=pytest.mark.slow), pytest.param("tokenizer.json", marks=pytest.mark.slow)])
+def test_a_huge_line_is_read_in_pieces_here_and_in_the_pool_and_stored_as_if_read_whole(tmp_path, pooled, monkeypatch, backend):
+    from packprep.store import DocStoreWriter
+    from tests.helpers import make_hf_tokenizer
+    from tests.tokenizers.test_text_cuts import ADVERSARIAL
+
+    if backend == "bpe-openai":
+        pytest.importorskip("bpe_openai")
+    monkeypatch.setenv("PACKPREP_TOKENIZER_BACKEND", "bpe-openai" if backend == "bpe-openai" else "tiktoken")
+    config = TokenizeConfig(tokenizer=str(make_hf_tokenizer(tmp_path / "hf"))) if backend == "tokenizer.json" else TokenizeConfig()
+    text = " ".join(ADVERSARIAL[:-1]) * 3000  # ~1.5M characters: several pieces, several groups of tokens
+    records = [
+        json.dumps({"text": "a small one"}),
+        json.dumps({"id": "escaped", "text": text}),  # non-ASCII as \uXXXX
+        json.dumps({"id": "raw", "meta": {"n": 1}, "text": text[::-1]}, ensure_ascii=False),
+        json.dumps({"id": "blank", "text": " \n\t" * 400_000}),
+        json.dumps({"text": "the last one"}),
+    ]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "c.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    pieces = []
+    append_tokens = DocStoreWriter.append_tokens
+    monkeypatch.setattr(DocStoreWriter, "append_tokens", lambda self, tokens: pieces.append(len(tokens)) or append_tokens(self, tokens))
+    monkeypatch.setattr(local_tokenize, "HUGE_TEXT_BYTES", 1 << 40)
+    whole = tokenize(corpus, tmp_path / "whole", config=config, workers=1)
+    assert pieces == []  # read whole
+    monkeypatch.setattr(local_tokenize, "HUGE_TEXT_BYTES", 1 << 20)
+    for workers in (1, 2):
+        store = tokenize(corpus, tmp_path / f"pieces-{workers}", config=config, workers=workers)
+        # The two huge texts come in groups, but not for a tokenizer text_cuts knows nothing of: read whole
+        assert len(pieces) >= 4 * workers if backend != "tokenizer.json" else pieces == []
+        assert store.manifest["counts"] == whole.manifest["counts"] == {"records": 5, "dropped_empty": 1, "skipped_records": 0}
+        assert store_bytes(tmp_path / f"pieces-{workers}") == store_bytes(tmp_path / "whole")
+        assert list(store.doc_ids) == ["c.jsonl:1", "escaped", "raw", "c.jsonl:5"]
+    # A pack without exact dedup writes no text hashes: the same tokens, in pieces too
+    from packprep.pipeline.run import Run
+    from packprep.pipeline.tokenizing import tokenize_in
+
+    for workers in (1, 2):
+        unhashed = tmp_path / f"unhashed-{workers}"
+        tokenize_in(corpus, unhashed, config=config, overwrite=False, run=Run.of(workers=workers), hash_texts=False)
+        for name in ("tokens.bin", "offsets.npy", "doc_ids.bin"):
+            assert (unhashed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

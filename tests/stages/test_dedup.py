@@ -21,6 +21,7 @@ from packprep.stages.dedup import (
     lsh_params,
     minhash_signatures,
     near_duplicates,
+    NormalizedTextHasher,
     normalized_text_hash,
     semantic_duplicates,
     text_jaccard,
@@ -284,3 +285,18 @@ def test_a_huge_text_hashes_in_chunks_exactly_as_whole():
         assert normalized_text_hash(text, chunk_chars=chunk_chars) == whole
     assert normalized_text_hash("  " + text, chunk_chars=5) == whole  # leading whitespace: no empty word
     assert normalized_text_hash("a" * 100, chunk_chars=7) == normalized_text_hash("a" * 100)
+
+
+def test_a_text_given_in_pieces_cut_anywhere_hashes_as_whole():
+    text = "Cafe\u0301  \u0301x Stra\u00dfe\u00a0\uFB01ne\t\n\uff26\uff55\uff4c\uff4c \u1100\u1161 \u11a8 \u00a8 ΑΣ \u3000 end " * 40
+    rng = random.Random(0)
+    for chunk_chars in (1, 5, 64, 1 << 20):
+        for _ in range(5):
+            ends = sorted({rng.randrange(1, len(text)) for _ in range(rng.randrange(1, 60))} | {len(text)})
+            hasher = NormalizedTextHasher(chunk_chars=chunk_chars)
+            for start, stop in zip([0, *ends[:-1]], ends):
+                hasher.update(text[start:stop])  # cut inside words, between a letter and its combining mark
+            assert hasher.intdigest() == normalized_text_hash(text)
+    blank = NormalizedTextHasher(chunk_chars=3)
+    blank.update("  \n ")
+    assert blank.intdigest() == normalized_text_hash("  \n ")

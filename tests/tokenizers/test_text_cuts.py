@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packprep.tokenizers.text_cuts import cut_points, encode_in_pieces, is_safe_cut, pieces
+from packprep.tokenizers.base import flatten
+from packprep.tokenizers.text_cuts import cut_points, encode_in_pieces, encode_stream, is_safe_cut, pieces
 from packprep.tokenizers import load_tokenizer
 
 ADVERSARIAL = [
@@ -98,3 +99,14 @@ def test_cut_points_keep_pieces_bounded_where_the_text_allows():
     assert max(sizes) > 1000  # the 3000-space runs cannot be cut ...
     assert sum(size <= 1000 for size in sizes) >= len(sizes) - 3  # ... everything else is
     assert cut_points("a" * 5000, 1000) == []  # one letter run: one regex match, nothing to cut
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.lists(st.sampled_from(ADVERSARIAL), min_size=1, max_size=12).map("".join), data=st.data())
+def test_a_text_given_in_parts_cut_anywhere_encodes_to_the_whole_ids(encode, text, data):
+    """encode_stream (a huge JSONL text, json_text's pieces): parts cut at any character, re-cut at safe places."""
+    ends = sorted(data.draw(st.sets(st.integers(1, len(text)), max_size=8)) | {len(text)})
+    parts = [text[start:stop] for start, stop in zip([0, *ends[:-1]], ends)]
+    groups = list(encode_stream(parts, lambda texts: flatten([encode(t) for t in texts]), max_chars=40, group_chars=60))
+    assert [i for ids in groups for i in ids.tolist()] == encode(text)
+    assert len(groups) > 1 or len(text) < 200  # really in groups
