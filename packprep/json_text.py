@@ -28,6 +28,9 @@ from typing import Any
 
 import orjson
 
+# The engines read a JSONL line this long whose text is most of it piece by piece (corpus.read_source's
+# huge_text_bytes): ~1.7x the line at the peak, not ~4.5x (bytes, orjson's copy, a 2-byte str).
+HUGE_TEXT_BYTES = 16 << 20
 PIECE_BYTES = 1 << 20  # bytes of the literal decoded at a time: ~1M characters, ~4 MB as a str at most
 
 # A cut after any of these ends a character in valid JSON text, so the piece before it decodes:

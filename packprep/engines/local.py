@@ -129,7 +129,7 @@ def _tokenize_here(
     advance: Any, hash_texts: bool,
 ) -> tuple[ReadSummary, str]:
     from packprep.corpus import Fingerprint, ReadCounters, corpus_root, iter_documents
-    from packprep.engines.local_tokenize import HUGE_TEXT_BYTES
+    from packprep import json_text
     from packprep.stages.tokenize import tokenize_into
     from packprep.tokenizers import stream_encoder
 
@@ -138,7 +138,7 @@ def _tokenize_here(
     stream = stream_encoder(tokenizer)  # a huge text read and encoded in pieces, where the tokenizer allows (as in the workers)
     documents = iter_documents(
         corpus, text_field=config.text_field, id_field=config.id_field, on_error=config.on_error, counters=counters,
-        fingerprint=reading, sources=sources, huge_text_bytes=HUGE_TEXT_BYTES if stream else None,
+        fingerprint=reading, sources=sources, huge_text_bytes=json_text.HUGE_TEXT_BYTES if stream else None,
     )
     dropped_empty = tokenize_into(writer, documents, tokenizer, hash_texts=hash_texts, progress=advance, encode_stream=stream)
     counts = {"records": counters.records, "dropped_empty": dropped_empty, "skipped_records": counters.skipped}

@@ -38,6 +38,7 @@ import numpy as np
 from packprep.children import start_child
 from packprep.config import TokenizeConfig
 from packprep.errors import PackprepError
+from packprep import json_text
 
 # A plain .jsonl is cut into parts of about this size: a few per worker even for a small
 # corpus, so that the last part's tail, when one worker idles, stays short.
@@ -46,9 +47,6 @@ _AHEAD = 2  # parts sent to a worker before its first comes back: it never waits
 _QUEUED_REPLIES = 16  # batches this process holds per worker (~8 MB of text each) before the worker waits
 _MAX_FIRST_ERRORS = 5
 _EXIT_GRACE_S = 10  # how long a worker whose replies ended may take to exit before it is killed
-# A worker reads a JSONL line this long whose text is most of it piece by piece (corpus.read_source's
-# huge_text_bytes): ~1.7x the line at the peak, not ~4.5x (bytes, orjson's copy, a 2-byte str).
-HUGE_TEXT_BYTES = 16 << 20
 
 
 def worker_recipe(tokenizer: Any, config: TokenizeConfig) -> tuple[Any, ...]:
@@ -89,7 +87,7 @@ def tokenize_parts(
         part = next(todo, None)
         if part is not None:
             source, span = part
-            worker.send((str(source), str(root), span, config, recipe, hash_texts, HUGE_TEXT_BYTES))
+            worker.send((str(source), str(root), span, config, recipe, hash_texts, json_text.HUGE_TEXT_BYTES))
             pending.append(worker)
 
     try:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from packprep import json_text
 from packprep.config import TokenizeConfig
 from packprep.engines.base import RAY_MAX_RETRIES
 from packprep.errors import PackprepError
@@ -45,7 +46,7 @@ def run_blocks(
     """Block summaries in corpus order; the error of the first failing block (in corpus order) is raised."""
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(_tokenize_block)  # looked up per call: tests wrap it
     refs = [
-        task.remote(i, str(source), str(root), str(blocks), config, dtype.name, span, hash_texts)
+        task.remote(i, str(source), str(root), str(blocks), config, dtype.name, span, hash_texts, json_text.HUGE_TEXT_BYTES)
         for i, (source, span) in enumerate(parts)
     ]
     index_of = {ref: i for i, ref in enumerate(refs)}
@@ -82,6 +83,7 @@ def _tokenize_block(
     dtype: str,
     span: tuple[int, int, int] | None = None,
     hash_texts: bool = True,
+    huge_text_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Ray task: tokenize one corpus source, or its byte range ``span`` (``corpus.source_parts``), into the block
     store ``blocks/<index>``; returns its counts.
@@ -92,7 +94,7 @@ def _tokenize_block(
     """
     from packprep.corpus import ReadCounters, read_source
     from packprep.stages.tokenize import tokenize_into
-    from packprep.tokenizers import load_tokenizer
+    from packprep.tokenizers import load_tokenizer, stream_encoder
 
     final = Path(blocks) / f"{index:06d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -103,12 +105,13 @@ def _tokenize_block(
         # One process: Ray gives this task one CPU and runs one task per CPU (bpe-openai would
         # otherwise start encoder processes of its own inside every task).
         tokenizer = load_tokenizer(config.tokenizer, eos_id=config.eos_id, bos_id=config.bos_id, num_threads=1)
+        stream = stream_encoder(tokenizer)  # a huge text read and encoded in pieces where the tokenizer allows, as locally
         documents = read_source(
             Path(source), Path(root), text_field=config.text_field, id_field=config.id_field, on_error=config.on_error,
-            counters=counters, byte_range=span,
+            counters=counters, byte_range=span, huge_text_bytes=huge_text_bytes if stream else None,
         )
         with DocStoreWriter(tmp, dtype=np.dtype(dtype)) as writer:
-            summary["dropped_empty"] = tokenize_into(writer, documents, tokenizer, hash_texts=hash_texts)
+            summary["dropped_empty"] = tokenize_into(writer, documents, tokenizer, hash_texts=hash_texts, encode_stream=stream)
             writer.finish({})
             summary.update(num_documents=writer.num_documents, num_tokens=writer.num_tokens)
         shutil.rmtree(final, ignore_errors=True)  # a finished attempt whose result Ray lost

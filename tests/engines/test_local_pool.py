@@ -11,6 +11,7 @@ import pytest
 
 from packprep.config import TokenizeConfig
 from packprep import corpus as corpus_module
+from packprep import json_text
 from packprep.corpus import byte_ranges, iter_source_parts
 from packprep.engines import local, local_tokenize
 from packprep.errors import PackprepError
@@ -184,10 +185,10 @@ def test_a_huge_line_is_read_in_pieces_here_and_in_the_pool_and_stored_as_if_rea
     pieces = []
     append_tokens = DocStoreWriter.append_tokens
     monkeypatch.setattr(DocStoreWriter, "append_tokens", lambda self, tokens: pieces.append(len(tokens)) or append_tokens(self, tokens))
-    monkeypatch.setattr(local_tokenize, "HUGE_TEXT_BYTES", 1 << 40)
+    monkeypatch.setattr(json_text, "HUGE_TEXT_BYTES", 1 << 40)
     whole = tokenize(corpus, tmp_path / "whole", config=config, workers=1)
     assert pieces == []  # read whole
-    monkeypatch.setattr(local_tokenize, "HUGE_TEXT_BYTES", 1 << 20)
+    monkeypatch.setattr(json_text, "HUGE_TEXT_BYTES", 1 << 20)
     for workers in (1, 2):
         store = tokenize(corpus, tmp_path / f"pieces-{workers}", config=config, workers=workers)
         # The two huge texts come in groups, but not for a tokenizer text_cuts knows nothing of: read whole

@@ -67,6 +67,38 @@ def test_tokenize_on_ray_writes_the_local_store_byte_for_byte(corpus, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ray").iterdir() if p.name not in LOCK_FILES) == sorted(STORE_FILES)  # no blocks left behind
 
 
+def test_a_huge_line_is_read_in_pieces_on_ray_and_stored_as_if_read_whole(tmp_path, monkeypatch):
+    from packprep import json_text
+    from packprep.store import DocStoreWriter
+    from tests.tokenizers.test_text_cuts import ADVERSARIAL
+
+    text = " ".join(ADVERSARIAL[:-1]) * 3000  # ~1.5M characters: several pieces, several groups of tokens
+    records = [{"text": "a small one"}, {"id": "huge", "text": text}, {"text": "the last one"}]
+    write_jsonl(tmp_path / "corpus" / "c.jsonl", records)
+    whole = tokenize(tmp_path / "corpus", tmp_path / "whole", workers=1)  # 16 MB and up only: read whole here
+    monkeypatch.setattr(json_text, "HUGE_TEXT_BYTES", 1 << 20)  # the driver passes it to its tasks
+    real, log = ray_tokenize._tokenize_block, tmp_path / "groups.log"
+
+    def counting_groups(*args):  # runs in the task's process: each group of the huge text's ids logs a line
+        append_tokens = DocStoreWriter.append_tokens
+
+        def logged(self, tokens):
+            with open(log, "a") as f:
+                f.write(f"{len(tokens)}\n")
+            return append_tokens(self, tokens)
+
+        DocStoreWriter.append_tokens = logged
+        try:
+            return real(*args)
+        finally:
+            DocStoreWriter.append_tokens = append_tokens
+
+    monkeypatch.setattr(ray_tokenize, "_tokenize_block", counting_groups)
+    tokenize(tmp_path / "corpus", tmp_path / "ray", engine=Engine("ray"))
+    assert len(log.read_text().split()) >= 2  # the huge text went in pieces, its ids in groups
+    assert store_bytes(tmp_path / "ray") == store_bytes(whole.path)
+
+
 def test_a_store_from_either_engine_is_reused_by_the_other(corpus, tmp_path):
     tokenize(corpus, tmp_path / "work")
     before = (tmp_path / "work" / "store.json").stat().st_mtime_ns
