@@ -23,4 +23,7 @@ def start_child(code: str) -> subprocess.Popen:
     package_parent = str(Path(__file__).resolve().parents[1])  # the folder holding packprep/
     python_path = [package_parent, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path), **{name: "1" for name in _ONE_THREAD}}
+    # `python -c` puts the working folder first on sys.path, ahead of PYTHONPATH: run from a folder
+    # holding another packprep/, the child would import that one (`-P` says the same from 3.11 on).
+    code = f"import sys; del sys.path[0]; {code}"
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)

@@ -205,3 +205,13 @@ def test_a_huge_line_is_read_in_pieces_here_and_in_the_pool_and_stored_as_if_rea
         tokenize_in(corpus, unhashed, config=config, overwrite=False, run=Run.of(workers=workers), hash_texts=False)
         for name in ("tokens.bin", "offsets.npy", "doc_ids.bin"):
             assert (unhashed / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+
+
+def test_a_worker_imports_this_packprep_even_from_a_folder_holding_another(small_corpus, tmp_path, pooled, monkeypatch):
+    decoy = tmp_path / "elsewhere" / "packprep"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy packprep was imported')\n")
+    monkeypatch.chdir(decoy.parent)
+    serial = tokenize(small_corpus, tmp_path / "serial", workers=1)
+    store = tokenize(small_corpus, tmp_path / "pool", workers=2)
+    assert store_bytes(store.path) == store_bytes(serial.path)
