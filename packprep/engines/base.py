@@ -46,8 +46,10 @@ class Backend(Protocol):
         or None for the engine to compute (the local engine does while it reads). ``workers``:
         processes on this machine (None: all cores)."""
 
-    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
-        """The ``stages.dedup.DedupResult`` of exact and near dedup of ``store``."""
+    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter, out: dict[str, np.ndarray]) -> dict[str, int]:
+        """Exact and near dedup of ``store``: fill ``out`` (``keep``, ``reason``, ``dup_of``: the arrays of a
+        ``stages.dedup.DedupResult``, [N] memmaps that ``store.cached.open_dedup`` created) and return the
+        counts by reason (``DedupResult.counts``)."""
 
     def embed(
         self, store: DocStore, embedder: Any, decode: Callable[[Any], str], *, config: EmbedConfig, out: np.ndarray,

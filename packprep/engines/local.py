@@ -46,7 +46,14 @@ class LocalEngine:
             store = writer.finish(manifest(read.counts, writer.num_documents, fingerprint))
         return store, read
 
-    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
+    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter, out: dict[str, np.ndarray]) -> dict[str, int]:
+        result = self.dedup_result(store, config=config, reporter=reporter)
+        for name in ("keep", "reason", "dup_of"):
+            out[name][:] = getattr(result, name)
+        return result.counts()
+
+    def dedup_result(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
+        """The ``stages.dedup.DedupResult`` of ``store``, whole in this process (:meth:`dedup` stores it)."""
         from packprep.stages import dedup as stage
         from packprep.tokenizers import tokenizer_from_manifest
 
