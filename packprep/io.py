@@ -294,3 +294,27 @@ def write_npy_rows(path: Path, first: int, values: np.ndarray) -> None:
     with open(path, "r+b") as fh:
         fh.seek(offset + int(first) * dtype.itemsize)
         fh.write(memoryview(data).cast("B"))
+
+
+@contextlib.contextmanager
+def npy_writer(path: Path, *, dtype: Any, length: int) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write the 1-D ``.npy`` of ``length`` elements at ``path`` front to back, piece by piece: the
+    context gives ``write(values)``; the file is ``np.save``'s bytes for the joined pieces, written
+    to a temporary sibling and renamed when all ``length`` elements are in (removed on error).
+    Only one piece is in memory at a time, and no page of the file is mapped here."""
+    dtype = np.dtype(dtype)
+    with atomic_path(path) as tmp:
+        offset = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(length,)).offset  # the header, sized
+        written = 0
+        with open(tmp, "r+b") as fh:
+            fh.seek(offset)
+
+            def write(values: np.ndarray) -> None:
+                nonlocal written
+                data = np.ascontiguousarray(values, dtype=dtype)
+                fh.write(memoryview(data).cast("B"))
+                written += len(data)
+
+            yield write
+        if written != length:
+            raise ValueError(f"{path}: {written} elements written of {length}")
