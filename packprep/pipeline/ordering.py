@@ -27,8 +27,9 @@ from packprep.stages.partition import PartOrder, Partitions
 
 
 def plan_digest(plan: Partitions) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(plan.bounds, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(plan.members, dtype=np.int64).tobytes())
+    # Through the arrays' buffers: ``tobytes`` would copy the members (8 B per document) first.
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(plan.bounds, dtype=np.int64)).cast("B"))
+    digest.update(memoryview(np.ascontiguousarray(plan.members, dtype=np.int64)).cast("B"))
     return digest.hexdigest()
 
 

@@ -140,9 +140,8 @@ def _pack(
         shard_params={"dtype": store.tokens.dtype, "sep_id": sep_id, "pad_id": pad_id},
         finished=finished, run=run, folder_name=PACK_JOURNAL_DIRNAME,
     )
-    sequence_lengths = store.lengths() + sep_len
     doc_files = npy.write_doc_table(
-        out, ids_from=store.path / "doc_ids", sequence_lengths=sequence_lengths, reason=selection.reason,
+        out, ids_from=store.path / "doc_ids", offsets=store.offsets, sep_len=sep_len, reason=selection.reason,
         dup_of=selection.dup_of,
     )
     npy.write_manifest(

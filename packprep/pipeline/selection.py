@@ -11,7 +11,7 @@ import numpy as np
 from packprep.config import DedupConfig, EmbedConfig, PackConfig
 from packprep.io import release_pages
 from packprep.pipeline.run import Run
-from packprep.stages.dedup import REASON_NAMES, reason_counts
+from packprep.stages.dedup import REASON_NAMES, counted_reasons
 from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore
 from packprep.store.embeddings import embed_manifest
@@ -29,7 +29,13 @@ class Selection:
     semantic_threshold: dict[str, Any] | None = None  # see :func:`semantic_threshold`; manifest.json records it
 
     def dropped_counts(self) -> dict[str, int]:
-        return {name: n for name, n in reason_counts(self.reason).items() if name != REASON_NAMES[0]}
+        counts = sum(
+            (np.bincount(self.reason[start : start + _REASON_CHUNK], minlength=len(REASON_NAMES))
+             for start in range(0, len(self.reason), _REASON_CHUNK)),
+            np.zeros(len(REASON_NAMES), np.int64),
+        )  # a slice at a time, like kept_indices
+        release_pages(self.reason)
+        return {name: n for name, n in counted_reasons(counts).items() if name != REASON_NAMES[0]}
 
 
 def select_documents(
@@ -55,8 +61,9 @@ def select_documents(
 
     reporter = run.reporter
     n = store.num_documents
-    reason: np.ndarray = np.zeros(n, dtype=np.uint8)
-    dup_of: np.ndarray = np.full(n, -1, dtype=np.int64)
+    # Without dedup: constants broadcast to N (read-only, no memory), read a slice at a time like the stored arrays.
+    reason: np.ndarray = np.broadcast_to(np.uint8(0), (n,))
+    dup_of: np.ndarray = np.broadcast_to(np.int64(-1), (n,))
     if config.run_dedup:
         found = semantic.dedup_in(store, config=dedup_config, run=run)
         reason, dup_of = found.reason, found.dup_of
