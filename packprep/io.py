@@ -281,18 +281,18 @@ def _owner(folder: Path) -> str:
 
 
 def write_npy_rows(path: Path, first: int, values: np.ndarray) -> None:
-    """Write ``values`` over elements ``first:first + len(values)`` of the 1-D ``.npy`` at ``path``, in place.
+    """Write ``values`` over rows ``first:first + len(values)`` of the (C-ordered) ``.npy`` at ``path``, in place.
 
     With a file write, not through a memory map: tasks on several machines write
     neighbouring ranges of one file on a shared file system, and a mapped page is written
     back whole (a neighbour's bytes in it included), whereas a write sends its own bytes only.
     """
     mapped = np.load(path, mmap_mode="r")
-    offset, dtype = mapped.offset, mapped.dtype
+    offset, dtype, row_bytes = mapped.offset, mapped.dtype, mapped.dtype.itemsize * int(np.prod(mapped.shape[1:]))
     del mapped
     data = np.ascontiguousarray(values, dtype=dtype)
     with open(path, "r+b") as fh:
-        fh.seek(offset + int(first) * dtype.itemsize)
+        fh.seek(offset + int(first) * row_bytes)
         fh.write(memoryview(data).cast("B"))
 
 

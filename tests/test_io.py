@@ -30,3 +30,9 @@ def test_rows_are_written_in_place_and_nothing_else_changes(tmp_path):
     write_npy_rows(tmp_path / "a.npy", 2, np.array([7, 8]))
     write_npy_rows(tmp_path / "a.npy", 5, np.zeros(0, np.int64))
     assert np.load(tmp_path / "a.npy").tolist() == [-1, -1, 7, 8, -1, -1]
+
+
+def test_rows_of_a_matrix_are_written_whole(tmp_path):
+    np.save(tmp_path / "m.npy", np.zeros((4, 3), dtype=np.uint32))
+    write_npy_rows(tmp_path / "m.npy", 1, np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint32))
+    assert np.load(tmp_path / "m.npy").tolist() == [[0, 0, 0], [1, 2, 3], [4, 5, 6], [0, 0, 0]]

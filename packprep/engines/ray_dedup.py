@@ -162,8 +162,9 @@ def sign_range(
     as uint64 rows (band, key, document) split by ``key % partitions``.
 
     The band keys are ``stages.dedup.band_keys``, as the local engine's. With ``signatures_path``
-    the signatures go into rows [first, end) of that ``.npy`` (flushed before the task returns:
-    a retry rewrites the same bytes) and the first output is their count instead.
+    the signatures go into rows [first, end) of that ``.npy`` (``io.write_npy_rows``: written, not
+    mapped, before the task returns; a retry rewrites the same bytes) and the first output is their
+    count instead.
     """
     from packprep.stages.dedup import EMPTY_SIGNATURE, band_keys, document_signatures, lsh_params
     from packprep.tokenizers import tokenizer_from_manifest
@@ -179,10 +180,7 @@ def sign_range(
         return signatures
     first_output: Any = signatures
     if signatures_path is not None:
-        shared = np.load(signatures_path, mmap_mode="r+")
-        shared[first:end] = signatures
-        shared.flush()
-        del shared
+        write_npy_rows(Path(signatures_path), first, signatures)
         first_output = end - first
     active = np.asarray(keep, dtype=bool) & ~(signatures == EMPTY_SIGNATURE).all(axis=1)
     docs = (np.flatnonzero(active) + first).astype(np.uint64)

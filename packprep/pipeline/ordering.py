@@ -112,8 +112,10 @@ def order_by_partition(
 
     reporter = run.reporter
     reporter.info(f"order: planning partitions of at most {max_docs:,} documents")
-    plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed)
-    release_pages(embeddings)  # planning read every row: mapped pages would count as ours, growing with the corpus
+    # Planning reads every row: mapped pages would count as ours, growing with the corpus, so they
+    # are let go after each batch (65,536 rows), not once at the end.
+    plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed, after_batch=lambda: release_pages(embeddings))
+    release_pages(embeddings)  # the k-means samples' rows
     total = len(plan.members)
     journal = OrderJournal.resume(journal_folder, key=key, plan=plan) if journal_folder is not None else None
     # Journaled partitions keep only their centroid and end rows here (their orders are on disk).
