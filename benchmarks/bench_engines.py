@@ -15,7 +15,9 @@ documents (tokenized and embedded with the static embedder once, cached under
 ``bench-data/order-rss``) are packed with ``--strategy icp --partition-docs 2000
 --no-dedup`` (``--dedup``: exact + MinHash dedup, computed afresh in each run) by a fresh driver process each, on Ray (a local instance with ``--cpus``)
 and locally; it prints each driver's peak RSS (``VmHWM`` of the driver alone: Ray's
-workers are other processes) and wall time, and checks that both engines wrote the same
+workers are other processes), its growth during ``pack`` (the high-water mark reset just
+before it, minus the resident memory then: the part that can grow with the corpus, and
+from two sizes its slope per document) and wall time, and checks that both engines wrote the same
 shards. Then the 10,000-document store again on a multi-node layout on this machine
 (``ray.cluster_utils.Cluster``, ``--nodes`` nodes of one CPU, this folder as the shared
 file system): time, the nodes the partition tasks ran on, and byte identity.

@@ -12,7 +12,11 @@ from pathlib import Path
 WORK = Path("bench-data/order-rss")
 # A fresh driver per run: pack, then print the driver's own peak RSS. VmHWM, not ru_maxrss: on Linux
 # ru_maxrss survives exec, so a child of a large parent (this process, after embedding a store)
-# reports the parent's peak; VmHWM belongs to the driver's own address space.
+# reports the parent's peak; VmHWM belongs to the driver's own address space. The peak is mostly
+# the fixed base (Python, numpy, Ray's client; ray.init's own peak), which hides a few MB that grow
+# with the corpus; so the driver also resets its high-water mark just before ``pack`` (writing 5 to
+# /proc/self/clear_refs, Linux >= 4.0) and reports ``pack_growth_mib``: the peak during pack minus
+# the resident memory it started from. Its difference between two sizes is the per-document slope.
 DRIVER = (
     "import json, sys, time\n"
     "from packprep.config import EmbedConfig, PackConfig\n"
@@ -22,11 +26,17 @@ DRIVER = (
     "if engine == 'ray':\n"
     "    from packprep.engines.ray_engine import connect\n"
     "    connect(None, num_cpus=int(cpus))\n"
+    "def status(key):\n"
+    "    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key + ':'))\n"
+    "peak_before = status('VmHWM')\n"
+    "open('/proc/self/clear_refs', 'w').write('5')\n"
+    "rss_before = status('VmRSS')\n"
     "start = time.perf_counter()\n"
     "config = PackConfig(strategy='icp', seq_len=2048, dedup=dedup == '1', semantic_threshold=0.0, partition_docs=int(partition_docs))\n"
     "pack(store, out, config=config, embed_config=EmbedConfig(model='static'), engine=Engine(engine))\n"
-    "hwm = next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM:'))\n"
-    "print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mib': hwm / 1024}))\n"
+    "during = status('VmHWM')\n"
+    "print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mib': max(peak_before, during) / 1024,\n"
+    "                  'pack_growth_mib': (during - rss_before) / 1024}))\n"
 )
 
 
@@ -78,16 +88,20 @@ def order_rss(args) -> None:
         return multi_node(prepared_store(source, args.sizes[0]), args)
     print(f"corpus: first {args.sizes} documents of {source}; icp, --partition-docs {args.partition_docs}, "
           f"static embeddings, {'exact + MinHash dedup' if args.dedup else 'no dedup'}; ray with {args.cpus} CPUs")
-    print(f"{'documents':>9} {'ray driver MiB':>15} {'ray s':>7} {'local MiB':>10} {'local s':>8} {'identical':>9}")
-    peaks = []
+    print(f"{'documents':>9} {'ray driver MiB':>15} {'in pack':>8} {'ray s':>7} {'local MiB':>10} {'in pack':>8} {'local s':>8} {'identical':>9}")
+    peaks, growths = [], []
     for n in args.sizes:
         store = prepared_store(source, n)
         on_ray = run_driver(store, WORK / f"out-ray-{n}", "ray", args.cpus, args.partition_docs, args.dedup)
         local = run_driver(store, WORK / f"out-local-{n}", "local", args.cpus, args.partition_docs, args.dedup)
         same = shards_equal(WORK / f"out-ray-{n}", WORK / f"out-local-{n}")
         peaks.append(on_ray["peak_mib"])
-        print(f"{n:>9,} {on_ray['peak_mib']:>15.0f} {on_ray['seconds']:>7.1f} {local['peak_mib']:>10.0f} {local['seconds']:>8.1f} {str(same):>9}")
+        growths.append(on_ray["pack_growth_mib"])
+        print(f"{n:>9,} {on_ray['peak_mib']:>15.0f} {on_ray['pack_growth_mib']:>8.1f} {on_ray['seconds']:>7.1f} "
+              f"{local['peak_mib']:>10.0f} {local['pack_growth_mib']:>8.1f} {local['seconds']:>8.1f} {str(same):>9}")
     print(f"ray driver peak, largest / smallest corpus: {peaks[-1] / peaks[0]:.2f}x for {args.sizes[-1] / args.sizes[0]:.0f}x the documents")
+    slope = (growths[-1] - growths[0]) * 2**20 / max(args.sizes[-1] - args.sizes[0], 1)
+    print(f"ray driver growth during pack: {growths[0]:.1f} -> {growths[-1]:.1f} MiB, {slope:.0f} B per document")
     multi_node(prepared_store(source, args.sizes[0]), args)
 
 

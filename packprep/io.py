@@ -278,3 +278,43 @@ def _owner(folder: Path) -> str:
         except (OSError, ValueError, KeyError, TypeError):
             time.sleep(0.05)
     return "another packprep run"
+
+
+def write_npy_rows(path: Path, first: int, values: np.ndarray) -> None:
+    """Write ``values`` over rows ``first:first + len(values)`` of the (C-ordered) ``.npy`` at ``path``, in place.
+
+    With a file write, not through a memory map: tasks on several machines write
+    neighbouring ranges of one file on a shared file system, and a mapped page is written
+    back whole (a neighbour's bytes in it included), whereas a write sends its own bytes only.
+    """
+    mapped = np.load(path, mmap_mode="r")
+    offset, dtype, row_bytes = mapped.offset, mapped.dtype, mapped.dtype.itemsize * int(np.prod(mapped.shape[1:]))
+    del mapped
+    data = np.ascontiguousarray(values, dtype=dtype)
+    with open(path, "r+b") as fh:
+        fh.seek(offset + int(first) * row_bytes)
+        fh.write(memoryview(data).cast("B"))
+
+
+@contextlib.contextmanager
+def npy_writer(path: Path, *, dtype: Any, length: int) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write the 1-D ``.npy`` of ``length`` elements at ``path`` front to back, piece by piece: the
+    context gives ``write(values)``; the file is ``np.save``'s bytes for the joined pieces, written
+    to a temporary sibling and renamed when all ``length`` elements are in (removed on error).
+    Only one piece is in memory at a time, and no page of the file is mapped here."""
+    dtype = np.dtype(dtype)
+    with atomic_path(path) as tmp:
+        offset = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(length,)).offset  # the header, sized
+        written = 0
+        with open(tmp, "r+b") as fh:
+            fh.seek(offset)
+
+            def write(values: np.ndarray) -> None:
+                nonlocal written
+                data = np.ascontiguousarray(values, dtype=dtype)
+                fh.write(memoryview(data).cast("B"))
+                written += len(data)
+
+            yield write
+        if written != length:
+            raise ValueError(f"{path}: {written} elements written of {length}")

@@ -50,8 +50,10 @@ class Backend(Protocol):
         """Write ``text_hash.npy`` into ``store``, a store tokenized without it whose tokenizer
         ``decodes_exactly``: ``stages.dedup.document_text_hashes`` of its documents."""
 
-    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
-        """The ``stages.dedup.DedupResult`` of exact and near dedup of ``store``."""
+    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter, out: dict[str, np.ndarray]) -> dict[str, int]:
+        """Exact and near dedup of ``store``: fill ``out`` (``keep``, ``reason``, ``dup_of``: the arrays of a
+        ``stages.dedup.DedupResult``, [N] memmaps that ``store.cached.open_dedup`` created) and return the
+        counts by reason (``DedupResult.counts``)."""
 
     def embed(
         self, store: DocStore, embedder: Any, decode: Callable[[Any], str], *, config: EmbedConfig, out: np.ndarray,

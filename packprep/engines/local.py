@@ -57,7 +57,14 @@ class LocalEngine:
         with reporter.track("text hashes", total=store.num_documents, unit="docs") as advance:
             save_npy(store.path / TEXT_HASH_FILE, document_text_hashes(decode, store.tokens, store.offsets, progress=advance))
 
-    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
+    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter, out: dict[str, np.ndarray]) -> dict[str, int]:
+        result = self.dedup_result(store, config=config, reporter=reporter)
+        for name in ("keep", "reason", "dup_of"):
+            out[name][:] = getattr(result, name)
+        return result.counts()
+
+    def dedup_result(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
+        """The ``stages.dedup.DedupResult`` of ``store``, whole in this process (:meth:`dedup` stores it)."""
         from packprep.stages import dedup as stage
         from packprep.tokenizers import tokenizer_from_manifest
 

@@ -1,11 +1,20 @@
-"""MinHash dedup on Ray: signature tasks, the LSH band shuffle and the driver's verification
-(``ray_engine.dedup_on_ray`` and ``ray_engine.minhash_signatures_on_ray`` drive them).
+"""Dedup on Ray: the exact-hash shuffle, MinHash signature tasks, the LSH band shuffle and the
+tasks that write the result (``ray_engine.dedup_on_ray`` and ``ray_engine.minhash_signatures_on_ray``
+drive them).
 
-MinHash signatures are computed in tasks over document ranges (each opens the memmapped
-store itself and decodes its documents with the store's tokenizer, as the local engine
-does: ``stages.dedup.document_signatures``); the same tasks hash the LSH bands and hash-partition the (band, key, doc)
-rows to reducer tasks (a shuffle), which emit candidate pairs; the driver verifies them
-and takes connected components exactly as the local stage does.
+Exact dedup is a shuffle: range tasks read their documents' text hashes from the
+memmapped store and hash-partition (hash, document) rows; a reducer holds every document
+of its hashes, runs ``stages.dedup.exact_duplicates`` on them (in document order, so the
+lowest index of each hash is kept, as the local sort keeps it) and returns only the
+dropped ones, (document, first), split by the range they lie in. A writer task per range
+then writes its rows of the three result arrays. MinHash signatures are computed in
+tasks over the same ranges (each opens the memmapped store itself and decodes its
+documents with the store's tokenizer, as the local engine does:
+``stages.dedup.document_signatures``); the same tasks hash the LSH bands and
+hash-partition the (band, key, doc) rows to reducer tasks (a second shuffle), which emit
+candidate pairs and verify them; the driver takes connected components over the
+documents that occur in verified pairs, and the writer tasks mark the near drops of
+their ranges. No array of all N documents is ever in the driver.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import numpy as np
 
 from packprep.config import DedupConfig
 from packprep.engines.base import RAY_MAX_RETRIES
+from packprep.io import write_npy_rows
 from packprep.store import DocStore
 
 
@@ -28,13 +38,97 @@ def document_ranges(offsets: np.ndarray, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def one_or_many(values: list[Any]) -> Any:
+    """A task's return for ``num_returns=len(values)``: Ray wants the value itself when there is one."""
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def exact_shuffle(ray: Any, store_path: Path, ranges: list[tuple[int, int]]) -> list[list[Any]]:
+    """Per range, the refs of its exact drops (int64 [D, 2] rows (document, first document of its hash))
+    from every reducer: the shuffle of (hash, document) rows, with as many reducers as ranges."""
+    parts = len(ranges)
+    hashed = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=parts)(hash_rows)
+    outputs = [hashed.remote(str(store_path), d0, d1, parts) for d0, d1 in ranges]
+    outputs = [out if parts > 1 else [out] for out in outputs]
+    starts = [d0 for d0, _ in ranges]
+    reduce = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=parts)(exact_drops)
+    drops = [reduce.remote(starts, *[out[p] for out in outputs]) for p in range(parts)]
+    drops = [out if parts > 1 else [out] for out in drops]
+    return [[out[r] for out in drops] for r in range(parts)]
+
+
+def hash_rows(store_path: str, first: int, end: int, partitions: int) -> Any:
+    """Ray task: uint64 rows (text hash, document) of documents [first, end), split by ``hash % partitions``
+    (the hashes are blake2b: uniform)."""
+    hashes = np.asarray(DocStore.open(store_path, mapped=True).text_hash[first:end], dtype=np.uint64)
+    table = np.stack([hashes, np.arange(first, end, dtype=np.uint64)], axis=1)
+    part = hashes % np.uint64(partitions)
+    return one_or_many([table[part == p] for p in range(partitions)])
+
+
+def exact_drops(starts: list[int], *tables: np.ndarray) -> Any:
+    """Ray task (a shuffle reducer): ``stages.dedup.exact_duplicates`` of every document whose hash falls in
+    this partition; the dropped ones as int64 rows (document, first document with its hash), split by the
+    range (of those beginning at ``starts``) the document lies in."""
+    from packprep.stages.dedup import exact_duplicates
+
+    table = np.concatenate(tables)
+    table = table[np.argsort(table[:, 1], kind="stable")]  # document order: the lowest index of a hash is kept
+    dup_of = exact_duplicates(table[:, 0]).dup_of
+    dropped = np.flatnonzero(dup_of >= 0)
+    rows = np.stack([table[dropped, 1], table[dup_of[dropped], 1]], axis=1).astype(np.int64)
+    where = np.searchsorted(np.asarray(starts, dtype=np.int64), rows[:, 0], side="right") - 1
+    return one_or_many([rows[where == r] for r in range(len(starts))])
+
+
+def mark_range(
+    paths: dict[str, str], first: int, end: int, reason_code: int, fresh: bool, *pieces: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ray task: write documents [first, end) of the dedup arrays at ``paths`` (``keep``, ``reason``,
+    ``dup_of``: ``.npy`` files of N elements) with the drops in ``pieces`` (int64 rows (document,
+    the kept document it duplicates)) marked ``reason_code``. ``fresh``: the rows start as all kept,
+    else as the files hold them. Returns (documents per reason code in the range, the range's keep).
+
+    A retry writes the same bytes. Each task writes its own byte range of each file.
+    """
+    from packprep.stages.dedup import REASON_KEPT, REASON_NAMES
+
+    n = end - first
+    if fresh:
+        keep, reason, dup_of = np.ones(n, bool), np.full(n, REASON_KEPT, np.uint8), np.full(n, -1, np.int64)
+    else:
+        keep, reason, dup_of = (np.array(np.load(paths[name], mmap_mode="r")[first:end]) for name in ("keep", "reason", "dup_of"))
+    rows = np.concatenate(pieces) if pieces else np.zeros((0, 2), np.int64)
+    local = rows[:, 0] - first
+    keep[local], reason[local], dup_of[local] = False, reason_code, rows[:, 1]
+    for name, values in (("keep", keep), ("reason", reason), ("dup_of", dup_of)):
+        write_npy_rows(paths[name], first, values)
+    return np.bincount(reason, minlength=len(REASON_NAMES)), keep
+
+
+def near_drops(pairs: np.ndarray) -> np.ndarray:
+    """int64 [D, 2] (document, the lowest document of its group): ``stages.dedup.near_groups`` of the
+    verified ``pairs``, over the documents that occur in them only (the lowest of a group is the same
+    after renumbering them in order), so its size follows the pairs, not the store."""
+    from packprep.stages.dedup import near_groups
+
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if not len(pairs):
+        return np.zeros((0, 2), np.int64)
+    nodes, inverse = np.unique(pairs.ravel(), return_inverse=True)
+    dup_of = near_groups(len(nodes), inverse.reshape(-1, 2)).dup_of
+    dropped = np.flatnonzero(dup_of >= 0)
+    return np.stack([nodes[dropped], nodes[dup_of[dropped]]], axis=1)
+
+
 def sign_and_shuffle(
-    ray: Any, store_path: Path, ranges: list[tuple[int, int]], config: DedupConfig, *, keep: np.ndarray, progress: Any,
+    ray: Any, store_path: Path, ranges: list[tuple[int, int]], config: DedupConfig, *, keeps: list[Any], progress: Any,
     signatures_path: Path,
 ) -> np.ndarray:
     """Verified near-duplicate pairs int64 [Q, 2] (lower index first, estimated Jaccard >= the threshold).
 
-    Each range task writes its signatures into its rows of ``signatures_path`` (a uint32
+    ``keeps``: per range, which of its documents exact dedup kept (bool arrays, or the refs of the
+    writer tasks that return them). Each range task writes its signatures into its rows of ``signatures_path`` (a uint32
     [N, num_perm] ``.npy`` the caller created, on the shared file system) and sends its band
     rows to the reducers; a reducer runs once every range has finished, so it reads the two
     signature rows of each of its candidate pairs from that file and returns only the pairs
@@ -44,7 +138,7 @@ def sign_and_shuffle(
     params = {"num_perm": config.num_perm, "shingle": config.shingle, "seed": config.seed, "threshold": config.minhash_threshold}
     sign = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=1 + partitions)(sign_range)
     outputs = [
-        sign.remote(str(store_path), d0, d1, params, keep[d0:d1], partitions, str(signatures_path)) for d0, d1 in ranges
+        sign.remote(str(store_path), d0, d1, params, keep, partitions, str(signatures_path)) for (d0, d1), keep in zip(ranges, keeps)
     ]
     reduce = ray.remote(max_retries=RAY_MAX_RETRIES)(band_pairs)
     # Reducer p takes partition p of every range: the shuffle happens in Ray's object store.
@@ -82,8 +176,9 @@ def sign_range(
     as uint64 rows (band, key, document) split by ``key % partitions``.
 
     The band keys are ``stages.dedup.band_keys``, as the local engine's. With ``signatures_path``
-    the signatures go into rows [first, end) of that ``.npy`` (flushed before the task returns:
-    a retry rewrites the same bytes) and the first output is their count instead.
+    the signatures go into rows [first, end) of that ``.npy`` (``io.write_npy_rows``: written, not
+    mapped, before the task returns; a retry rewrites the same bytes) and the first output is their
+    count instead.
     """
     from packprep.stages.dedup import EMPTY_SIGNATURE, band_keys, document_signatures, lsh_params
     from packprep.tokenizers import tokenizer_from_manifest
@@ -99,10 +194,7 @@ def sign_range(
         return signatures
     first_output: Any = signatures
     if signatures_path is not None:
-        shared = np.load(signatures_path, mmap_mode="r+")
-        shared[first:end] = signatures
-        shared.flush()
-        del shared
+        write_npy_rows(Path(signatures_path), first, signatures)
         first_output = end - first
     active = np.asarray(keep, dtype=bool) & ~(signatures == EMPTY_SIGNATURE).all(axis=1)
     docs = (np.flatnonzero(active) + first).astype(np.uint64)

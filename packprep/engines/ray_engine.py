@@ -6,9 +6,11 @@ their own, importable on the workers:
 
 - tokenize (``ray_tokenize``): one task per corpus source, or per byte range of a large
   ``.jsonl``, writes a block store; copy tasks concatenate the blocks into WORK's store.
-- dedup (``ray_dedup``): MinHash signatures and LSH band keys in tasks over document
-  ranges (signatures written to a shared file), shuffled to reducer tasks that emit
-  candidate pairs and verify them against that file; the driver takes the components.
+- dedup (``ray_dedup``): exact dedup as a shuffle of (text hash, document) rows from tasks
+  over document ranges to reducer tasks; MinHash signatures and LSH band keys in tasks over
+  the same ranges (signatures written to a shared file), shuffled to reducer tasks that emit
+  candidate pairs and verify them against that file; the driver takes the components of the
+  verified pairs; a writer task per range writes its rows of the result files.
 - embed (``ray_embed``): a pool of actors, each holding the model, embeds the local
   engine's chunks (4096 documents each) so every batch has the same composition and the
   same floats.
@@ -119,8 +121,8 @@ class RayEngine:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter) -> Any:
-        return dedup_on_ray(store, config=config, address=self.address, reporter=reporter)
+    def dedup(self, store: DocStore, *, config: DedupConfig, reporter: Reporter, out: dict[str, np.ndarray]) -> dict[str, int]:
+        return dedup_into_on_ray(store, out, config=config, address=self.address, reporter=reporter)
 
     def embed(
         self, store: DocStore, embedder: Any, decode: Callable[[Any], str], *, config: EmbedConfig, out: np.ndarray,
@@ -196,32 +198,68 @@ def dedup_on_ray(
     num_tasks: int | None = None,
     reporter: Reporter = SilentReporter(),
 ) -> Any:
-    """The ``stages.dedup.DedupResult`` that the local engine computes, with MinHash and LSH on Ray.
+    """The ``stages.dedup.DedupResult`` that the local engine computes, computed on Ray (:func:`dedup_into_on_ray`)
+    into scratch files beside the store and read back whole: for a caller that wants the arrays."""
+    import tempfile
 
-    Exact dedup (a sort of N uint64 hashes) stays on the driver. ``num_tasks``: document
-    ranges (balanced by tokens) for the MinHash tasks, and as many shuffle reducers;
-    default twice the cluster's CPUs.
+    from packprep.stages.dedup import DedupResult
+    from packprep.store.cached import open_dedup
+
+    with tempfile.TemporaryDirectory(prefix="dedup.scratch-", dir=store.path) as scratch:  # "dedup.": the store's
+        out = open_dedup(Path(scratch), store.num_documents)
+        dedup_into_on_ray(store, out, config=config, address=address, num_tasks=num_tasks, reporter=reporter)
+        return DedupResult(**{name: np.array(array) for name, array in out.items()})
+
+
+def dedup_into_on_ray(
+    store: DocStore,
+    out: dict[str, np.ndarray],
+    *,
+    config: DedupConfig = DedupConfig(),
+    address: str | None = None,
+    num_tasks: int | None = None,
+    reporter: Reporter = SilentReporter(),
+) -> dict[str, int]:
+    """Fill ``out`` (``keep``, ``reason``, ``dup_of``: [N] ``.npy`` memmaps, ``store.cached.open_dedup``) with the
+    local engine's dedup result, in Ray tasks; return its counts by reason.
+
+    ``num_tasks``: document ranges (balanced by tokens), and as many reducers in each shuffle;
+    default twice the cluster's CPUs. Tasks write the files by path, each its own range, so the
+    driver never touches their pages; it holds the verified near pairs (and their components)
+    and per-range refs, nothing of all N documents (``ray_dedup``'s docstring has the flow).
     """
-    from packprep.stages import dedup as stage
+    from packprep.engines.ray_dedup import exact_shuffle, mark_range, near_drops
+    from packprep.stages.dedup import REASON_EXACT, REASON_NAMES, REASON_NEAR, counted_reasons
 
     n = store.num_documents
-    result = stage.exact_duplicates(store.text_hash) if config.exact else stage.DedupResult.all_kept(n)
-    if not config.near:
-        return result
     ray = connect(address)
-    ranges = document_ranges(store.offsets, num_tasks or 2 * int(ray.cluster_resources().get("CPU", 1)))
-    # The range tasks write the signatures here and the reducers read their pairs' rows: the only
-    # per-document arrays the driver holds are the exact-dedup ones. "dedup." marks it as the store's.
-    signatures_path = store.path / SIGNATURES_FILE
-    np.lib.format.open_memmap(signatures_path, mode="w+", dtype=np.uint32, shape=(n, config.num_perm)).flush()  # sparse: no page touched
-    try:
-        with reporter.track("minhash", total=n, unit="docs") as advance:
-            pairs = sign_and_shuffle(
-                ray, store.path, ranges, config, keep=result.keep, progress=advance, signatures_path=signatures_path
-            )
-    finally:
-        signatures_path.unlink(missing_ok=True)
-    return stage.combine(result, stage.near_groups(n, pairs))
+    ranges = document_ranges(store.offsets, num_tasks or 2 * int(ray.cluster_resources().get("CPU", 1))) if n else []
+    paths = {name: str(array.filename) for name, array in out.items()}
+    drops = exact_shuffle(ray, store.path, ranges) if config.exact else [[] for _ in ranges]
+    mark = ray.remote(max_retries=RAY_MAX_RETRIES, num_returns=2)(mark_range)
+    marked = [mark.remote(paths, d0, d1, REASON_EXACT, True, *pieces) for (d0, d1), pieces in zip(ranges, drops)]
+    counted = [counts for counts, _ in marked]
+    if config.near and n:
+        # The range tasks write the signatures here and the reducers read their pairs' rows.
+        # "dedup." marks it as the store's.
+        signatures_path = store.path / SIGNATURES_FILE
+        np.lib.format.open_memmap(signatures_path, mode="w+", dtype=np.uint32, shape=(n, config.num_perm)).flush()  # sparse: no page touched
+        try:
+            with reporter.track("minhash", total=n, unit="docs") as advance:
+                pairs = sign_and_shuffle(
+                    ray, store.path, ranges, config, keeps=[keep for _, keep in marked], progress=advance,
+                    signatures_path=signatures_path,
+                )
+        finally:
+            signatures_path.unlink(missing_ok=True)
+        # Every exact writer has finished (the signature tasks waited for their keep), so these rewrite after them.
+        near = near_drops(pairs)
+        where = np.searchsorted(np.array([d0 for d0, _ in ranges]), near[:, 0], side="right") - 1
+        counted = [
+            mark.remote(paths, d0, d1, REASON_NEAR, False, near[where == r])[0] for r, (d0, d1) in enumerate(ranges)
+        ]
+    total = sum(ray.get(counted), np.zeros(len(REASON_NAMES), np.int64))
+    return counted_reasons(total)
 
 
 def minhash_signatures_on_ray(

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import atomic_path, load_json, save_json, save_npy, sha256_file
+from packprep.io import atomic_path, load_json, npy_writer, release_pages, save_json, save_npy, sha256_file
 from packprep.stages.pack import PackPlan, fill_rows, piece_token_spans
 
 FORMAT_NAME = "packprep-npy"
@@ -232,20 +232,36 @@ def finished_shards(out: Path, key: str) -> list[dict[str, Any]]:
     return intact
 
 
+# Documents per slice when the per-document files are written: 8 MB of int64, then the sources' mapped pages are let go.
+_DOC_CHUNK = 1 << 20
+
+
 def write_doc_table(
-    out: Path, *, ids_from: Path, sequence_lengths: np.ndarray, reason: np.ndarray, dup_of: np.ndarray
+    out: Path, *, ids_from: Path, offsets: np.ndarray, sep_len: int, reason: np.ndarray, dup_of: np.ndarray
 ) -> dict[str, Any]:
     """Write the per-document files; return their manifest entries (name -> sha256).
 
     ``ids_from``: the StringTable stem of the store's ids (``WORK/doc_ids``), copied as is.
+    ``offsets`` (int64 [N+1], the store's): ``doc_lengths`` is each document's tokens plus
+    ``sep_len``. ``reason`` (uint8 [N]) and ``dup_of`` (int64 [N]) are written as they are.
+    Each file is written a slice at a time from its sources (memmaps, or broadcast constants),
+    whose pages are let go after each slice: no array of all N documents is made here.
     """
     out = Path(out)
     for suffix in (".bin", ".idx.npy"):
         with atomic_path(out / f"doc_ids{suffix}") as tmp:
             shutil.copyfile(f"{ids_from}{suffix}", tmp)
-    save_npy(out / "doc_lengths.npy", np.asarray(sequence_lengths, dtype=np.int64))
-    save_npy(out / "doc_dropped.npy", reason)
-    save_npy(out / "doc_dup_of.npy", dup_of)
+    n = len(offsets) - 1
+    columns: dict[str, tuple[np.ndarray, Any, Callable[[int, int], np.ndarray]]] = {
+        "doc_lengths.npy": (offsets, np.int64, lambda a, b: np.diff(offsets[a : b + 1]) + sep_len),
+        "doc_dropped.npy": (reason, reason.dtype, lambda a, b: reason[a:b]),
+        "doc_dup_of.npy": (dup_of, dup_of.dtype, lambda a, b: dup_of[a:b]),
+    }
+    for name, (source, dtype, piece) in columns.items():
+        with npy_writer(out / name, dtype=dtype, length=n) as write:
+            for start in range(0, n, _DOC_CHUNK):
+                write(piece(start, min(start + _DOC_CHUNK, n)))
+                release_pages(source)
     return {name: {"sha256": sha256_file(out / name)} for name in DOC_FILES}
 
 

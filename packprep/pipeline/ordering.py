@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from packprep.io import intact_parts, release_pages, save_npy, save_parts, sha256_file
+from packprep.io import intact_parts, npy_writer, release_pages, save_npy, save_parts, sha256_file
 from packprep.pipeline.run import Run
 from packprep.stages.partition import PartOrder, Partitions
 
 
 def plan_digest(plan: Partitions) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(plan.bounds, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(plan.members, dtype=np.int64).tobytes())
+    # Through the arrays' buffers: ``tobytes`` would copy the members (8 B per document) first.
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(plan.bounds, dtype=np.int64)).cast("B"))
+    digest.update(memoryview(np.ascontiguousarray(plan.members, dtype=np.int64)).cast("B"))
     return digest.hexdigest()
 
 
@@ -68,9 +69,15 @@ class OrderJournal:
         save_parts(self.path, self.header, self.finished)
 
     def load(self, p: int) -> PartOrder:
-        order = np.load(self.folder / f"part-{p:06d}.order.npy")
-        rows = np.load(self.folder / f"part-{p:06d}.rows.npy")
-        return PartOrder(order=order, centroid=rows[0], ends=rows[1:])
+        rows = self.load_rows(p)
+        return PartOrder(order=self.load_order(p), centroid=rows[0], ends=rows[1:])
+
+    def load_order(self, p: int) -> np.ndarray:
+        return np.load(self.folder / f"part-{p:06d}.order.npy")
+
+    def load_rows(self, p: int) -> np.ndarray:
+        """float32 [3, D]: partition ``p``'s centroid, first and last document's rows."""
+        return np.load(self.folder / f"part-{p:06d}.rows.npy")
 
     def remove(self) -> None:
         import shutil
@@ -90,22 +97,29 @@ def order_by_partition(
     journal_folder: Path | None,
     key: str,
     run: Run,
+    order_path: Path | None = None,
 ) -> np.ndarray:
     """int64 [M]: ``stages.partition.partitioned_order``, each partition journaled, on ``run.backend``.
 
     Both engines run the same plan and the same per-partition function with the same
     seeds, so the order (and every byte packed from it) does not depend on the engine.
     ``journal_folder`` None: nothing is journaled (a notebook call without an output folder).
+    ``order_path`` (with a journal): the joined order is written there partition by partition,
+    each read back from the journal, and returned memory-mapped: no partition's order stays in
+    memory once journaled, and the whole order never is.
     """
     from packprep.stages.partition import assemble, partition_clusters, partition_documents, partition_seed
 
     reporter = run.reporter
     reporter.info(f"order: planning partitions of at most {max_docs:,} documents")
-    plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed)
-    release_pages(embeddings)  # planning read every row: mapped pages would count as ours, growing with the corpus
+    # Planning reads every row: mapped pages would count as ours, growing with the corpus, so they
+    # are let go after each batch (65,536 rows), not once at the end.
+    plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed, after_batch=lambda: release_pages(embeddings))
+    release_pages(embeddings)  # the k-means samples' rows
     total = len(plan.members)
     journal = OrderJournal.resume(journal_folder, key=key, plan=plan) if journal_folder is not None else None
-    done = {p: journal.load(p) for p in journal.finished} if journal else {}
+    # Journaled partitions keep only their centroid and end rows here (their orders are on disk).
+    done: dict[int, PartOrder] = {p: _rows_only(journal.load_rows(p)) for p in journal.finished} if journal else {}
     sizes = plan.sizes()
     reporter.info(f"order: {len(plan):,} partitions of {int(sizes.min()):,} to {int(sizes.max()):,} documents"
                   + (f"; {len(done)} finished by an interrupted run are reused" if done else ""))
@@ -117,11 +131,39 @@ def order_by_partition(
     ]
 
     def finished(p: int, part: PartOrder) -> None:
-        done[p] = part
         if journal is not None:
             journal.finish(p, part)
+            part = _rows_only(np.vstack([part.centroid, part.ends]))
+        done[p] = part
 
     with reporter.track(f"order ({strategy}, {len(plan)} partitions)", total=total, unit="docs") as advance:
         advance(int(sum(sizes[p] for p in done)), resumed=True)
         run.backend.order_partitions(embeddings, tasks, on_part=finished, progress=advance)
-    return assemble([done[p] for p in range(len(plan))], seed=seed, k=k)
+    parts = [done[p] for p in range(len(plan))]
+    if journal is None:
+        return assemble(parts, seed=seed, k=k)
+    if order_path is None:
+        return assemble([PartOrder(journal.load_order(p), part.centroid, part.ends) for p, part in enumerate(parts)], seed=seed, k=k)
+    return write_joined_order(order_path, journal, parts, length=total, seed=seed, k=k)
+
+
+def _rows_only(rows: np.ndarray) -> PartOrder:
+    return PartOrder(order=np.zeros(0, np.int64), centroid=rows[0], ends=rows[1:])
+
+
+def write_joined_order(path: Path, journal: OrderJournal, parts: list[PartOrder], *, length: int, seed: int, k: int) -> np.ndarray:
+    """``stages.partition.assemble``'s order, written to ``path`` one partition at a time (each read from
+    ``journal``, reversed where the chain says) and returned memory-mapped."""
+    from packprep.stages.partition import chain_partitions
+
+    if len(parts) == 1:  # assemble takes a single partition as it is
+        sequence, reverse = np.zeros(1, np.int64), np.zeros(1, bool)
+    else:
+        centroids = np.stack([part.centroid for part in parts])
+        sequence, reverse = chain_partitions(centroids, np.stack([part.ends for part in parts]), seed=seed, k=k)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with npy_writer(path, dtype=np.int64, length=length) as write:
+        for p in sequence.tolist():
+            order = journal.load_order(p)
+            write(order[::-1] if reverse[p] else order)
+    return np.load(path, mmap_mode="r")

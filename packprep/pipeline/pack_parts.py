@@ -28,15 +28,23 @@ import numpy as np
 
 from packprep.formats import npy
 from packprep.formats.pack_parts import ORDER_FILE
-from packprep.io import intact_parts, save_npy, save_parts
+from packprep.io import intact_parts, release_pages, save_npy, save_parts
 from packprep.pipeline.run import Run
 from packprep.stages.pack import part_ranges
 from packprep.store import DocStore
 
 
+_DIGEST_CHUNK = 1 << 21  # documents of the order hashed at a time (16 MB)
+
+
 def order_digest(order: np.ndarray) -> str:
-    # Hashed through the array's buffer: ``tobytes`` would copy 8 B per document first.
-    return hashlib.sha256(memoryview(np.ascontiguousarray(order, dtype=np.int64)).cast("B")).hexdigest()
+    """sha256 of the order's int64 bytes, a slice at a time: a memmapped order is never mapped whole here."""
+    digest = hashlib.sha256()
+    for start in range(0, len(order), _DIGEST_CHUNK):
+        # Through the slice's buffer: ``tobytes`` would copy it first.
+        digest.update(memoryview(np.ascontiguousarray(order[start : start + _DIGEST_CHUNK], dtype=np.int64)).cast("B"))
+    release_pages(order)
+    return digest.hexdigest()
 
 
 class PackJournal:
@@ -49,14 +57,19 @@ class PackJournal:
     @classmethod
     def resume(cls, folder: Path, *, key: str, order: np.ndarray) -> PackJournal:
         """The journal of an interrupted run with this key and order (its intact parts), else a new one;
-        ``folder/order.npy`` holds ``order`` on return."""
+        ``folder/order.npy`` holds ``order`` on return (it may be that file already, memory-mapped:
+        a partitioned order is written there partition by partition)."""
         journal = cls(folder, key=key, digest=order_digest(order))
+        in_place = _is_file(order, journal.folder / ORDER_FILE)
         intact = intact_parts(journal.path, journal.header, lambda summary: summary.get("files", {}))
-        if intact is None:
-            shutil.rmtree(journal.folder, ignore_errors=True)  # another run's parts
+        if intact is None and journal.folder.is_dir():  # another run's parts (and order, unless this run wrote it)
+            for stale in journal.folder.iterdir():
+                if not (in_place and stale.name == ORDER_FILE):
+                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         journal.parts = intact or {}
         journal.folder.mkdir(parents=True, exist_ok=True)
-        save_npy(journal.folder / ORDER_FILE, np.asarray(order, dtype=np.int64))  # what the parts' tasks read
+        if not in_place:
+            save_npy(journal.folder / ORDER_FILE, np.asarray(order, dtype=np.int64))  # what the parts' tasks read
         return journal
 
     @property
@@ -71,6 +84,12 @@ class PackJournal:
         """Record a packed part (``pack_part_files``' summary: its files are on disk already)."""
         self.parts[int(summary["part"])] = summary
         save_parts(self.path, self.header, self.parts)
+
+
+def _is_file(order: np.ndarray, path: Path) -> bool:
+    """Whether ``order`` is the memmap of the file at ``path``."""
+    filename = getattr(order, "filename", None)
+    return filename is not None and path.exists() and Path(filename).resolve() == path.resolve()
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from packprep.corpus import scan_corpus
 from packprep.engines import LOCAL, Backend, Engine
 from packprep.errors import PackprepError
 from packprep.formats import FORMATS, labels_ignored, npy
+from packprep.formats.pack_parts import ORDER_FILE
 from packprep.io import folder_lock, refuse_file
 from packprep.pipeline.folders import ORDER_JOURNAL_DIRNAME, PACK_JOURNAL_DIRNAME, WORK_DIRNAME, claim_folder, clear_output, finished_with_key, is_output_file, removed_on_error
 from packprep.pipeline.pack_parts import pack_in_parts
@@ -129,7 +130,7 @@ def _pack(
 
     selection = select_documents(
         store, config=config, dedup_config=dedup_config, embed_config=embed_config, run=run,
-        order_journal=out / ORDER_JOURNAL_DIRNAME, key=key,
+        order_journal=out / ORDER_JOURNAL_DIRNAME, key=key, order_file=out / PACK_JOURNAL_DIRNAME / ORDER_FILE,
     )
     rows_per_shard = config.rows_per_shard or npy.default_rows_per_shard(config.seq_len, store.tokens.dtype)
     # A semantic order is the point of cluster/icp: bestfit then packs along it, not by length. Best fit
@@ -142,9 +143,8 @@ def _pack(
         shard_params={"dtype": store.tokens.dtype, "sep_id": sep_id, "pad_id": pad_id},
         finished=finished, run=run, folder_name=PACK_JOURNAL_DIRNAME,
     )
-    sequence_lengths = store.lengths() + sep_len
     doc_files = npy.write_doc_table(
-        out, ids_from=store.path / "doc_ids", sequence_lengths=sequence_lengths, reason=selection.reason,
+        out, ids_from=store.path / "doc_ids", offsets=store.offsets, sep_len=sep_len, reason=selection.reason,
         dup_of=selection.dup_of,
     )
     npy.write_manifest(

@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, PackConfig
+from packprep.io import release_pages
 from packprep.pipeline.run import Run
-from packprep.stages.dedup import REASON_NAMES, reason_counts
+from packprep.stages.dedup import REASON_NAMES, counted_reasons
 from packprep.stages.strategies import STRATEGIES
 from packprep.store import DocStore
 from packprep.store.embeddings import embed_manifest
@@ -19,7 +20,8 @@ from packprep.store.embeddings import embed_manifest
 @dataclass(frozen=True)
 class Selection:
     """``order``: int64 [M] document indices in packing order (the kept ones).
-    ``reason``: uint8 [N] why each document was dropped (0: kept). ``dup_of``: int64 [N] (-1: kept)."""
+    ``reason``: uint8 [N] why each document was dropped (0: kept). ``dup_of``: int64 [N] (-1: kept).
+    Any of them may be a read-only memmap (the stored dedup arrays, the order a partitioned run wrote)."""
 
     order: np.ndarray
     reason: np.ndarray
@@ -27,7 +29,13 @@ class Selection:
     semantic_threshold: dict[str, Any] | None = None  # see :func:`semantic_threshold`; manifest.json records it
 
     def dropped_counts(self) -> dict[str, int]:
-        return {name: n for name, n in reason_counts(self.reason).items() if name != REASON_NAMES[0]}
+        counts = sum(
+            (np.bincount(self.reason[start : start + _REASON_CHUNK], minlength=len(REASON_NAMES))
+             for start in range(0, len(self.reason), _REASON_CHUNK)),
+            np.zeros(len(REASON_NAMES), np.int64),
+        )  # a slice at a time, like kept_indices
+        release_pages(self.reason)
+        return {name: n for name, n in counted_reasons(counts).items() if name != REASON_NAMES[0]}
 
 
 def select_documents(
@@ -39,25 +47,29 @@ def select_documents(
     run: Run = Run(),
     order_journal: Path | None = None,
     key: str = "",
+    order_file: Path | None = None,
 ) -> Selection:
     """Dedup, then order the kept documents by ``config.strategy``.
 
     icp/cluster over more than ``config.partition_docs`` documents are ordered partition by
     partition (``pipeline.ordering.order_by_partition``; on Ray, one task each), every finished
-    partition journaled in ``order_journal`` under ``key`` so a rerun resumes.
+    partition journaled in ``order_journal`` under ``key`` so a rerun resumes, and the joined
+    order written to ``order_file`` partition by partition (``pipeline.ordering.write_joined_order``).
+    The dedup arrays stay the stored memmaps unless semantic dedup changes them.
     """
     from packprep.pipeline import semantic
 
     reporter = run.reporter
     n = store.num_documents
-    reason = np.zeros(n, dtype=np.uint8)
-    dup_of = np.full(n, -1, dtype=np.int64)
+    # Without dedup: constants broadcast to N (read-only, no memory), read a slice at a time like the stored arrays.
+    reason: np.ndarray = np.broadcast_to(np.uint8(0), (n,))
+    dup_of: np.ndarray = np.broadcast_to(np.int64(-1), (n,))
     if config.run_dedup:
         found = semantic.dedup_in(store, config=dedup_config, run=run)
-        reason, dup_of = found.reason.copy(), found.dup_of.copy()
+        reason, dup_of = found.reason, found.dup_of
     strategy = STRATEGIES[config.strategy]
     if not strategy.needs_embeddings:
-        return Selection(order=strategy.order(np.flatnonzero(reason == 0), None, config, None), reason=reason, dup_of=dup_of)
+        return Selection(order=strategy.order(kept_indices(reason), None, config, None), reason=reason, dup_of=dup_of)
 
     embeddings = semantic.embed_in(store, config=embed_config, run=run)
     calibration = (embed_manifest(store.path, embed_config.model) or {}).get("calibration")
@@ -66,18 +78,19 @@ def select_documents(
         from packprep.stages.dedup import semantic_duplicates
 
         close = semantic_duplicates(embeddings, threshold=chosen["value"], keep=reason == 0, k=config.knn)
+        reason, dup_of = np.array(reason), np.array(dup_of)  # changed here: no longer the stored dedup's
         newly = (reason == 0) & ~close.keep
         reason[newly], dup_of[newly] = close.reason[newly], close.dup_of[newly]
         reporter.info(
             f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {chosen['value']:.4g} ({chosen['source']})"
         )
-    kept = np.flatnonzero(reason == 0)
+    kept = kept_indices(reason)
     if 0 < config.partition_docs < len(kept):
         from packprep.pipeline.ordering import order_by_partition
 
         order = order_by_partition(
             kept, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
-            n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run,
+            n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run, order_path=order_file,
         )
         return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
@@ -88,6 +101,21 @@ def select_documents(
 
         order = spread_copies(order, original)
     return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
+
+
+# Reason codes compared at a time by kept_indices: 16 MB of a memmap, then its pages are let go.
+_REASON_CHUNK = 1 << 24
+
+
+def kept_indices(reason: np.ndarray) -> np.ndarray:
+    """int64 [M]: the documents whose ``reason`` (uint8 [N], maybe a memmap) is 0 (kept), ascending.
+
+    Read a slice at a time, so a stored reason array is never mapped whole into this process."""
+    pieces = [
+        np.flatnonzero(reason[start : start + _REASON_CHUNK] == 0) + start for start in range(0, len(reason), _REASON_CHUNK)
+    ]
+    release_pages(reason)
+    return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
 
 
 def semantic_threshold(config: PackConfig, model: str, calibration: dict[str, Any] | None) -> dict[str, Any] | None:

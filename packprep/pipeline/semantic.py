@@ -4,6 +4,7 @@ Files added to WORK (each stage's manifest is written last; a matching ``key``
 means the stage is reused):
 
     dedup.json            manifest: config, counts by reason, key
+    dedup.<name>.npy.tmp  the three arrays below while an engine fills them (store.cached.open_dedup)
     dedup.keep.npy        bool [N]   True for documents kept by exact + near dedup
     dedup.reason.npy      uint8 [N]  0 kept, 1 exact, 2 near (stages.dedup.REASON_*)
     dedup.dup_of.npy      int64 [N]  the kept document a dropped one duplicates, -1 if kept
@@ -29,7 +30,7 @@ from packprep.errors import PackprepError
 from packprep.pipeline.run import Run
 from packprep.progress import Reporter, SilentReporter
 from packprep.store import DocStore
-from packprep.store.cached import DEDUP_MANIFEST, Dedup, load_dedup, save_dedup
+from packprep.store.cached import DEDUP_MANIFEST, Dedup, load_dedup, open_dedup, publish_dedup, save_dedup
 from packprep.store.embeddings import ChunkJournal, EmbedFiles, finished_manifests
 
 __all__ = ["Dedup", "HeldEmbedder", "dedup", "dedup_in", "embed", "embed_in", "held_embed_config", "record_dedup"]
@@ -54,9 +55,10 @@ def dedup_in(store: DocStore, *, config: DedupConfig, run: Run) -> Dedup:
 
     if config.exact:
         store = with_text_hash(store, run)
-    result = run.backend.dedup(store, config=config, reporter=reporter)
-    found = record_dedup(store, config=config, result=result)
-    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in result.counts().items()))
+    out = open_dedup(store.path, store.num_documents)
+    counts = run.backend.dedup(store, config=config, reporter=reporter, out=out)
+    found = publish_dedup(store.path, out, {"key": _dedup_key(store, config), "config": as_dict(config), "counts": counts})
+    reporter.info("dedup: " + ", ".join(f"{n} {reason}" for reason, n in counts.items()))
     return found
 
 

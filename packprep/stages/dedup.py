@@ -35,7 +35,12 @@ ALWAYS_COUNTED = frozenset({REASON_KEPT, REASON_EXACT, REASON_NEAR, REASON_SEMAN
 
 def reason_counts(reason: np.ndarray) -> dict[str, int]:
     """Documents per reason name (uint8 [N] REASON_* codes): every ALWAYS_COUNTED reason, the others when present."""
-    counts = np.bincount(reason, minlength=len(REASON_NAMES))
+    return counted_reasons(np.bincount(reason, minlength=len(REASON_NAMES)))
+
+
+def counted_reasons(counts: np.ndarray) -> dict[str, int]:
+    """:func:`reason_counts` from the documents per REASON_* code (int [>= len(REASON_NAMES)]): sums of
+    per-range bincounts give the whole store's counts without its reason array in one place."""
     return {name: int(counts[code]) for code, name in REASON_NAMES.items() if code in ALWAYS_COUNTED or counts[code]}
 DEFAULT_SHINGLE, DEFAULT_NUM_PERM = 3, 128  # config.DedupConfig's defaults (docs/semantic.md says why)
 

@@ -21,6 +21,7 @@ global call with the same seed: turning partitioning on changes nothing below th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,14 +51,18 @@ class Partitions:
         return np.diff(self.bounds)
 
 
-def partition_documents(doc_indices: np.ndarray, embeddings: np.ndarray, *, max_docs: int, seed: int) -> Partitions:
+def partition_documents(
+    doc_indices: np.ndarray, embeddings: np.ndarray, *, max_docs: int, seed: int, after_batch: Callable[[], None] | None = None
+) -> Partitions:
     """Split ``doc_indices`` (int [M], document rows of ``embeddings`` float [N, D]) into partitions of at most ``max_docs``.
 
     ``ceil(M / max_docs)`` k-means centroids are trained on a seeded sample and every
     document goes to its nearest one; a partition larger than ``max_docs`` is split again
     by the same procedure (its own sample and seed), and one that k-means cannot split
     (identical vectors) is cut into equal runs of document indices. Empty clusters are
-    dropped. Partitions are numbered depth-first in centroid order.
+    dropped. Partitions are numbered depth-first in centroid order. ``after_batch``: called after
+    each batch of rows is compared with the centroids (the caller lets go of a memmap's pages
+    there, ``io.release_pages``, so the pass over every row never maps the whole file at once).
     """
     if max_docs < 1:
         raise PackprepError(f"--partition-docs must be at least 1, got {max_docs}")
@@ -69,7 +74,7 @@ def partition_documents(doc_indices: np.ndarray, embeddings: np.ndarray, *, max_
         if len(members) <= max_docs:
             parts.append(members)
             continue
-        children = _split(members, embeddings, n=math.ceil(len(members) / max_docs), path=path)
+        children = _split(members, embeddings, n=math.ceil(len(members) / max_docs), path=path, after_batch=after_batch)
         if len(children) == 1:  # k-means put everything in one cluster: cut by index instead
             children = np.array_split(members, math.ceil(len(members) / max_docs))
         stack.extend((child, (*path, i)) for i, child in reversed(list(enumerate(children))))
@@ -78,12 +83,17 @@ def partition_documents(doc_indices: np.ndarray, embeddings: np.ndarray, *, max_
     return Partitions(members=np.concatenate(parts) if parts else idx, bounds=bounds)
 
 
-def _split(members: np.ndarray, embeddings: np.ndarray, *, n: int, path: tuple[int, ...]) -> list[np.ndarray]:
+def _split(
+    members: np.ndarray, embeddings: np.ndarray, *, n: int, path: tuple[int, ...], after_batch: Callable[[], None] | None
+) -> list[np.ndarray]:
     """The non-empty k-means clusters (``n`` centroids, seeded by ``path``) of ``members``, each ascending."""
     rng = np.random.default_rng(list(path))
     m = len(members)
     sample = np.sort(rng.choice(m, size=min(m, _SAMPLE_PER_PARTITION * n), replace=False))
-    assign = kmeans_assign(embeddings, members, sample, n, faiss_seed=int(rng.integers(2**31 - 1)), batch=_ASSIGN_BATCH)
+    assign = kmeans_assign(
+        embeddings, members, sample, n, faiss_seed=int(rng.integers(2**31 - 1)), batch=_ASSIGN_BATCH,
+        progress=None if after_batch is None else lambda _rows: after_batch(),
+    )
     grouped = members[np.argsort(assign, kind="stable")]  # stable: ascending inside each cluster
     cuts = np.cumsum(np.bincount(assign, minlength=n))[:-1]
     return [part for part in np.split(grouped, cuts) if len(part)]

@@ -57,15 +57,17 @@ class DocStore:
 
     path: Path
     tokens: np.ndarray  # uint16/uint32 [T], memmap
-    offsets: np.ndarray  # int64 [N+1]
-    text_hash: np.ndarray | None  # uint64 [N]; None until hashed (see the layout above)
+    offsets: np.ndarray  # int64 [N+1], memmap unless opened with mapped=False
+    text_hash: np.ndarray | None  # uint64 [N], likewise; None until hashed (see the layout above)
     doc_ids: StringTable
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, mapped: bool = False) -> DocStore:
-        """``mapped``: offsets and text hashes memory-mapped too (read-only), not read whole: for a task
-        that touches a part of a large store's documents, so its memory follows its part, not the corpus."""
+    def open(cls, path: str | os.PathLike[str], *, mapped: bool = True) -> DocStore:
+        """``mapped``: offsets and text hashes memory-mapped too (read-only), not read whole, so a process
+        (the pipeline's driver, a task) that reads slices of a large store holds those, not the corpus's
+        16 B per document; ``io.release_pages`` lets go of what a pass over all of them mapped. False:
+        read whole into memory."""
         path = Path(path)
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file():

@@ -5,7 +5,10 @@
     dedup.reason.npy      uint8 [N]  0 kept, 1 exact, 2 near (stages.dedup.REASON_*)
     dedup.dup_of.npy      int64 [N]  the kept document a dropped one duplicates, -1 if kept
 
-The embeddings' files are ``store.embeddings``'.
+While an engine computes them, the arrays are ``dedup.<name>.npy.tmp`` (:func:`open_dedup`):
+created sparse, filled by the engine (the Ray engine's tasks each write their range of
+documents, so the arrays are never whole in the driver) and renamed by :func:`publish_dedup`.
+They are read back memory-mapped. The embeddings' files are ``store.embeddings``'.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import save_json, save_npy
+from packprep.io import replace_durably, save_json, save_npy
 
 DEDUP_MANIFEST = "dedup.json"
 _DEDUP_ARRAYS = ("keep", "reason", "dup_of")
+_DEDUP_DTYPES = {"keep": np.bool_, "reason": np.uint8, "dup_of": np.int64}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,29 @@ def save_dedup(folder: Path, result: Any, manifest: dict[str, Any]) -> None:
     save_json(folder / DEDUP_MANIFEST, manifest)
 
 
+def open_dedup(folder: Path, n: int) -> dict[str, np.memmap]:
+    """The dedup arrays of ``n`` documents as ``.npy.tmp`` memmaps for an engine to fill (``Backend.dedup``'s
+    ``out``): sparse files, so creating them touches no page; the engine writes every element."""
+    return {
+        name: np.lib.format.open_memmap(_partial(folder, name), mode="w+", dtype=dtype, shape=(n,))
+        for name, dtype in _DEDUP_DTYPES.items()
+    }
+
+
+def publish_dedup(folder: Path, out: dict[str, np.memmap], manifest: dict[str, Any]) -> Dedup:
+    """The arrays of :func:`open_dedup`, filled, renamed into place, then ``manifest``: finished once it exists."""
+    for name in _DEDUP_ARRAYS:
+        out[name].flush()
+        replace_durably(_partial(folder, name), folder / f"dedup.{name}.npy")
+    save_json(folder / DEDUP_MANIFEST, manifest)
+    return load_dedup(folder, manifest)
+
+
+def _partial(folder: Path, name: str) -> Path:
+    return Path(folder) / f"dedup.{name}.npy.tmp"
+
+
 def load_dedup(folder: Path, manifest: dict[str, Any]) -> Dedup:
-    arrays = {name: np.load(folder / f"dedup.{name}.npy") for name in _DEDUP_ARRAYS}
+    """The stored arrays, memory-mapped (read-only): a caller reads the slices it needs, not N whole."""
+    arrays = {name: np.load(folder / f"dedup.{name}.npy", mmap_mode="r") for name in _DEDUP_ARRAYS}
     return Dedup(manifest=manifest, **arrays)

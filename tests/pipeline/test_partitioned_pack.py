@@ -153,3 +153,49 @@ class Collect(SilentReporter):
 
     def info(self, message: str) -> None:
         self.lines.append(message)
+
+
+def test_the_joined_order_is_written_partition_by_partition_as_assemble_joins_it(store_path, tmp_path):
+    """The order a journaled run writes into its order file (each partition read back from the journal) is
+    ``stages.partition.partitioned_order``'s, byte for byte with np.save, and comes back memory-mapped."""
+    from packprep.pipeline.ordering import order_by_partition
+    from packprep.pipeline.run import Run
+    from packprep.stages.partition import partitioned_order
+
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    kept = np.arange(0, 48, dtype=np.int64)[np.arange(48) % 5 != 0]  # as if dedup dropped every fifth
+    reference = partitioned_order(kept, embeddings, strategy="icp", max_docs=8, seed=3, k=10)
+    path = tmp_path / "pack.partial" / "order.npy"
+    order = order_by_partition(
+        kept, embeddings, strategy="icp", max_docs=8, seed=3, k=10, n_clusters=None,
+        journal_folder=tmp_path / "order.partial", key="k", run=Run(), order_path=path,
+    )
+    assert isinstance(order, np.memmap) and order.tolist() == reference.tolist()
+    np.save(tmp_path / "reference.npy", reference)
+    assert path.read_bytes() == (tmp_path / "reference.npy").read_bytes()
+
+
+def test_the_pack_journal_takes_an_order_file_in_place_and_drops_another_runs_parts(tmp_path):
+    from packprep.pipeline.pack_parts import PackJournal, order_digest
+
+    folder = tmp_path / "pack.partial"
+    folder.mkdir()
+    (folder / "part-000000.row_ptr.npy").write_bytes(b"another run's")
+    np.save(folder / "order.npy", np.arange(10, dtype=np.int64)[::-1])
+    order = np.load(folder / "order.npy", mmap_mode="r")
+    journal = PackJournal.resume(folder, key="k", order=order)
+    assert sorted(p.name for p in folder.iterdir()) == ["order.npy"]
+    assert np.load(folder / "order.npy").tolist() == list(range(9, -1, -1))
+    assert journal.digest == order_digest(np.arange(10, dtype=np.int64)[::-1])
+
+
+def test_kept_documents_and_dropped_counts_are_read_a_slice_at_a_time(monkeypatch):
+    from packprep.pipeline import selection
+
+    reason = np.array([0, 1, 0, 2, 0, 0, 1], dtype=np.uint8)
+    monkeypatch.setattr(selection, "_REASON_CHUNK", 3)
+    assert selection.kept_indices(reason).tolist() == [0, 2, 4, 5]
+    none = np.broadcast_to(np.uint8(0), (7,))
+    assert selection.kept_indices(none).tolist() == list(range(7))
+    chosen = selection.Selection(order=np.zeros(0, np.int64), reason=reason, dup_of=np.full(7, -1))
+    assert chosen.dropped_counts() == {"exact": 2, "near": 1, "semantic": 0}
