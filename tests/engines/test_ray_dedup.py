@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a local Ray, like tests/engines/test_ray_engine.py
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # starts a local Ray, like tests/engines/test_ray_engine.py
 
 ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
 
@@ -22,12 +22,6 @@ from packprep.stages import dedup as stage  # noqa: E402
 from packprep.store import DocStore  # noqa: E402
 from packprep.store.cached import open_dedup  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a local Ray and runs every stage on it: make test-fast leaves it out
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # starts a local Ray and runs every stage on it: make test-fast leaves it out
 
 ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
 
@@ -31,12 +31,6 @@ from packprep.store import DocStore  # noqa: E402
 
 STORE_FILES = ("tokens.bin", "offsets.npy", "text_hash.npy", "doc_ids.bin", "doc_ids.idx.npy", "store.json")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # starts a local Ray, like tests/engines/test_ray_engine.py: make test-fast leaves it out
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # starts a local Ray, like tests/engines/test_ray_engine.py: make test-fast leaves it out
 ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install 'packprep[ray]'); CI installs it")
 
 from packprep.config import PackConfig  # noqa: E402
@@ -19,12 +19,6 @@ from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIO
 
 RAY = Engine("ray")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def config(strategy: str, packing: str = "split") -> PackConfig:
