@@ -25,11 +25,13 @@ def partition_bytes(num_docs: int, dim: int) -> int:
 
 
 
-def order_part(p: int, embeddings: Any, members: np.ndarray, params: dict[str, Any]) -> tuple[int, Any]:
+def order_part(p: int, embeddings: Any, members: Any, params: dict[str, Any]) -> tuple[int, Any]:
     """Ray task: (``p``, partition ``p`` ordered). ``embeddings``: the path of an ``.npy`` (opened
-    memory-mapped here) or the array itself (through the object store, for in-memory embeddings)."""
+    memory-mapped here) or the array itself (through the object store, for in-memory embeddings).
+    ``members``: int64 [m], or a ``formats.partition_plan.MemberSlice`` of the plan's members file (read here)."""
+    from packprep.formats.partition_plan import load_members
     from packprep.stages.partition import order_partition
 
     if isinstance(embeddings, str):
         embeddings = np.load(embeddings, mmap_mode="r")
-    return p, order_partition(members, embeddings, **params)
+    return p, order_partition(load_members(members), embeddings, **params)

@@ -163,16 +163,51 @@ def test_the_joined_order_is_written_partition_by_partition_as_assemble_joins_it
     from packprep.stages.partition import partitioned_order
 
     embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
-    kept = np.arange(0, 48, dtype=np.int64)[np.arange(48) % 5 != 0]  # as if dedup dropped every fifth
+    reason = ((np.arange(len(embeddings)) % 5 == 0) | (np.arange(len(embeddings)) >= 48)).astype(np.uint8)
+    kept = np.flatnonzero(reason == 0)  # as if dedup dropped every fifth of the first 48 and all after
     reference = partitioned_order(kept, embeddings, strategy="icp", max_docs=8, seed=3, k=10)
     path = tmp_path / "pack.partial" / "order.npy"
     order = order_by_partition(
-        kept, embeddings, strategy="icp", max_docs=8, seed=3, k=10, n_clusters=None,
+        reason, embeddings, strategy="icp", max_docs=8, seed=3, k=10, n_clusters=None,
         journal_folder=tmp_path / "order.partial", key="k", run=Run(), order_path=path,
     )
     assert isinstance(order, np.memmap) and order.tolist() == reference.tolist()
     np.save(tmp_path / "reference.npy", reference)
     assert path.read_bytes() == (tmp_path / "reference.npy").read_bytes()
+
+
+def plan_in_small_ranges(monkeypatch, reason, embeddings, folder, engine):
+    """``pipeline.planning.plan_in_files`` with batches of 3 rows, ranges of 2 batches and kept documents
+    counted 5 at a time (so ranges, batches and chunks all cut the 48 documents several times), next to
+    ``partition_documents`` of the kept documents with the same batches."""
+    from packprep.engines import Engine
+    from packprep.pipeline.planning import plan_in_files
+    from packprep.pipeline.run import Run
+    from packprep.stages import partition
+    from packprep.pipeline import planning
+
+    monkeypatch.setattr(partition, "ASSIGN_BATCH", 3)
+    monkeypatch.setattr(partition, "KEPT_CHUNK", 5)
+    monkeypatch.setattr(planning, "ASSIGN_RANGE_BATCHES", 2)
+    counts = partition.kept_counts(reason)
+    plan = plan_in_files(reason, embeddings, counts=counts, max_docs=6, seed=3, folder=folder, run=Run.of(Engine(engine)))
+    reference = partition.partition_documents(np.flatnonzero(reason == 0), embeddings, max_docs=6, seed=3)
+    return plan, reference
+
+
+@pytest.mark.parametrize("dropped", ["none", "every fifth"])
+def test_the_plan_made_in_ranges_with_its_members_in_a_file_is_partition_documents(store_path, tmp_path, monkeypatch, dropped):
+    from packprep.formats.partition_plan import MEMBERS_FILE
+
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    n = len(embeddings)
+    reason = np.broadcast_to(np.uint8(0), (n,)) if dropped == "none" else (np.arange(n) % 5 == 0).astype(np.uint8)
+    plan, reference = plan_in_small_ranges(monkeypatch, reason, embeddings, tmp_path / "order.partial", "local")
+    assert isinstance(plan.members, np.memmap) and str(plan.members.filename) == str(tmp_path / "order.partial" / MEMBERS_FILE)
+    assert plan.members.tolist() == reference.members.tolist()
+    assert plan.bounds.tolist() == reference.bounds.tolist()
+    assert len(reference) > -(-int((reason == 0).sum()) // 6)  # more partitions than coarse clusters: some were split again
+    assert sorted(p.name for p in (tmp_path / "order.partial").iterdir()) == [MEMBERS_FILE]  # the ranges' files are gone
 
 
 def test_the_pack_journal_takes_an_order_file_in_place_and_drops_another_runs_parts(tmp_path):
