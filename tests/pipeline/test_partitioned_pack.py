@@ -14,7 +14,7 @@ from packprep import PackedDataset
 from packprep.config import PackConfig
 from packprep.pipeline import pack
 from packprep.progress import SilentReporter
-from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, shard_bytes, store_path  # noqa: F401 (store_path: a fixture)
+from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, plan_in_small_ranges, shard_bytes, store_path  # noqa: F401 (store_path: a fixture)
 
 
 def packed_order(out: Path) -> list[int]:
@@ -174,25 +174,6 @@ def test_the_joined_order_is_written_partition_by_partition_as_assemble_joins_it
     assert isinstance(order, np.memmap) and order.tolist() == reference.tolist()
     np.save(tmp_path / "reference.npy", reference)
     assert path.read_bytes() == (tmp_path / "reference.npy").read_bytes()
-
-
-def plan_in_small_ranges(monkeypatch, reason, embeddings, folder, engine):
-    """``pipeline.planning.plan_in_files`` with batches of 3 rows, ranges of 2 batches and kept documents
-    counted 5 at a time (so ranges, batches and chunks all cut the 48 documents several times), next to
-    ``partition_documents`` of the kept documents with the same batches."""
-    from packprep.engines import Engine
-    from packprep.pipeline.planning import plan_in_files
-    from packprep.pipeline.run import Run
-    from packprep.stages import partition
-    from packprep.pipeline import planning
-
-    monkeypatch.setattr(partition, "ASSIGN_BATCH", 3)
-    monkeypatch.setattr(partition, "KEPT_CHUNK", 5)
-    monkeypatch.setattr(planning, "ASSIGN_RANGE_BATCHES", 2)
-    counts = partition.kept_counts(reason)
-    plan = plan_in_files(reason, embeddings, counts=counts, max_docs=6, seed=3, folder=folder, run=Run.of(Engine(engine)))
-    reference = partition.partition_documents(np.flatnonzero(reason == 0), embeddings, max_docs=6, seed=3)
-    return plan, reference
 
 
 @pytest.mark.parametrize("dropped", ["none", "every fifth"])
