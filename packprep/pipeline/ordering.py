@@ -7,6 +7,7 @@ finished partition is saved in ``OUT/order.partial/``::
                               sha256 of the files of every finished partition
     part-<p>.order.npy        int64 [m]     partition p's documents in order
     part-<p>.rows.npy         float32 [3, D]  its centroid, first and last document's rows
+    plan.members.npy          int64 [M]     the plan's documents grouped by partition (``formats.partition_plan``)
 
 A rerun with the same key recomputes the plan (seeded, so the same one), checks its
 digest and each listed partition's checksums, and orders only the others: a driver killed

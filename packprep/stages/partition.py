@@ -11,7 +11,9 @@ seeded, so engines that run the partitions anywhere, in any order, get the same 
 Memory: ordering one partition needs its rows of the embeddings only (as float32, plus
 the kNN graph and, above ``exact_max`` documents, the IVF index), so the peak per
 partition is set by ``max_docs`` and not by the corpus. Planning reads a sample of
-``256`` rows per partition and then streams every row once against the centroids.
+``256`` rows per partition and then streams every row once against the centroids
+(``pipeline.planning`` does that pass in ranges, on the engine, with the helpers here:
+:func:`split_sample`, :func:`kept_docs`, :func:`first_split_sizes`, :func:`split_documents`).
 
 ``--partition-docs`` (``config.DEFAULT_PARTITION_DOCS``, chosen from memory measurements)
 sets ``max_docs`` in ``pack``. A corpus of at most ``max_docs`` documents is one partition, ordered by exactly the
