@@ -111,8 +111,9 @@ def order_by_partition(
 
     With a journal, the plan is made in ranges and its members kept in a file there
     (``pipeline.planning.plan_in_files``), and each partition's task reads its slice of it: no
-    array of all kept documents is built in this process. Both engines run the same plan and the same per-partition function with the same
-    seeds, so the order (and every byte packed from it) does not depend on the engine.
+    array of all kept documents is built in this process. Both engines run the same plan and
+    the same per-partition function with the same seeds, so the order (and every byte packed
+    from it) does not depend on the engine.
     ``journal_folder`` None: nothing is journaled (a notebook call without an output folder).
     ``order_path`` (with a journal): the joined order is written there partition by partition,
     each read back from the journal, and returned memory-mapped: no partition's order stays in
