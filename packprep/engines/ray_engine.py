@@ -14,8 +14,10 @@ their own, importable on the workers:
 - embed (``ray_embed``): a pool of actors, each holding the model, embeds the local
   engine's chunks (4096 documents each) so every batch has the same composition and the
   same floats.
-- order (``ray_order``): one task per partition of a partitioned icp/cluster order, reading
-  only its rows of the embeddings memmap.
+- order: one task per range of kept documents assigns them to the plan's coarse centroids
+  and saves them grouped, then copies them into the plan's members file
+  (``formats.partition_plan``); one task per partition (``ray_order``) reads its slice of that
+  file and only its rows of the embeddings memmap.
 - pack and shards (``ray_pack``): one task per part of the order packs it and saves its
   plan; one task per shard writes it from its rows of that plan.
 

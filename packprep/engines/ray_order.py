@@ -1,6 +1,7 @@
 """Partitioned ordering on Ray: the task that ``ray_engine.order_partitions_on_ray`` runs per partition.
 
-A task opens the embeddings as a read-only memmap and gathers only its partition's rows,
+A task reads its members (a slice of the plan's members file, ``formats.partition_plan.MemberSlice``),
+opens the embeddings as a read-only memmap and gathers only its partition's rows,
 so its memory is set by the partition size, not by the corpus; it returns the
 partition's order, centroid and end rows (``stages.partition.PartOrder``), a few KB plus
 8 bytes per document.
