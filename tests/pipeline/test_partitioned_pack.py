@@ -191,6 +191,24 @@ def test_the_plan_made_in_ranges_with_its_members_in_a_file_is_partition_documen
     assert sorted(p.name for p in (tmp_path / "order.partial").iterdir()) == [MEMBERS_FILE]  # the ranges' files are gone
 
 
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_partitioned_pack_builds_no_array_of_the_kept_documents_nor_an_in_memory_plan(store_path, tmp_path, monkeypatch, dedup):
+    """With an output folder the plan is made in ranges (``pipeline.planning``): neither ``selection.kept_indices``
+    nor ``stages.partition.partition_documents`` (each an array of all kept documents) is called."""
+    from packprep.pipeline import selection
+    from packprep.stages import partition
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("an array of all kept documents was built")
+
+    config = PackConfig(strategy="icp", partition_docs=8, **{**OPTIONS, "dedup": dedup})
+    reference = pack(store_path, tmp_path / "reference", config=config, embed_config=EMBED)
+    monkeypatch.setattr(selection, "kept_indices", must_not_run)
+    monkeypatch.setattr(partition, "partition_documents", must_not_run)
+    out = pack(store_path, tmp_path / "out", config=config, embed_config=EMBED)
+    assert shard_bytes(out) == shard_bytes(reference) and len(shard_bytes(out)) > 4
+
+
 def test_the_pack_journal_takes_an_order_file_in_place_and_drops_another_runs_parts(tmp_path):
     from packprep.pipeline.pack_parts import PackJournal, order_digest
 
