@@ -21,6 +21,11 @@ from two sizes its slope per document) and wall time, and checks that both engin
 shards. Then the 10,000-document store again on a multi-node layout on this machine
 (``ray.cluster_utils.Cluster``, ``--nodes`` nodes of one CPU, this folder as the shared
 file system): time, the nodes the partition tasks ran on, and byte identity.
+
+    .venv/bin/python benchmarks/bench_engines.py --order-rss --compare ../main [--rounds 2] [--cpus 2]
+
+Before and after instead: the Ray driver of another checkout and of this one, in turns, on
+the same stores: its growth during pack and tracemalloc's peak, each size, and the slope.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ def main() -> None:
     parser.add_argument("--partition-docs", type=int, default=2000)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--nodes-only", action="store_true", help="with --order-rss: only the multi-node layout (stores and local outputs from an earlier run)")
+    parser.add_argument("--compare", type=Path, help="with --order-rss: the Ray driver of this other checkout and of this one, in turns")
+    parser.add_argument("--rounds", type=int, default=2, help="with --compare: rounds of both")
     args = parser.parse_args()
     if args.order_rss:
         from bench_order_rss import order_rss

@@ -22,7 +22,7 @@ DRIVER = (
     "from packprep.config import EmbedConfig, PackConfig\n"
     "from packprep.engines import Engine\n"
     "from packprep.pipeline import pack\n"
-    "store, out, engine, cpus, partition_docs, dedup = sys.argv[1:7]\n"
+    "store, out, engine, cpus, partition_docs, dedup, traced = sys.argv[1:8]\n"
     "if engine == 'ray':\n"
     "    from packprep.engines.ray_engine import connect\n"
     "    connect(None, num_cpus=int(cpus))\n"
@@ -31,12 +31,15 @@ DRIVER = (
     "peak_before = status('VmHWM')\n"
     "open('/proc/self/clear_refs', 'w').write('5')\n"
     "rss_before = status('VmRSS')\n"
+    "import tracemalloc\n"
+    "if traced == '1': tracemalloc.start()\n"
     "start = time.perf_counter()\n"
     "config = PackConfig(strategy='icp', seq_len=2048, dedup=dedup == '1', semantic_threshold=0.0, partition_docs=int(partition_docs))\n"
     "pack(store, out, config=config, embed_config=EmbedConfig(model='static'), engine=Engine(engine))\n"
     "during = status('VmHWM')\n"
     "print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mib': max(peak_before, during) / 1024,\n"
-    "                  'pack_growth_mib': (during - rss_before) / 1024}))\n"
+    "                  'pack_growth_mib': (during - rss_before) / 1024,\n"
+    "                  'traced_mib': tracemalloc.get_traced_memory()[1] / 2**20 if traced == '1' else None}))\n"
 )
 
 
@@ -64,15 +67,22 @@ def prepared_store(source: Path, n: int) -> Path:
     return store.path
 
 
-def run_driver(store: Path, out: Path, engine: str, cpus: int, partition_docs: int, dedup: bool) -> dict:
+def run_driver(
+    store: Path, out: Path, engine: str, cpus: int, partition_docs: int, dedup: bool, *, traced: bool = False, tree: Path | None = None
+) -> dict:
+    """One fresh driver's figures. ``traced``: tracemalloc's peak during pack too (numpy's and Python's heap,
+    not faiss's or mapped pages; slower). ``tree``: run the packprep of that checkout instead of this one."""
+    import os
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     if dedup:  # each run computes its dedup (the store caches it: the second engine would reuse the first's)
         (store / "dedup.json").unlink(missing_ok=True)
     done = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(store), str(out), engine, str(cpus), str(partition_docs), "1" if dedup else "0"],
+        [sys.executable, "-c", DRIVER, str(store.resolve()), str(out.resolve()), engine, str(cpus), str(partition_docs),
+         "1" if dedup else "0", "1" if traced else "0"],
         check=True, capture_output=True, text=True,
+        **({} if tree is None else {"cwd": tree, "env": dict(os.environ, PYTHONPATH=str(tree))}),
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -84,6 +94,8 @@ def shards_equal(a: Path, b: Path) -> bool:
 
 def order_rss(args) -> None:
     source = args.corpus if args.corpus != Path("bench-data/kernel-docs.jsonl") else Path("bench-data/kernel-docs-64mb-x4.jsonl")
+    if args.compare:
+        return compare(source, args)
     if args.nodes_only:
         return multi_node(prepared_store(source, args.sizes[0]), args)
     print(f"corpus: first {args.sizes} documents of {source}; icp, --partition-docs {args.partition_docs}, "
@@ -103,6 +115,28 @@ def order_rss(args) -> None:
     slope = (growths[-1] - growths[0]) * 2**20 / max(args.sizes[-1] - args.sizes[0], 1)
     print(f"ray driver growth during pack: {growths[0]:.1f} -> {growths[-1]:.1f} MiB, {slope:.0f} B per document")
     multi_node(prepared_store(source, args.sizes[0]), args)
+
+
+def compare(source: Path, args) -> None:
+    """The Ray driver of another checkout (``--compare TREE``, "before") and of this one ("after"), in turns,
+    ``--rounds`` times: growth during pack and tracemalloc's peak at each size, and whether both wrote the same shards."""
+    trees = {"before": args.compare.resolve(), "after": Path(__file__).resolve().parent.parent}
+    print(f"{'round':>5} {'tree':>6} {'documents':>9} {'in pack MiB':>11} {'traced MiB':>10} {'s':>6}")
+    for rnd in range(args.rounds):
+        for traced in (False, True):
+            figures: dict[tuple[str, int], dict] = {}
+            for name, tree in trees.items():
+                for n in args.sizes:
+                    out = WORK / f"out-{name}-{n}"
+                    r = figures[name, n] = run_driver(prepared_store(source, n), out, "ray", args.cpus, args.partition_docs,
+                                                      args.dedup, traced=traced, tree=tree)
+                    shown = f"{r['traced_mib']:>10.1f}" if traced else f"{'-':>10}"
+                    print(f"{rnd:>5} {name:>6} {n:>9,} {r['pack_growth_mib']:>11.1f} {shown} {r['seconds']:>6.1f}", flush=True)
+            key = "traced_mib" if traced else "pack_growth_mib"
+            for name in trees:
+                a, b = figures[name, args.sizes[0]][key], figures[name, args.sizes[-1]][key]
+                print(f"      {name}: {key} slope {(b - a) * 2**20 / (args.sizes[-1] - args.sizes[0]):.0f} B per document")
+            print("      shards identical:", all(shards_equal(WORK / f"out-before-{n}", WORK / f"out-after-{n}") for n in args.sizes))
 
 
 def multi_node(store: Path, args) -> None:

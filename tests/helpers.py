@@ -9,6 +9,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from packprep.config import EmbedConfig
@@ -160,3 +161,22 @@ KILLED_AFTER_TWO_PARTS = [
     "f.PackJournal.finish = finish\n"
     "from packprep.cli import main; main()",
 ]
+
+
+def plan_in_small_ranges(monkeypatch, reason, embeddings, folder, engine):
+    """``pipeline.planning.plan_in_files`` with batches of 3 rows, ranges of 2 batches and kept documents
+    counted 5 at a time (so ranges, batches and chunks all cut the 48 documents several times), next to
+    ``partition_documents`` of the kept documents with the same batches."""
+    from packprep.engines import Engine
+    from packprep.pipeline.planning import plan_in_files
+    from packprep.pipeline.run import Run
+    from packprep.stages import partition
+    from packprep.pipeline import planning
+
+    monkeypatch.setattr(partition, "ASSIGN_BATCH", 3)
+    monkeypatch.setattr(partition, "KEPT_CHUNK", 5)
+    monkeypatch.setattr(planning, "ASSIGN_RANGE_BATCHES", 2)
+    counts = partition.kept_counts(reason)
+    plan = plan_in_files(reason, embeddings, counts=counts, max_docs=6, seed=3, folder=folder, run=Run.of(Engine(engine)))
+    reference = partition.partition_documents(np.flatnonzero(reason == 0), embeddings, max_docs=6, seed=3)
+    return plan, reference

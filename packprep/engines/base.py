@@ -61,12 +61,22 @@ class Backend(Protocol):
     ) -> None:
         """Fill ``out[start : start + chunk]`` for each of ``starts``, calling ``on_chunk(start)`` as each lands."""
 
+    def group_by_partition(
+        self, embeddings: np.ndarray, reason: np.ndarray, centroids: np.ndarray, jobs: list[tuple[int, int, int]], *,
+        params: dict[str, Any], folder: Path, progress: Callable[..., None],
+    ) -> np.ndarray:
+        """The pass of a partition plan over every kept document (``reason`` uint8 [N] == 0): for each range
+        ``(r, first, stop)`` of kept positions, ``formats.partition_plan.assign_range`` against ``centroids``
+        (float32 [n, D]); then each range's documents placed into ``folder``'s members file
+        (``place_range``). Returns int64 [n]: documents per centroid."""
+
     def order_partitions(
-        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        self, embeddings: np.ndarray, tasks: list[tuple[int, Any, dict[str, Any]]], *,
         on_part: Callable[[int, Any], None], progress: Callable[..., None],
     ) -> None:
         """Order each partition ``(p, members, params)`` with ``stages.partition.order_partition(members,
-        embeddings, **params)``, calling ``on_part(p, PartOrder)`` as each finishes (in any order)."""
+        embeddings, **params)``, calling ``on_part(p, PartOrder)`` as each finishes (in any order).
+        ``members``: an int64 array or a ``formats.partition_plan.MemberSlice`` of a members file."""
 
     def pack_parts(
         self, folder: Path, store: DocStore, parts: list[tuple[int, int, int]], *, params: dict[str, Any],

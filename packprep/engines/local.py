@@ -95,14 +95,30 @@ class LocalEngine:
             )
             on_chunk(start)
 
+    def group_by_partition(
+        self, embeddings: np.ndarray, reason: np.ndarray, centroids: np.ndarray, jobs: list[tuple[int, int, int]], *,
+        params: dict[str, Any], folder: Path, progress: Callable[..., None],
+    ) -> np.ndarray:
+        from packprep.formats.partition_plan import assign_range, place_range, placement_starts
+
+        counts = np.zeros((len(jobs), len(centroids)), dtype=np.int64)
+        for r, first, stop in jobs:  # one range after another, as the Ray tasks would run them
+            counts[r] = assign_range(str(folder), r, first, stop, reason, embeddings, centroids, params)[1]
+            progress(stop - first)
+        starts = placement_starts(counts)
+        for r, _, _ in jobs:
+            place_range(str(folder), r, starts[r], counts[r])
+        return counts.sum(axis=0)
+
     def order_partitions(
-        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        self, embeddings: np.ndarray, tasks: list[tuple[int, Any, dict[str, Any]]], *,
         on_part: Callable[[int, Any], None], progress: Callable[..., None],
     ) -> None:
+        from packprep.formats.partition_plan import load_members
         from packprep.stages.partition import order_partition
 
         for p, members, params in tasks:  # one after another: the peak is one partition's
-            on_part(p, order_partition(members, embeddings, **params))
+            on_part(p, order_partition(load_members(members), embeddings, **params))
             progress(len(members))
 
     def pack_parts(

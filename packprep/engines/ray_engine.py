@@ -14,8 +14,10 @@ their own, importable on the workers:
 - embed (``ray_embed``): a pool of actors, each holding the model, embeds the local
   engine's chunks (4096 documents each) so every batch has the same composition and the
   same floats.
-- order (``ray_order``): one task per partition of a partitioned icp/cluster order, reading
-  only its rows of the embeddings memmap.
+- order: one task per range of kept documents assigns them to the plan's coarse centroids
+  and saves them grouped, then copies them into the plan's members file
+  (``formats.partition_plan``); one task per partition (``ray_order``) reads its slice of that
+  file and only its rows of the embeddings memmap.
 - pack and shards (``ray_pack``): one task per part of the order packs it and saves its
   plan; one task per shard writes it from its rows of that plan.
 
@@ -131,8 +133,16 @@ class RayEngine:
         # Each actor loads its own copy of the model (``embedder`` and ``decode`` stay on the driver).
         embed_on_ray(store, config=config, out=out, starts=starts, chunk=chunk, address=self.address, progress=progress, on_chunk=on_chunk)
 
+    def group_by_partition(
+        self, embeddings: np.ndarray, reason: np.ndarray, centroids: np.ndarray, jobs: list[tuple[int, int, int]], *,
+        params: dict[str, Any], folder: Path, progress: Callable[..., None],
+    ) -> np.ndarray:
+        return group_by_partition_on_ray(
+            embeddings, reason, centroids, jobs, params=params, folder=folder, address=self.address, progress=progress
+        )
+
     def order_partitions(
-        self, embeddings: np.ndarray, tasks: list[tuple[int, np.ndarray, dict[str, Any]]], *,
+        self, embeddings: np.ndarray, tasks: list[tuple[int, Any, dict[str, Any]]], *,
         on_part: Callable[[int, Any], None], progress: Callable[..., None],
     ) -> None:
         order_partitions_on_ray(embeddings, tasks, address=self.address, on_part=on_part, progress=progress)
@@ -341,9 +351,52 @@ def embed_on_ray(
 # ---------------------------------------------------------------------------- order
 
 
+def group_by_partition_on_ray(
+    embeddings: np.ndarray,
+    reason: np.ndarray,
+    centroids: np.ndarray,
+    jobs: list[tuple[int, int, int]],
+    *,
+    params: dict[str, Any],
+    folder: Path,
+    address: str | None = None,
+    progress: Any = None,
+) -> np.ndarray:
+    """``engines.base.Backend.group_by_partition`` as Ray tasks: one per range of kept positions
+    (``formats.partition_plan.assign_range``), then one per range copying its grouped documents into
+    the members file (``place_range``). The embeddings and the dedup reason go by path where they are
+    memmaps (a reason of zeros, nothing dropped, as its length), so the driver reads no row; only
+    each range's counts per centroid come back."""
+    from packprep.formats import partition_plan
+
+    ray = connect(address)
+    rows = _by_path(ray, embeddings)
+    nothing_dropped = reason.strides == (0,) and not (len(reason) and reason[0])  # np.broadcast_to of 0
+    dropped = len(reason) if nothing_dropped else _by_path(ray, reason)
+    assign = ray.remote(max_retries=RAY_MAX_RETRIES)(partition_plan.assign_range)
+    shared = ray.put(centroids), ray.put(params)
+    pending = [assign.remote(str(folder), r, first, stop, dropped, rows, *shared) for r, first, stop in jobs]
+    kept = {r: stop - first for r, first, stop in jobs}
+    counts = np.zeros((len(jobs), len(centroids)), dtype=np.int64)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        r, counts[r] = ray.get(ready[0])
+        if progress is not None:
+            progress(kept[r])
+    starts = partition_plan.placement_starts(counts)
+    place = ray.remote(max_retries=RAY_MAX_RETRIES)(partition_plan.place_range)
+    ray.get([place.remote(str(folder), r, starts[r], counts[r]) for r, _, _ in jobs])
+    return counts.sum(axis=0)
+
+
+def _by_path(ray: Any, array: np.ndarray) -> Any:
+    """What a task is sent for an array: a memmap's path (the task maps it), else the array through the object store."""
+    return str(array.filename) if isinstance(array, np.memmap) and array.filename else ray.put(np.asarray(array))
+
+
 def order_partitions_on_ray(
     embeddings: np.ndarray,
-    tasks: list[tuple[int, np.ndarray, dict[str, Any]]],
+    tasks: list[tuple[int, Any, dict[str, Any]]],
     *,
     address: str | None = None,
     on_part: Any,
@@ -364,7 +417,7 @@ def order_partitions_on_ray(
     if not tasks:
         return
     ray = connect(address)
-    source = str(embeddings.filename) if isinstance(embeddings, np.memmap) and embeddings.filename else ray.put(np.asarray(embeddings))
+    source = _by_path(ray, embeddings)
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_order.order_part)
     dim = int(embeddings.shape[1])
     pending = [

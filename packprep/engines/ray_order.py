@@ -1,6 +1,7 @@
 """Partitioned ordering on Ray: the task that ``ray_engine.order_partitions_on_ray`` runs per partition.
 
-A task opens the embeddings as a read-only memmap and gathers only its partition's rows,
+A task reads its members (a slice of the plan's members file, ``formats.partition_plan.MemberSlice``),
+opens the embeddings as a read-only memmap and gathers only its partition's rows,
 so its memory is set by the partition size, not by the corpus; it returns the
 partition's order, centroid and end rows (``stages.partition.PartOrder``), a few KB plus
 8 bytes per document.
@@ -25,11 +26,13 @@ def partition_bytes(num_docs: int, dim: int) -> int:
 
 
 
-def order_part(p: int, embeddings: Any, members: np.ndarray, params: dict[str, Any]) -> tuple[int, Any]:
+def order_part(p: int, embeddings: Any, members: Any, params: dict[str, Any]) -> tuple[int, Any]:
     """Ray task: (``p``, partition ``p`` ordered). ``embeddings``: the path of an ``.npy`` (opened
-    memory-mapped here) or the array itself (through the object store, for in-memory embeddings)."""
+    memory-mapped here) or the array itself (through the object store, for in-memory embeddings).
+    ``members``: int64 [m], or a ``formats.partition_plan.MemberSlice`` of the plan's members file (read here)."""
+    from packprep.formats.partition_plan import load_members
     from packprep.stages.partition import order_partition
 
     if isinstance(embeddings, str):
         embeddings = np.load(embeddings, mmap_mode="r")
-    return p, order_partition(members, embeddings, **params)
+    return p, order_partition(load_members(members), embeddings, **params)

@@ -7,6 +7,7 @@ finished partition is saved in ``OUT/order.partial/``::
                               sha256 of the files of every finished partition
     part-<p>.order.npy        int64 [m]     partition p's documents in order
     part-<p>.rows.npy         float32 [3, D]  its centroid, first and last document's rows
+    plan.members.npy          int64 [M]     the plan's documents grouped by partition (``formats.partition_plan``)
 
 A rerun with the same key recomputes the plan (seeded, so the same one), checks its
 digest and each listed partition's checksums, and orders only the others: a driver killed
@@ -27,10 +28,16 @@ from packprep.stages.partition import PartOrder, Partitions
 
 
 def plan_digest(plan: Partitions) -> str:
-    # Through the arrays' buffers: ``tobytes`` would copy the members (8 B per document) first.
+    # Through the arrays' buffers, a slice at a time: the members may be a memmap of the plan's file
+    # (its pages are let go after), and ``tobytes`` would copy them (8 B per document) first.
     digest = hashlib.sha256(memoryview(np.ascontiguousarray(plan.bounds, dtype=np.int64)).cast("B"))
-    digest.update(memoryview(np.ascontiguousarray(plan.members, dtype=np.int64)).cast("B"))
+    for start in range(0, len(plan.members), _DIGEST_SLICE):
+        digest.update(memoryview(np.ascontiguousarray(plan.members[start : start + _DIGEST_SLICE], dtype=np.int64)).cast("B"))
+    release_pages(plan.members)
     return digest.hexdigest()
+
+
+_DIGEST_SLICE = 1 << 20  # members hashed at a time (8 MB)
 
 
 class OrderJournal:
@@ -86,7 +93,7 @@ class OrderJournal:
 
 
 def order_by_partition(
-    doc_indices: np.ndarray,
+    reason: np.ndarray,
     embeddings: np.ndarray,
     *,
     strategy: str,
@@ -99,22 +106,41 @@ def order_by_partition(
     run: Run,
     order_path: Path | None = None,
 ) -> np.ndarray:
-    """int64 [M]: ``stages.partition.partitioned_order``, each partition journaled, on ``run.backend``.
+    """int64 [M]: ``stages.partition.partitioned_order`` of the documents whose ``reason`` (uint8 [N],
+    maybe a memmap) is 0, each partition journaled, on ``run.backend``.
 
-    Both engines run the same plan and the same per-partition function with the same
-    seeds, so the order (and every byte packed from it) does not depend on the engine.
+    With a journal, the plan is made in ranges and its members kept in a file there
+    (``pipeline.planning.plan_in_files``), and each partition's task reads its slice of it: no
+    array of all kept documents is built in this process. Both engines run the same plan and
+    the same per-partition function with the same seeds, so the order (and every byte packed
+    from it) does not depend on the engine.
     ``journal_folder`` None: nothing is journaled (a notebook call without an output folder).
     ``order_path`` (with a journal): the joined order is written there partition by partition,
     each read back from the journal, and returned memory-mapped: no partition's order stays in
     memory once journaled, and the whole order never is.
     """
-    from packprep.stages.partition import assemble, partition_clusters, partition_documents, partition_seed
+    from packprep.formats.partition_plan import MemberSlice
+    from packprep.stages.partition import (
+        assemble, kept_counts, kept_docs, partition_clusters, partition_documents, partition_seed,
+    )
 
     reporter = run.reporter
     reporter.info(f"order: planning partitions of at most {max_docs:,} documents")
-    # Planning reads every row: mapped pages would count as ours, growing with the corpus, so they
-    # are let go after each batch (65,536 rows), not once at the end.
-    plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed, after_batch=lambda: release_pages(embeddings))
+    counts = kept_counts(reason)
+    release_pages(reason)
+    if journal_folder is not None and int(counts.sum()) > max_docs:
+        from packprep.pipeline.planning import plan_in_files
+
+        plan = plan_in_files(reason, embeddings, counts=counts, max_docs=max_docs, seed=seed, folder=journal_folder, run=run)
+
+        def members(p: int) -> MemberSlice:  # what partition p's task reads: its slice of the members file
+            return MemberSlice(str(plan.members.filename), int(plan.bounds[p]), int(plan.bounds[p + 1]))
+    else:  # a notebook call (nothing on disk) or a single partition: the plan in memory
+        plan = partition_documents(
+            kept_docs(reason, np.arange(int(counts.sum())), counts), embeddings, max_docs=max_docs, seed=seed,
+            after_batch=lambda: release_pages(embeddings),  # mapped pages would count as ours: let go after each batch
+        )
+        members = plan.part
     release_pages(embeddings)  # the k-means samples' rows
     total = len(plan.members)
     journal = OrderJournal.resume(journal_folder, key=key, plan=plan) if journal_folder is not None else None
@@ -125,7 +151,7 @@ def order_by_partition(
                   + (f"; {len(done)} finished by an interrupted run are reused" if done else ""))
     todo = [p for p in range(len(plan)) if p not in done]
     tasks = [
-        (p, plan.part(p), {"strategy": strategy, "seed": partition_seed(seed, p, len(plan)), "k": k,
+        (p, members(p), {"strategy": strategy, "seed": partition_seed(seed, p, len(plan)), "k": k,
                            "n_clusters": partition_clusters(n_clusters, int(sizes[p]), total)})
         for p in todo
     ]

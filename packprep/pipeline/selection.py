@@ -84,15 +84,15 @@ def select_documents(
         reporter.info(
             f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {chosen['value']:.4g} ({chosen['source']})"
         )
-    kept = kept_indices(reason)
-    if 0 < config.partition_docs < len(kept):
+    if 0 < config.partition_docs < kept_count(reason):
         from packprep.pipeline.ordering import order_by_partition
 
-        order = order_by_partition(
-            kept, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
+        order = order_by_partition(  # finds the kept documents in ranges: no array of them here
+            reason, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
             n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run, order_path=order_file,
         )
         return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
+    kept = kept_indices(reason)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         order = strategy.order(kept, embeddings, config, advance)
     original = store.column("original")
@@ -116,6 +116,13 @@ def kept_indices(reason: np.ndarray) -> np.ndarray:
     ]
     release_pages(reason)
     return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
+
+
+def kept_count(reason: np.ndarray) -> int:
+    """How many documents ``reason`` (uint8 [N], maybe a memmap) keeps (0), read a slice at a time like :func:`kept_indices`."""
+    count = sum(int(np.count_nonzero(reason[start : start + _REASON_CHUNK] == 0)) for start in range(0, len(reason), _REASON_CHUNK))
+    release_pages(reason)
+    return count
 
 
 def semantic_threshold(config: PackConfig, model: str, calibration: dict[str, Any] | None) -> dict[str, Any] | None:

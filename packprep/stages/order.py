@@ -76,17 +76,33 @@ def kmeans_assign(
     """int64 [len(idx)]: for each row ``idx[i]`` of ``embeddings``, the nearest of ``n`` centroids
     that faiss's k-means (20 iterations, ``faiss_seed``) trains on the rows ``idx[sample]``;
     rows are compared ``batch`` at a time (the float32 copy is bounded by it)."""
-    import faiss
-
-    kmeans = faiss.Kmeans(embeddings.shape[1], n, niter=20, seed=faiss_seed, min_points_per_centroid=1, verbose=False)
-    kmeans.train(float32_rows(embeddings, idx[sample]))
+    index = centroid_index(kmeans_centroids(float32_rows(embeddings, idx[sample]), n, faiss_seed=faiss_seed))
     assign = np.empty(len(idx), dtype=np.int64)
     for start in range(0, len(idx), batch):
         stop = min(start + batch, len(idx))
-        assign[start:stop] = kmeans.index.search(float32_rows(embeddings, idx[start:stop]), 1)[1][:, 0]
+        assign[start:stop] = index.search(float32_rows(embeddings, idx[start:stop]), 1)[1][:, 0]
         if progress is not None:
             progress(stop - start)
     return assign
+
+
+def kmeans_centroids(rows: np.ndarray, n: int, *, faiss_seed: int) -> np.ndarray:
+    """float32 [n, D]: the centroids faiss's k-means (20 iterations, ``faiss_seed``) trains on ``rows`` (float32 [S, D])."""
+    import faiss
+
+    kmeans = faiss.Kmeans(rows.shape[1], n, niter=20, seed=faiss_seed, min_points_per_centroid=1, verbose=False)
+    kmeans.train(rows)
+    return kmeans.centroids
+
+
+def centroid_index(centroids: np.ndarray):  # -> faiss.IndexFlatL2 (faiss is imported here only)
+    """The flat L2 index over ``centroids`` (float32 [n, D]) that faiss's k-means searches with: its
+    ``search(rows, 1)`` gives each row's nearest centroid, in this process or in a task that was sent the centroids."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return index
 
 
 def knn_graph(

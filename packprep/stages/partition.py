@@ -11,7 +11,9 @@ seeded, so engines that run the partitions anywhere, in any order, get the same 
 Memory: ordering one partition needs its rows of the embeddings only (as float32, plus
 the kNN graph and, above ``exact_max`` documents, the IVF index), so the peak per
 partition is set by ``max_docs`` and not by the corpus. Planning reads a sample of
-``256`` rows per partition and then streams every row once against the centroids.
+``256`` rows per partition and then streams every row once against the centroids
+(``pipeline.planning`` does that pass in ranges, on the engine, with the helpers here:
+:func:`split_sample`, :func:`kept_docs`, :func:`first_split_sizes`, :func:`split_documents`).
 
 ``--partition-docs`` (``config.DEFAULT_PARTITION_DOCS``, chosen from memory measurements)
 sets ``max_docs`` in ``pack``. A corpus of at most ``max_docs`` documents is one partition, ordered by exactly the
@@ -30,7 +32,11 @@ from packprep.errors import PackprepError
 from packprep.stages.order import Progress, float32_rows, icp_order, kmeans_assign
 
 _SAMPLE_PER_PARTITION = 256  # k-means training points per centroid (faiss's own subsampling figure)
-_ASSIGN_BATCH = 65536  # rows compared with the centroids at a time: bounds the float32 copy
+# Rows compared with the centroids at a time: bounds the float32 copy. Both engines cut the pass
+# over the kept documents into the same batches (positions 0, ASSIGN_BATCH, ...): faiss's search
+# of a batch may round differently with another batch's size (a BLAS path from 20 rows up).
+ASSIGN_BATCH = 65536
+KEPT_CHUNK = 1 << 20  # documents whose dedup reason is read at a time to count or find the kept ones (1 MB)
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,21 @@ def partition_documents(
     if max_docs < 1:
         raise PackprepError(f"--partition-docs must be at least 1, got {max_docs}")
     idx = np.unique(np.asarray(doc_indices, dtype=np.int64))  # ascending: the members' canonical order
+    parts = split_documents(idx, embeddings, max_docs=max_docs, path=(int(seed),), after_batch=after_batch)
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return Partitions(members=np.concatenate(parts) if parts else idx, bounds=bounds)
+
+
+def split_documents(
+    members: np.ndarray, embeddings: np.ndarray, *, max_docs: int, path: tuple[int, ...],
+    after_batch: Callable[[], None] | None = None,
+) -> list[np.ndarray]:
+    """``members`` (int64 [m], ascending) as :func:`partition_documents` cuts them, starting from the
+    seed ``path`` (``(seed,)`` for all documents, ``(seed, i)`` for the i-th non-empty cluster of the
+    first split): the partitions in depth-first order, each ascending."""
     parts: list[np.ndarray] = []
-    stack = [(idx, (int(seed),))]
+    stack = [(members, path)]
     while stack:  # depth-first, children pushed in reverse so they come out in centroid order
         members, path = stack.pop()
         if len(members) <= max_docs:
@@ -78,25 +97,63 @@ def partition_documents(
         if len(children) == 1:  # k-means put everything in one cluster: cut by index instead
             children = np.array_split(members, math.ceil(len(members) / max_docs))
         stack.extend((child, (*path, i)) for i, child in reversed(list(enumerate(children))))
-    sizes = np.array([len(p) for p in parts], dtype=np.int64)
-    bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return Partitions(members=np.concatenate(parts) if parts else idx, bounds=bounds)
+    return parts
+
+
+def split_sample(m: int, n: int, path: tuple[int, ...]) -> tuple[np.ndarray, int]:
+    """Where a split of ``m`` members into ``n`` clusters, seeded by ``path``, trains its k-means:
+    (int64 [S] sorted member positions, the faiss seed)."""
+    rng = np.random.default_rng(list(path))
+    sample = np.sort(rng.choice(m, size=min(m, _SAMPLE_PER_PARTITION * n), replace=False))
+    return sample, int(rng.integers(2**31 - 1))
 
 
 def _split(
     members: np.ndarray, embeddings: np.ndarray, *, n: int, path: tuple[int, ...], after_batch: Callable[[], None] | None
 ) -> list[np.ndarray]:
     """The non-empty k-means clusters (``n`` centroids, seeded by ``path``) of ``members``, each ascending."""
-    rng = np.random.default_rng(list(path))
-    m = len(members)
-    sample = np.sort(rng.choice(m, size=min(m, _SAMPLE_PER_PARTITION * n), replace=False))
+    sample, faiss_seed = split_sample(len(members), n, path)
     assign = kmeans_assign(
-        embeddings, members, sample, n, faiss_seed=int(rng.integers(2**31 - 1)), batch=_ASSIGN_BATCH,
+        embeddings, members, sample, n, faiss_seed=faiss_seed, batch=ASSIGN_BATCH,
         progress=None if after_batch is None else lambda _rows: after_batch(),
     )
     grouped = members[np.argsort(assign, kind="stable")]  # stable: ascending inside each cluster
     cuts = np.cumsum(np.bincount(assign, minlength=n))[:-1]
     return [part for part in np.split(grouped, cuts) if len(part)]
+
+
+def first_split_sizes(cluster_sizes: np.ndarray, *, max_docs: int) -> list[int]:
+    """The sizes of the first split's children (``cluster_sizes`` int [n]: documents per coarse
+    cluster, empty ones included), as :func:`split_documents` numbers them: the non-empty clusters,
+    or, when k-means put every document in one, the equal runs it is cut into instead."""
+    sizes = [int(s) for s in cluster_sizes if s]
+    if len(sizes) == 1:
+        runs = math.ceil(sizes[0] / max_docs)
+        q, r = divmod(sizes[0], runs)
+        sizes = [q + 1] * r + [q] * (runs - r)  # np.array_split's sizes
+    return sizes
+
+
+def kept_counts(reason: np.ndarray, *, chunk: int | None = None) -> np.ndarray:
+    """int64 [ceil(N / chunk)]: how many documents of each ``chunk`` (default KEPT_CHUNK) of ``reason`` (uint8 [N],
+    maybe a memmap) are kept (reason 0): what :func:`kept_docs` needs to find a kept position's document."""
+    chunk = chunk or KEPT_CHUNK
+    return np.array([np.count_nonzero(reason[s : s + chunk] == 0) for s in range(0, len(reason), chunk)], dtype=np.int64)
+
+
+def kept_docs(reason: np.ndarray, positions: np.ndarray, counts: np.ndarray, *, chunk: int | None = None) -> np.ndarray:
+    """int64 [len(positions)]: the documents at ``positions`` (int [S], ascending) of the kept ones
+    (``reason`` uint8 [N] == 0, in document order), ``counts`` being :func:`kept_counts` with this ``chunk``.
+    Reads only the chunks that hold a position, one at a time."""
+    chunk = chunk or KEPT_CHUNK
+    positions = np.asarray(positions, dtype=np.int64)
+    prefix = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    lo, hi = np.searchsorted(positions, prefix[:-1]), np.searchsorted(positions, prefix[1:])
+    docs = np.empty(len(positions), dtype=np.int64)
+    for c in np.flatnonzero(hi > lo).tolist():
+        kept = np.flatnonzero(reason[c * chunk : (c + 1) * chunk] == 0)
+        docs[lo[c] : hi[c]] = kept[positions[lo[c] : hi[c]] - prefix[c]] + c * chunk
+    return docs
 
 
 def partition_seed(seed: int, p: int, num_partitions: int) -> int:
@@ -147,8 +204,8 @@ def order_partition(
     params = _PartitionParams(seed=seed, clusters=n_clusters, knn=k)
     order = STRATEGIES[strategy].order(members, embeddings, params, progress)
     total = np.zeros(embeddings.shape[1], dtype=np.float64)
-    for start in range(0, len(order), _ASSIGN_BATCH):
-        total += float32_rows(embeddings, np.sort(order[start : start + _ASSIGN_BATCH])).sum(axis=0, dtype=np.float64)
+    for start in range(0, len(order), ASSIGN_BATCH):
+        total += float32_rows(embeddings, np.sort(order[start : start + ASSIGN_BATCH])).sum(axis=0, dtype=np.float64)
     centroid = (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
     ends = float32_rows(embeddings, order[[0, -1]]) if len(order) else np.zeros((2, embeddings.shape[1]), np.float32)
     return PartOrder(order=order, centroid=centroid, ends=ends)

@@ -15,7 +15,7 @@ ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install '
 from packprep.config import PackConfig  # noqa: E402
 from packprep.engines import Engine, ray_order  # noqa: E402
 from packprep.pipeline import pack  # noqa: E402
-from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, shard_bytes, store_path  # noqa: E402,F401 (store_path: a fixture)
+from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, plan_in_small_ranges, shard_bytes, store_path  # noqa: E402,F401 (store_path: a fixture)
 
 RAY = Engine("ray")
 
@@ -72,6 +72,40 @@ def test_a_killed_ray_driver_resumes_its_finished_partitions(store_path, tmp_pat
     assert rerun.returncode == 0, rerun.stderr
     assert "2 finished by an interrupted run are reused" in rerun.stderr
     assert shard_bytes(out) == shard_bytes(local)
+
+
+@pytest.mark.parametrize("dropped", ["none", "every fifth", "in memory"])
+def test_the_plan_is_made_in_ray_range_tasks_as_partition_documents_makes_it(store_path, tmp_path, monkeypatch, dropped):
+    """Range tasks (several: batches of 3, ranges of 2 batches) assign the kept documents and place them in
+    the members file; the reason array goes by path (a memmap), as a length (nothing dropped) or through
+    the object store (semantic dedup's in-memory copy)."""
+    import numpy as np
+
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    n = len(embeddings)
+    if dropped == "none":
+        reason = np.broadcast_to(np.uint8(0), (n,))
+    else:
+        np.save(tmp_path / "reason.npy", (np.arange(n) % 5 == 0).astype(np.uint8))
+        reason = np.load(tmp_path / "reason.npy", mmap_mode="r" if dropped == "every fifth" else None)
+    plan, reference = plan_in_small_ranges(monkeypatch, reason, embeddings, tmp_path / "order.partial", "ray")
+    assert plan.members.tolist() == reference.members.tolist()
+    assert plan.bounds.tolist() == reference.bounds.tolist()
+
+
+def test_a_worker_killed_mid_range_of_the_plan_is_retried_and_the_plan_is_the_same(store_path, tmp_path, monkeypatch):
+    import numpy as np
+
+    from packprep.formats import partition_plan
+
+    marker = tmp_path / "crashed-once"
+    monkeypatch.setattr(partition_plan, "assign_range", dies_once(partition_plan.assign_range, argument=1, equal_to=1, marker=marker))
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    reason = np.broadcast_to(np.uint8(0), (len(embeddings),))
+    plan, reference = plan_in_small_ranges(monkeypatch, reason, embeddings, tmp_path / "order.partial", "ray")
+    assert marker.exists()
+    assert plan.members.tolist() == reference.members.tolist()
+    assert plan.bounds.tolist() == reference.bounds.tolist()
 
 
 def test_in_memory_embeddings_go_through_the_object_store():

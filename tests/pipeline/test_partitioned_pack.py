@@ -14,7 +14,7 @@ from packprep import PackedDataset
 from packprep.config import PackConfig
 from packprep.pipeline import pack
 from packprep.progress import SilentReporter
-from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, shard_bytes, store_path  # noqa: F401 (store_path: a fixture)
+from tests.helpers import EMBED, KILLED_AFTER_TWO, KILLED_AFTER_TWO_PARTS, OPTIONS, REPO_ROOT as REPO, cli_options, plan_in_small_ranges, shard_bytes, store_path  # noqa: F401 (store_path: a fixture)
 
 
 def packed_order(out: Path) -> list[int]:
@@ -163,16 +163,50 @@ def test_the_joined_order_is_written_partition_by_partition_as_assemble_joins_it
     from packprep.stages.partition import partitioned_order
 
     embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
-    kept = np.arange(0, 48, dtype=np.int64)[np.arange(48) % 5 != 0]  # as if dedup dropped every fifth
+    reason = ((np.arange(len(embeddings)) % 5 == 0) | (np.arange(len(embeddings)) >= 48)).astype(np.uint8)
+    kept = np.flatnonzero(reason == 0)  # as if dedup dropped every fifth of the first 48 and all after
     reference = partitioned_order(kept, embeddings, strategy="icp", max_docs=8, seed=3, k=10)
     path = tmp_path / "pack.partial" / "order.npy"
     order = order_by_partition(
-        kept, embeddings, strategy="icp", max_docs=8, seed=3, k=10, n_clusters=None,
+        reason, embeddings, strategy="icp", max_docs=8, seed=3, k=10, n_clusters=None,
         journal_folder=tmp_path / "order.partial", key="k", run=Run(), order_path=path,
     )
     assert isinstance(order, np.memmap) and order.tolist() == reference.tolist()
     np.save(tmp_path / "reference.npy", reference)
     assert path.read_bytes() == (tmp_path / "reference.npy").read_bytes()
+
+
+@pytest.mark.parametrize("dropped", ["none", "every fifth"])
+def test_the_plan_made_in_ranges_with_its_members_in_a_file_is_partition_documents(store_path, tmp_path, monkeypatch, dropped):
+    from packprep.formats.partition_plan import MEMBERS_FILE
+
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    n = len(embeddings)
+    reason = np.broadcast_to(np.uint8(0), (n,)) if dropped == "none" else (np.arange(n) % 5 == 0).astype(np.uint8)
+    plan, reference = plan_in_small_ranges(monkeypatch, reason, embeddings, tmp_path / "order.partial", "local")
+    assert isinstance(plan.members, np.memmap) and str(plan.members.filename) == str(tmp_path / "order.partial" / MEMBERS_FILE)
+    assert plan.members.tolist() == reference.members.tolist()
+    assert plan.bounds.tolist() == reference.bounds.tolist()
+    assert len(reference) > -(-int((reason == 0).sum()) // 6)  # more partitions than coarse clusters: some were split again
+    assert sorted(p.name for p in (tmp_path / "order.partial").iterdir()) == [MEMBERS_FILE]  # the ranges' files are gone
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_a_partitioned_pack_builds_no_array_of_the_kept_documents_nor_an_in_memory_plan(store_path, tmp_path, monkeypatch, dedup):
+    """With an output folder the plan is made in ranges (``pipeline.planning``): neither ``selection.kept_indices``
+    nor ``stages.partition.partition_documents`` (each an array of all kept documents) is called."""
+    from packprep.pipeline import selection
+    from packprep.stages import partition
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("an array of all kept documents was built")
+
+    config = PackConfig(strategy="icp", partition_docs=8, **{**OPTIONS, "dedup": dedup})
+    reference = pack(store_path, tmp_path / "reference", config=config, embed_config=EMBED)
+    monkeypatch.setattr(selection, "kept_indices", must_not_run)
+    monkeypatch.setattr(partition, "partition_documents", must_not_run)
+    out = pack(store_path, tmp_path / "out", config=config, embed_config=EMBED)
+    assert shard_bytes(out) == shard_bytes(reference) and len(shard_bytes(out)) > 4
 
 
 def test_the_pack_journal_takes_an_order_file_in_place_and_drops_another_runs_parts(tmp_path):

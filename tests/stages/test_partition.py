@@ -130,3 +130,30 @@ def test_cluster_share_is_proportional_and_at_least_one():
     assert partition_clusters(None, 10, 100) is None
     assert partition_clusters(40, 25, 100) == 10
     assert partition_clusters(3, 1, 100) == 1
+
+
+def test_kept_documents_are_counted_per_chunk_and_found_by_position():
+    from packprep.stages.partition import kept_counts, kept_docs
+
+    reason = np.array([0, 1, 0, 2, 0, 0, 1, 1, 0, 0], dtype=np.uint8)  # kept: 0 2 4 5 8 9
+    counts = kept_counts(reason, chunk=3)
+    assert counts.tolist() == [2, 2, 1, 1]
+    assert kept_docs(reason, np.arange(6), counts, chunk=3).tolist() == [0, 2, 4, 5, 8, 9]
+    assert kept_docs(reason, np.array([1, 3, 4]), counts, chunk=3).tolist() == [2, 5, 8]
+    assert kept_docs(reason, np.zeros(0, np.int64), counts, chunk=3).tolist() == []
+
+
+def test_the_first_split_children_are_the_non_empty_clusters_or_equal_runs():
+    from packprep.stages.partition import first_split_sizes
+
+    assert first_split_sizes(np.array([3, 0, 12, 5]), max_docs=4) == [3, 12, 5]
+    assert first_split_sizes(np.array([0, 10, 0]), max_docs=4) == [4, 3, 3]  # np.array_split(10 docs, 3)
+
+
+def test_split_documents_from_the_root_path_is_partition_documents(groups):
+    from packprep.stages.partition import split_documents
+
+    plan = partition_documents(np.arange(100), groups, max_docs=10, seed=4)
+    parts = split_documents(np.arange(100), groups, max_docs=10, path=(4,))
+    assert np.concatenate(parts).tolist() == plan.members.tolist()
+    assert [len(p) for p in parts] == plan.sizes().tolist()
