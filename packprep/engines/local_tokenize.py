@@ -216,27 +216,13 @@ def _stream_encoder(recipe: tuple[Any, ...], encode: Callable) -> Callable | Non
     return stream_encoder(encode.__self__)  # encode is the loaded tokenizer's encode_batch
 
 
-def _tokenize_batch(
-    batch: list[tuple[str, Any]], encode: Callable, stream: Callable | None, reply: Callable[[tuple[Any, ...]], None],
-    *, hash_texts: bool,
-) -> tuple[Any, ...]:
-    """``stages.tokenize.tokenize_batch``, or for a huge text (``json_text.JsonText``, alone in
-    its batch) ``tokenize_pieces``, replying its tokens group by group as ``("tokens", ids)``."""
-    from packprep.stages.tokenize import tokenize_batch, tokenize_pieces
-
-    if len(batch) == 1 and not isinstance(batch[0][1], str):
-        (doc_id, text), = batch
-        return tokenize_pieces(doc_id, text, stream, lambda ids: reply(("tokens", ids)), hash_texts=hash_texts)
-    return tokenize_batch(batch, encode, hash_texts=hash_texts)
-
-
 def serve() -> None:
     """The worker side: tokenize each requested part, replying batch by batch, until stdin closes."""
     import signal
     import traceback
 
     from packprep.corpus import ReadCounters, read_source
-    from packprep.stages.tokenize import batches
+    from packprep.stages.tokenize import batches, tokenize_listed
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends us
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
@@ -262,7 +248,11 @@ def serve() -> None:
                 huge_text_bytes=huge_text_bytes if stream else None,
             )
             for batch in batches(documents):
-                reply(("batch", *_tokenize_batch(batch, encode, stream, reply, hash_texts=hash_texts), len(batch)))
+                # a huge text's tokens go back group by group as ("tokens", ids); its "batch" ends it
+                tokenized = tokenize_listed(
+                    batch, encode, encode_stream=stream, emit=lambda ids: reply(("tokens", ids)), hash_texts=hash_texts
+                )
+                reply(("batch", *tokenized, len(batch)))
             reply(("done", {
                 "records": counters.records, "skipped": counters.skipped, "with_id": counters.with_id,
                 "first_errors": counters.first_errors[:_MAX_FIRST_ERRORS],

@@ -32,18 +32,27 @@ def tokenize_into(
     """
     dropped_empty = 0
     for batch in batches(documents):
-        if not isinstance(batch[0][1], str):
-            (doc_id, text), = batch
-            flat, lengths, ids, hashes, dropped = tokenize_pieces(
-                doc_id, text, encode_stream, writer.append_tokens, hash_texts=hash_texts
-            )
-        else:
-            flat, lengths, ids, hashes, dropped = tokenize_batch(batch, tokenizer.encode_batch, hash_texts=hash_texts)
+        flat, lengths, ids, hashes, dropped = tokenize_listed(
+            batch, tokenizer.encode_batch, encode_stream=encode_stream, emit=writer.append_tokens, hash_texts=hash_texts
+        )
         dropped_empty += dropped
         writer.append(flat, lengths, ids, hashes)
         if progress is not None:
             progress(len(batch), tokens=len(flat))
     return dropped_empty
+
+
+def tokenize_listed(
+    batch: list[tuple[str, Any]], encode: Callable[[list[str]], tuple[np.ndarray, np.ndarray]], *,
+    encode_stream: Callable[[Iterable[str]], Iterable[np.ndarray]] | None, emit: Callable[[np.ndarray], None],
+    hash_texts: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, int]:
+    """A list from :func:`batches`: :func:`tokenize_batch`, or :func:`tokenize_pieces` (tokens to
+    ``emit``) for the huge text that comes alone in its list. Every engine's lists go through here."""
+    if len(batch) == 1 and not isinstance(batch[0][1], str):
+        (doc_id, text), = batch
+        return tokenize_pieces(doc_id, text, encode_stream, emit, hash_texts=hash_texts)
+    return tokenize_batch(batch, encode, hash_texts=hash_texts)
 
 
 def tokenize_batch(
