@@ -354,10 +354,11 @@ def iter_source_parts(
     that what is left always makes at least that many (down to MIN_TAIL_RANGE bytes): workers
     that take the next range when they finish one then finish within a small range of each other.
     """
-    sizes = [source.stat().st_size if source.is_file() else 0 for source in sources]
-    for i, source in enumerate(sources):
-        big = source.is_file() and _suffix(source.name) == ".jsonl" and sizes[i] > range_bytes
-        bytes_after = sum(sizes[i + 1 :])
+    sizes = [source.stat().st_size if source.is_file() else 0 for source in sources]  # a folder: 0, never cut
+    bytes_after = sum(sizes)
+    for source, size in zip(sources, sizes):
+        bytes_after -= size  # the bytes of the sources after this one
+        big = size > range_bytes and _suffix(source.name) == ".jsonl"
         ranges = iter_byte_ranges(source, range_bytes, tail_ranges=tail_ranges, bytes_after=bytes_after) if big else iter(())
         first = next(ranges, None)
         second = next(ranges, None)

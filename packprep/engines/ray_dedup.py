@@ -156,15 +156,13 @@ def sign_and_shuffle(
 
 def hash_range(store_path: str, hashes_path: str, first: int, end: int) -> int:
     """Ray task: ``stages.dedup.document_text_hashes`` of documents [first, end) into those rows of the
-    uint64 ``.npy`` at ``hashes_path`` (flushed before returning: a retry rewrites the same bytes); their count."""
+    uint64 ``.npy`` at ``hashes_path`` (``io.write_npy_rows``: a retry rewrites the same bytes); their count."""
     from packprep.stages.dedup import document_text_hashes
     from packprep.tokenizers import tokenizer_from_manifest
 
     store = DocStore.open(store_path, mapped=True)
     decode = tokenizer_from_manifest(store.manifest["tokenizer"]).decode
-    shared = np.load(hashes_path, mmap_mode="r+")
-    shared[first:end] = document_text_hashes(decode, store.tokens, np.asarray(store.offsets[first : end + 1]))
-    shared.flush()
+    write_npy_rows(Path(hashes_path), first, document_text_hashes(decode, store.tokens, np.asarray(store.offsets[first : end + 1])))
     return end - first
 
 
