@@ -2,9 +2,11 @@
 
 A task reads its members (a slice of the plan's members file, ``formats.partition_plan.MemberSlice``),
 opens the embeddings as a read-only memmap and gathers only its partition's rows,
-so its memory is set by the partition size, not by the corpus; it returns the
-partition's order, centroid and end rows (``stages.partition.PartOrder``), a few KB plus
-8 bytes per document.
+so its memory is set by the partition size, not by the corpus; with a semantic threshold in
+its params it first drops the partition's semantic duplicates (``stages.partition.partition_duplicates``:
+a kNN over the same rows, finished before the ordering's starts). It returns the partition's
+order, centroid, end rows and drops (``stages.partition.PartOrder``), a few KB plus 8 bytes per
+kept document and 16 per dropped one.
 """
 
 from __future__ import annotations
