@@ -22,6 +22,11 @@ and the seconds and CPU seconds it took. Above ``--exact-max`` documents (200,00
 default of ``stages.order.icp_order``) the kNN search is IVF-Flat without kicks, below it
 exact; lowering it measures the IVF regime's bytes per document at a size this machine
 orders in minutes.
+
+    .venv/bin/python benchmarks/bench_partition.py --semantic [--source bench-data/kernel-docs.jsonl] [--docs 6000] [--copies 600]
+
+instead compares semantic dedup inside partitions with the global one on planted near-duplicates
+(``bench_partition_dedup.py`` says what it prints).
 """
 
 from __future__ import annotations
@@ -121,7 +126,18 @@ def main() -> None:
     parser.add_argument("--memory", type=int, action="append", help="measure one icp partition of this many documents")
     parser.add_argument("--exact-max", type=int, default=200_000, help="with --memory: exact kNN up to this many documents")
     parser.add_argument("--measure-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--semantic", action="store_true", help="semantic dedup in partitions vs global, planted near-duplicates")
+    parser.add_argument("--source", type=Path, action="append", help="with --semantic: a .jsonl or a folder of them; repeat it")
+    parser.add_argument("--docs", type=int, default=6000, help="with --semantic: documents sampled from each source")
+    parser.add_argument("--copies", type=int, default=600, help="with --semantic: edited copies planted")
     args = parser.parse_args()
+    if args.semantic:
+        from bench_partition_dedup import compare
+
+        for source in args.source or [Path("bench-data/kernel-docs.jsonl")]:
+            compare(source, args.work, docs=args.docs, copies=args.copies, embedder=args.embedder,
+                    partition_docs=args.partition_docs or [2000, 1000], seed=args.seed)
+        return None
     if args.measure_one:
         return measure_one(args.measure_one, args.work, args.exact_max)
     if args.memory:
