@@ -460,9 +460,9 @@ def semantic_duplicates(
     if len(ids) < 2:
         return _result(n, dup_of, REASON_SEMANTIC)
     # Without ``keep`` the rows are taken as given: a partition's float32 rows (stages.partition) are not copied again.
-    rows = embeddings if keep is None else embeddings[ids]
-    neighbours, sims = knn_graph(np.asarray(rows, dtype=np.float32), k=min(k, len(ids) - 1))
-    del rows
+    vectors = embeddings if keep is None else embeddings[ids]
+    neighbours, sims = knn_graph(np.asarray(vectors, dtype=np.float32), k=min(k, len(ids) - 1))
+    del vectors
     rows = np.arange(len(ids))[:, None]
     close = (sims > threshold) & (neighbours >= 0) & (neighbours < rows)
     dropped = np.zeros(len(ids), dtype=bool)

@@ -235,7 +235,8 @@ def partition_duplicates(members: np.ndarray, embeddings: np.ndarray, *, thresho
 
     Returns (int64 [m - d] the kept members, ascending; int64 [d, 2] (dropped document, the kept
     member it duplicates), ascending). The float32 copy of the rows and the kNN graph are let go
-    before the partition is ordered, so the partition's peak stays the ordering's.
+    before the partition is ordered (measured: the partition task's peak grows 7-12 %, not 2x:
+    ``bench_partition.py --memory --semantic-threshold``, docs/semantic.md).
     """
     from packprep.stages.dedup import semantic_duplicates
 
