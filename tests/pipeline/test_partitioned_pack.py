@@ -272,6 +272,14 @@ def test_semantic_dedup_runs_inside_the_partitions_and_the_doc_table_records_the
     assert manifest["semantic_threshold"] == {"value": SEMANTIC, "source": "--semantic-threshold", "embedder": EMBED.model, "scope": "partitions"}
     assert "semantic dedup: dropped 14 documents with cosine > 0.9 (--semantic-threshold) within partitions of at most 8" in messages
     assert not (out / "order.partial").exists() and not (out / "pack.partial").exists()
+    from typer.testing import CliRunner
+
+    from packprep.cli import app
+
+    shown = CliRunner().invoke(app, ["inspect", str(out), "--dropped", "--limit", "1"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    title = " ".join(shown.output.split())  # the table's title wraps
+    assert "14 dropped documents; semantic threshold 0.9 (--semantic-threshold, all-MiniLM-L6-v2, within partitions)" in title
 
 
 def test_partitioned_semantic_dedup_after_exact_and_near_dedup_marks_only_kept_documents(store_path, tmp_path):
