@@ -6,7 +6,9 @@
 Per source (a ``.jsonl`` file or a folder of ``.jsonl``/``.jsonl.gz``; records with ``id`` and
 ``text``): a seeded sample of ``--docs`` documents, plus ``--copies`` lightly edited copies of
 other sampled documents (one edit each, in turn: the sentences of the first 2,000 characters
-shuffled, one word in 20 dropped, a line put before the text, a line put after it), all shuffled
+shuffled, one word in 20 dropped, a line put before the text, a line put after it; a text of
+one sentence gets two neighbouring words swapped instead, one of under 20 words one word
+dropped), all shuffled
 together, tokenized and embedded into a store of their own. With icp's default threshold for
 the embedder (MiniLM's 0.97, the static embedder's calibration: ``pipeline.selection.semantic_threshold``)
 it compares ``stages.dedup.semantic_duplicates`` over every document (what ``pack`` runs below
@@ -48,14 +50,22 @@ def read_records(source: Path) -> list[dict]:
 
 
 def edited(text: str, edit: str, rng: random.Random) -> str:
+    words = text.split(" ")
     if edit == "shuffle":  # the sentences of the head (what the embedder reads) in another order
         head, tail = text[:2000], text[2000:]
         sentences = re.split(r"(?<=[.!?])\s+", head)
+        if len(sentences) < 2 and len(words) >= 2:  # one sentence (a short text): two neighbouring words swapped
+            at = rng.randrange(len(words) - 1)
+            words[at], words[at + 1] = words[at + 1], words[at]
+            return " ".join(words)
         rng.shuffle(sentences)
         return " ".join(sentences) + tail
     if edit == "drop":
-        words = text.split(" ")
-        return " ".join(w for i, w in enumerate(words) if i % 20 != rng.randrange(20) or len(words) < 20)
+        if len(words) < 20:  # a short text: one word dropped, where it has three or more
+            if len(words) >= 3:
+                del words[rng.randrange(len(words))]
+            return " ".join(words)
+        return " ".join(w for i, w in enumerate(words) if i % 20 != rng.randrange(20))
     if edit == "prefix":
         return rng.choice(PREFIXES) + "\n\n" + text
     return text + "\n\n" + rng.choice(SUFFIXES)
