@@ -8,12 +8,13 @@ Ray's start-up (``ray.init``) is timed apart from the stages. Both stores and bo
 outputs are checked to be byte-identical, so the timings compare equal work.
 
     .venv/bin/python benchmarks/bench_engines.py --order-rss [--corpus bench-data/kernel-docs-64mb-x4.jsonl]
-        [--sizes 10000 40000] [--partition-docs 2000] [--nodes 3] [--dedup]
+        [--sizes 10000 40000] [--partition-docs 2000] [--nodes 3] [--dedup] [--semantic-default]
 
 Partitioned icp instead (issue 17): stores of the corpus's first 10,000 and 40,000
 documents (tokenized and embedded with the static embedder once, cached under
 ``bench-data/order-rss``) are packed with ``--strategy icp --partition-docs 2000
---no-dedup`` (``--dedup``: exact + MinHash dedup, computed afresh in each run) by a fresh driver process each, on Ray (a local instance with ``--cpus``)
+--no-dedup --semantic-threshold 0`` (``--dedup``: exact + MinHash dedup, computed afresh in each run;
+``--semantic-default``: icp's default semantic threshold, semantic dedup inside the partitions) by a fresh driver process each, on Ray (a local instance with ``--cpus``)
 and locally; it prints each driver's peak RSS (``VmHWM`` of the driver alone: Ray's
 workers are other processes), its growth during ``pack`` (the high-water mark reset just
 before it, minus the resident memory then: the part that can grow with the corpus, and
@@ -22,7 +23,7 @@ shards. Then the 10,000-document store again on a multi-node layout on this mach
 (``ray.cluster_utils.Cluster``, ``--nodes`` nodes of one CPU, this folder as the shared
 file system): time, the nodes the partition tasks ran on, and byte identity.
 
-    .venv/bin/python benchmarks/bench_engines.py --order-rss --compare ../main [--rounds 2] [--cpus 2]
+    .venv/bin/python benchmarks/bench_engines.py --order-rss --compare ../main [--rounds 2] [--cpus 2] [--semantic-default]
 
 Before and after instead: the Ray driver of another checkout and of this one, in turns, on
 the same stores: its growth during pack and tracemalloc's peak, each size, and the slope.
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--nodes-only", action="store_true", help="with --order-rss: only the multi-node layout (stores and local outputs from an earlier run)")
     parser.add_argument("--compare", type=Path, help="with --order-rss: the Ray driver of this other checkout and of this one, in turns")
     parser.add_argument("--rounds", type=int, default=2, help="with --compare: rounds of both")
+    parser.add_argument("--semantic-default", action="store_true",
+                        help="with --order-rss: icp's default semantic threshold (calibrated for the static embedder), not 0")
     args = parser.parse_args()
     if args.order_rss:
         from bench_order_rss import order_rss

@@ -22,7 +22,7 @@ DRIVER = (
     "from packprep.config import EmbedConfig, PackConfig\n"
     "from packprep.engines import Engine\n"
     "from packprep.pipeline import pack\n"
-    "store, out, engine, cpus, partition_docs, dedup, traced = sys.argv[1:8]\n"
+    "store, out, engine, cpus, partition_docs, dedup, traced, semantic = sys.argv[1:9]\n"
     "if engine == 'ray':\n"
     "    from packprep.engines.ray_engine import connect\n"
     "    connect(None, num_cpus=int(cpus))\n"
@@ -34,7 +34,8 @@ DRIVER = (
     "import tracemalloc\n"
     "if traced == '1': tracemalloc.start()\n"
     "start = time.perf_counter()\n"
-    "config = PackConfig(strategy='icp', seq_len=2048, dedup=dedup == '1', semantic_threshold=0.0, partition_docs=int(partition_docs))\n"
+    "threshold = None if semantic == 'default' else float(semantic)\n"
+    "config = PackConfig(strategy='icp', seq_len=2048, dedup=dedup == '1', semantic_threshold=threshold, partition_docs=int(partition_docs))\n"
     "pack(store, out, config=config, embed_config=EmbedConfig(model='static'), engine=Engine(engine))\n"
     "during = status('VmHWM')\n"
     "print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mib': max(peak_before, during) / 1024,\n"
@@ -68,10 +69,12 @@ def prepared_store(source: Path, n: int) -> Path:
 
 
 def run_driver(
-    store: Path, out: Path, engine: str, cpus: int, partition_docs: int, dedup: bool, *, traced: bool = False, tree: Path | None = None
+    store: Path, out: Path, engine: str, cpus: int, partition_docs: int, dedup: bool, *, traced: bool = False, tree: Path | None = None,
+    semantic: str = "0",
 ) -> dict:
     """One fresh driver's figures. ``traced``: tracemalloc's peak during pack too (numpy's and Python's heap,
-    not faiss's or mapped pages; slower). ``tree``: run the packprep of that checkout instead of this one."""
+    not faiss's or mapped pages; slower). ``tree``: run the packprep of that checkout instead of this one.
+    ``semantic``: ``--semantic-threshold`` ("0": off; "default": icp's default, calibrated for the static embedder)."""
     import os
     import shutil
 
@@ -80,7 +83,7 @@ def run_driver(
         (store / "dedup.json").unlink(missing_ok=True)
     done = subprocess.run(
         [sys.executable, "-c", DRIVER, str(store.resolve()), str(out.resolve()), engine, str(cpus), str(partition_docs),
-         "1" if dedup else "0", "1" if traced else "0"],
+         "1" if dedup else "0", "1" if traced else "0", semantic],
         check=True, capture_output=True, text=True,
         **({} if tree is None else {"cwd": tree, "env": dict(os.environ, PYTHONPATH=str(tree))}),
     )
@@ -99,13 +102,13 @@ def order_rss(args) -> None:
     if args.nodes_only:
         return multi_node(prepared_store(source, args.sizes[0]), args)
     print(f"corpus: first {args.sizes} documents of {source}; icp, --partition-docs {args.partition_docs}, "
-          f"static embeddings, {'exact + MinHash dedup' if args.dedup else 'no dedup'}; ray with {args.cpus} CPUs")
+          f"static embeddings, {'exact + MinHash dedup' if args.dedup else 'no dedup'}, {_semantic_text(args)}; ray with {args.cpus} CPUs")
     print(f"{'documents':>9} {'ray driver MiB':>15} {'in pack':>8} {'ray s':>7} {'local MiB':>10} {'in pack':>8} {'local s':>8} {'identical':>9}")
     peaks, growths = [], []
     for n in args.sizes:
         store = prepared_store(source, n)
-        on_ray = run_driver(store, WORK / f"out-ray-{n}", "ray", args.cpus, args.partition_docs, args.dedup)
-        local = run_driver(store, WORK / f"out-local-{n}", "local", args.cpus, args.partition_docs, args.dedup)
+        on_ray = run_driver(store, WORK / f"out-ray-{n}", "ray", args.cpus, args.partition_docs, args.dedup, semantic=_semantic(args))
+        local = run_driver(store, WORK / f"out-local-{n}", "local", args.cpus, args.partition_docs, args.dedup, semantic=_semantic(args))
         same = shards_equal(WORK / f"out-ray-{n}", WORK / f"out-local-{n}")
         peaks.append(on_ray["peak_mib"])
         growths.append(on_ray["pack_growth_mib"])
@@ -117,11 +120,21 @@ def order_rss(args) -> None:
     multi_node(prepared_store(source, args.sizes[0]), args)
 
 
+def _semantic(args) -> str:
+    return "default" if args.semantic_default else "0"
+
+
+def _semantic_text(args) -> str:
+    return "icp's default semantic threshold" if args.semantic_default else "--semantic-threshold 0"
+
+
 def compare(source: Path, args) -> None:
     """The Ray driver of another checkout (``--compare TREE``, "before") and of this one ("after"), in turns,
-    ``--rounds`` times: growth during pack and tracemalloc's peak at each size, and whether both wrote the same shards."""
+    ``--rounds`` times: its peak RSS, growth during pack and tracemalloc's peak at each size, and whether both
+    wrote the same shards."""
     trees = {"before": args.compare.resolve(), "after": Path(__file__).resolve().parent.parent}
-    print(f"{'round':>5} {'tree':>6} {'documents':>9} {'in pack MiB':>11} {'traced MiB':>10} {'s':>6}")
+    print(f"icp, --partition-docs {args.partition_docs}, {_semantic_text(args)}; ray with {args.cpus} CPUs")
+    print(f"{'round':>5} {'tree':>6} {'documents':>9} {'peak MiB':>8} {'in pack MiB':>11} {'traced MiB':>10} {'s':>6}")
     for rnd in range(args.rounds):
         for traced in (False, True):
             figures: dict[tuple[str, int], dict] = {}
@@ -129,13 +142,15 @@ def compare(source: Path, args) -> None:
                 for n in args.sizes:
                     out = WORK / f"out-{name}-{n}"
                     r = figures[name, n] = run_driver(prepared_store(source, n), out, "ray", args.cpus, args.partition_docs,
-                                                      args.dedup, traced=traced, tree=tree)
+                                                      args.dedup, traced=traced, tree=tree, semantic=_semantic(args))
                     shown = f"{r['traced_mib']:>10.1f}" if traced else f"{'-':>10}"
-                    print(f"{rnd:>5} {name:>6} {n:>9,} {r['pack_growth_mib']:>11.1f} {shown} {r['seconds']:>6.1f}", flush=True)
+                    print(f"{rnd:>5} {name:>6} {n:>9,} {r['peak_mib']:>8.0f} {r['pack_growth_mib']:>11.1f} {shown} {r['seconds']:>6.1f}", flush=True)
             key = "traced_mib" if traced else "pack_growth_mib"
             for name in trees:
                 a, b = figures[name, args.sizes[0]][key], figures[name, args.sizes[-1]][key]
-                print(f"      {name}: {key} slope {(b - a) * 2**20 / (args.sizes[-1] - args.sizes[0]):.0f} B per document")
+                peaks = figures[name, args.sizes[-1]]["peak_mib"] / figures[name, args.sizes[0]]["peak_mib"]
+                print(f"      {name}: {key} slope {(b - a) * 2**20 / (args.sizes[-1] - args.sizes[0]):.0f} B per document; "
+                      f"peak RSS {peaks:.2f}x for {args.sizes[-1] / args.sizes[0]:.0f}x the documents")
             print("      shards identical:", all(shards_equal(WORK / f"out-before-{n}", WORK / f"out-after-{n}") for n in args.sizes))
 
 
@@ -178,7 +193,8 @@ def multi_node(store: Path, args) -> None:
     try:
         out = WORK / "out-nodes"
         shutil.rmtree(out, ignore_errors=True)
-        config = PackConfig(strategy="icp", seq_len=2048, dedup=args.dedup, semantic_threshold=0.0, partition_docs=args.partition_docs)
+        threshold = None if args.semantic_default else 0.0
+        config = PackConfig(strategy="icp", seq_len=2048, dedup=args.dedup, semantic_threshold=threshold, partition_docs=args.partition_docs)
         start = time.perf_counter()
         pack(store, out, config=config, embed_config=EmbedConfig(model="static"), engine=Engine("ray"))
         seconds = time.perf_counter() - start

@@ -21,7 +21,13 @@ process): peak resident memory above the process's baseline after imports, per d
 and the seconds and CPU seconds it took. Above ``--exact-max`` documents (200,000, the
 default of ``stages.order.icp_order``) the kNN search is IVF-Flat without kicks, below it
 exact; lowering it measures the IVF regime's bytes per document at a size this machine
-orders in minutes.
+orders in minutes. ``--semantic-threshold T``: the partition's semantic dedup first, as a
+partition task runs it with icp's default threshold (random vectors: its kNN, no drops).
+
+    .venv/bin/python benchmarks/bench_partition.py --semantic [--source bench-data/kernel-docs.jsonl] [--docs 6000] [--copies 600]
+
+instead compares semantic dedup inside partitions with the global one on planted near-duplicates
+(``bench_partition_dedup.py`` says what it prints).
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ def seams_of(order: np.ndarray, plan) -> np.ndarray:
     return np.flatnonzero(part_of[order[:-1]] != part_of[order[1:]])
 
 
-def measure_one(m: int, folder: Path, exact_max: int) -> None:
+def measure_one(m: int, folder: Path, exact_max: int, semantic: float = 0.0) -> None:
     """Print peak RSS growth, wall and CPU seconds of ordering one icp partition of ``m`` random documents."""
     import resource
 
@@ -103,7 +109,7 @@ def measure_one(m: int, folder: Path, exact_max: int) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start, cpu = time.perf_counter(), time.process_time()
     if exact_max == 200_000:
-        order_partition(np.arange(m), embeddings, strategy="icp", seed=0)
+        order_partition(np.arange(m), embeddings, strategy="icp", seed=0, semantic_threshold=semantic)
     else:  # what order_partition runs, with the exact/approximate switch moved
         icp_order(np.arange(m), embeddings, seed=0, exact_max=exact_max)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -120,15 +126,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory", type=int, action="append", help="measure one icp partition of this many documents")
     parser.add_argument("--exact-max", type=int, default=200_000, help="with --memory: exact kNN up to this many documents")
+    parser.add_argument("--semantic-threshold", type=float, default=0.0,
+                        help="with --memory: semantic dedup inside the partition first (random vectors: its kNN, no drops)")
     parser.add_argument("--measure-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--semantic", action="store_true", help="semantic dedup in partitions vs global, planted near-duplicates")
+    parser.add_argument("--source", type=Path, action="append", help="with --semantic: a .jsonl or a folder of them; repeat it")
+    parser.add_argument("--docs", type=int, default=6000, help="with --semantic: documents sampled from each source")
+    parser.add_argument("--copies", type=int, default=600, help="with --semantic: edited copies planted")
     args = parser.parse_args()
+    if args.semantic:
+        from bench_partition_dedup import compare
+
+        for source in args.source or [Path("bench-data/kernel-docs.jsonl")]:
+            compare(source, args.work, docs=args.docs, copies=args.copies, embedder=args.embedder,
+                    partition_docs=args.partition_docs or [2000, 1000], seed=args.seed)
+        return None
     if args.measure_one:
-        return measure_one(args.measure_one, args.work, args.exact_max)
+        return measure_one(args.measure_one, args.work, args.exact_max, args.semantic_threshold)
     if args.memory:
         args.work.mkdir(parents=True, exist_ok=True)
         print(f"{'documents':>9} {'peak MiB':>9} {'B/doc':>9} {'s':>8} {'cpu s':>8}", flush=True)
         for m in args.memory:  # a fresh process each: ru_maxrss only grows
-            command = [sys.executable, __file__, "--measure-one", str(m), "--work", str(args.work), "--exact-max", str(args.exact_max)]
+            command = [sys.executable, __file__, "--measure-one", str(m), "--work", str(args.work), "--exact-max", str(args.exact_max),
+                       "--semantic-threshold", str(args.semantic_threshold)]
             subprocess.run(command, check=True)
         return None
     corpora = args.corpus or [Path("examples/corpus"), DOCSTRINGS]

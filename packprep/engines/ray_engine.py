@@ -421,7 +421,8 @@ def order_partitions_on_ray(
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_order.order_part)
     dim = int(embeddings.shape[1])
     pending = [
-        task.options(memory=ray_order.partition_bytes(len(members), dim)).remote(p, source, members, params)
+        task.options(memory=ray_order.partition_bytes(len(members), dim, semantic=params.get("semantic_threshold", 0) > 0))
+        .remote(p, source, members, params)
         for p, members, params in tasks
     ]
     sizes = {p: len(members) for p, members, _ in tasks}

@@ -137,7 +137,8 @@ def print_dropped(listing: dict[str, Any]) -> None:
     threshold = listing["semantic_threshold"]
     title = f"{listing['total']:,} dropped documents"
     if threshold and threshold.get("value"):
-        title += f"; semantic threshold {threshold['value']:.4g} ({threshold['source']}, {threshold['embedder']})"
+        within = ", within partitions" if threshold.get("scope") == "partitions" else ""
+        title += f"; semantic threshold {threshold['value']:.4g} ({threshold['source']}, {threshold['embedder']}{within})"
     table = Table(title=title, caption="semantic first, lowest cosine first: the closest calls", show_lines=True)
     table.add_column("reason")
     table.add_column("cosine" if not listing["embedder"] else f"cosine ({listing['embedder']})", justify="right")

@@ -3,21 +3,28 @@
 While ``pack`` orders a corpus partition by partition (``stages.partition``), every
 finished partition is saved in ``OUT/order.partial/``::
 
-    journal.json              the run's key, the digest of the partition plan, and the
-                              sha256 of the files of every finished partition
-    part-<p>.order.npy        int64 [m]     partition p's documents in order
+    journal.json              the run's key, the digest of the partition plan, the semantic
+                              threshold, and the sha256 of the files of every finished partition
+    part-<p>.order.npy        int64 [m]     partition p's kept documents in order
     part-<p>.rows.npy         float32 [3, D]  its centroid, first and last document's rows
+    part-<p>.dropped.npy      int64 [d, 2]  its semantic drops: (document, the kept one it duplicates)
     plan.members.npy          int64 [M]     the plan's documents grouped by partition (``formats.partition_plan``)
+    dedup.reason.npy          uint8 [N]     the dedup arrays with every partition's semantic drops
+    dedup.dup_of.npy          int64 [N]     applied (:func:`write_drops`), what the doc table is written from
 
-A rerun with the same key recomputes the plan (seeded, so the same one), checks its
-digest and each listed partition's checksums, and orders only the others: a driver killed
-after any partition loses nothing it had finished. The folder is removed when the
-output's manifest is written.
+A rerun with the same key and semantic threshold recomputes the plan (seeded, so the same
+one), checks its digest and each listed partition's checksums, and orders only the others:
+a driver killed after any partition loses nothing it had finished. The threshold is checked
+apart from the key because the key holds ``--semantic-threshold`` as given, and a default one
+is chosen later (the strategy's, or the static embedder's calibration). The folder is removed
+when the output's manifest is written.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +50,15 @@ _DIGEST_SLICE = 1 << 20  # members hashed at a time (8 MB)
 class OrderJournal:
     """Finished partitions of one ordering run (``key``, ``plan``) in ``folder``."""
 
-    def __init__(self, folder: Path, *, key: str, plan: Partitions):
+    def __init__(self, folder: Path, *, key: str, plan: Partitions, semantic_threshold: float = 0.0):
         self.folder, self.key, self.digest = Path(folder), key, plan_digest(plan)
+        self.semantic_threshold = float(semantic_threshold)
         self.finished: dict[int, dict[str, str]] = {}
 
     @classmethod
-    def resume(cls, folder: Path, *, key: str, plan: Partitions) -> OrderJournal:
-        """The journal of an interrupted run with this key and plan (its intact partitions), else a new one."""
-        journal = cls(folder, key=key, plan=plan)
+    def resume(cls, folder: Path, *, key: str, plan: Partitions, semantic_threshold: float = 0.0) -> OrderJournal:
+        """The journal of an interrupted run with this key, plan and threshold (its intact partitions), else a new one."""
+        journal = cls(folder, key=key, plan=plan, semantic_threshold=semantic_threshold)
         intact = intact_parts(journal.path, journal.header, lambda files: files)
         if intact is None:
             for stale in journal.folder.glob("part-*"):  # another run's partitions
@@ -65,11 +73,14 @@ class OrderJournal:
 
     @property
     def header(self) -> dict[str, str]:
-        return {"key": self.key, "plan": self.digest}
+        return {"key": self.key, "plan": self.digest, "semantic_threshold": repr(self.semantic_threshold)}
 
     def finish(self, p: int, part: PartOrder) -> None:
         """Save partition ``p``'s result, then record it (with checksums) in the journal."""
-        files = {f"part-{p:06d}.order.npy": part.order, f"part-{p:06d}.rows.npy": np.vstack([part.centroid, part.ends])}
+        files = {
+            f"part-{p:06d}.order.npy": part.order, f"part-{p:06d}.rows.npy": np.vstack([part.centroid, part.ends]),
+            f"part-{p:06d}.dropped.npy": part.dropped,
+        }
         for name, array in files.items():
             save_npy(self.folder / name, array)
         self.finished[p] = {name: sha256_file(self.folder / name) for name in files}
@@ -77,10 +88,18 @@ class OrderJournal:
 
     def load(self, p: int) -> PartOrder:
         rows = self.load_rows(p)
-        return PartOrder(order=self.load_order(p), centroid=rows[0], ends=rows[1:])
+        return PartOrder(order=self.load_order(p), centroid=rows[0], ends=rows[1:], dropped=self.load_dropped(p))
 
     def load_order(self, p: int) -> np.ndarray:
         return np.load(self.folder / f"part-{p:06d}.order.npy")
+
+    def load_dropped(self, p: int) -> np.ndarray:
+        """int64 [d, 2]: partition ``p``'s semantic drops (document, kept duplicate)."""
+        return np.load(self.folder / f"part-{p:06d}.dropped.npy")
+
+    def lengths(self, p: int) -> tuple[int, int]:
+        """(documents in partition ``p``'s order, its semantic drops), from the files' headers."""
+        return tuple(len(np.load(self.folder / f"part-{p:06d}.{name}.npy", mmap_mode="r")) for name in ("order", "dropped"))
 
     def load_rows(self, p: int) -> np.ndarray:
         """float32 [3, D]: partition ``p``'s centroid, first and last document's rows."""
@@ -90,6 +109,22 @@ class OrderJournal:
         import shutil
 
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class PartitionedOrder:
+    """What :func:`order_by_partition` returns. ``order``: int64 [M'] the kept documents in packing
+    order (maybe a memmap); ``num_dropped``: documents semantic dedup dropped inside the partitions;
+    ``load_drops(p)``: partition ``p``'s drops, int64 [d_p, 2] (document, kept duplicate), from the
+    journal where there is one (:meth:`drops` reads them one partition at a time)."""
+
+    order: np.ndarray
+    num_dropped: int
+    num_partitions: int
+    load_drops: Callable[[int], np.ndarray]
+
+    def drops(self) -> Iterator[np.ndarray]:
+        return (self.load_drops(p) for p in range(self.num_partitions))
 
 
 def order_by_partition(
@@ -105,15 +140,17 @@ def order_by_partition(
     key: str,
     run: Run,
     order_path: Path | None = None,
-) -> np.ndarray:
-    """int64 [M]: ``stages.partition.partitioned_order`` of the documents whose ``reason`` (uint8 [N],
+    semantic_threshold: float = 0.0,
+) -> PartitionedOrder:
+    """``stages.partition.partitioned_selection`` of the documents whose ``reason`` (uint8 [N],
     maybe a memmap) is 0, each partition journaled, on ``run.backend``.
 
     With a journal, the plan is made in ranges and its members kept in a file there
     (``pipeline.planning.plan_in_files``), and each partition's task reads its slice of it: no
     array of all kept documents is built in this process. Both engines run the same plan and
-    the same per-partition function with the same seeds, so the order (and every byte packed
-    from it) does not depend on the engine.
+    the same per-partition function with the same seeds and ``semantic_threshold`` (above 0: each
+    partition's semantic dedup, ``stages.partition.partition_duplicates``), so the order and the
+    drops (and every byte packed from them) do not depend on the engine.
     ``journal_folder`` None: nothing is journaled (a notebook call without an output folder).
     ``order_path`` (with a journal): the joined order is written there partition by partition,
     each read back from the journal, and returned memory-mapped: no partition's order stays in
@@ -143,20 +180,26 @@ def order_by_partition(
         members = plan.part
     release_pages(embeddings)  # the k-means samples' rows
     total = len(plan.members)
-    journal = OrderJournal.resume(journal_folder, key=key, plan=plan) if journal_folder is not None else None
-    # Journaled partitions keep only their centroid and end rows here (their orders are on disk).
+    journal = None
+    if journal_folder is not None:
+        journal = OrderJournal.resume(journal_folder, key=key, plan=plan, semantic_threshold=semantic_threshold)
+    # Journaled partitions keep only their centroid and end rows here (their orders and drops are on disk),
+    # and how many documents each kept and dropped.
     done: dict[int, PartOrder] = {p: _rows_only(journal.load_rows(p)) for p in journal.finished} if journal else {}
+    lengths: dict[int, tuple[int, int]] = {p: journal.lengths(p) for p in done} if journal else {}
     sizes = plan.sizes()
     reporter.info(f"order: {len(plan):,} partitions of {int(sizes.min()):,} to {int(sizes.max()):,} documents"
                   + (f"; {len(done)} finished by an interrupted run are reused" if done else ""))
     todo = [p for p in range(len(plan)) if p not in done]
     tasks = [
         (p, members(p), {"strategy": strategy, "seed": partition_seed(seed, p, len(plan)), "k": k,
-                           "n_clusters": partition_clusters(n_clusters, int(sizes[p]), total)})
+                           "n_clusters": partition_clusters(n_clusters, int(sizes[p]), total),
+                           "semantic_threshold": float(semantic_threshold)})
         for p in todo
     ]
 
     def finished(p: int, part: PartOrder) -> None:
+        lengths[p] = (len(part.order), len(part.dropped))
         if journal is not None:
             journal.finish(p, part)
             part = _rows_only(np.vstack([part.centroid, part.ends]))
@@ -166,11 +209,15 @@ def order_by_partition(
         advance(int(sum(sizes[p] for p in done)), resumed=True)
         run.backend.order_partitions(embeddings, tasks, on_part=finished, progress=advance)
     parts = [done[p] for p in range(len(plan))]
+    num_dropped = sum(d for _, d in lengths.values())
     if journal is None:
-        return assemble(parts, seed=seed, k=k)
+        return PartitionedOrder(assemble(parts, seed=seed, k=k), num_dropped, len(parts), lambda p: parts[p].dropped)
     if order_path is None:
-        return assemble([PartOrder(journal.load_order(p), part.centroid, part.ends) for p, part in enumerate(parts)], seed=seed, k=k)
-    return write_joined_order(order_path, journal, parts, length=total, seed=seed, k=k)
+        joined = [PartOrder(journal.load_order(p), part.centroid, part.ends) for p, part in enumerate(parts)]
+        order = assemble(joined, seed=seed, k=k)
+    else:
+        order = write_joined_order(order_path, journal, parts, length=total - num_dropped, seed=seed, k=k)
+    return PartitionedOrder(order, num_dropped, len(parts), journal.load_dropped)
 
 
 def _rows_only(rows: np.ndarray) -> PartOrder:
@@ -178,8 +225,8 @@ def _rows_only(rows: np.ndarray) -> PartOrder:
 
 
 def write_joined_order(path: Path, journal: OrderJournal, parts: list[PartOrder], *, length: int, seed: int, k: int) -> np.ndarray:
-    """``stages.partition.assemble``'s order, written to ``path`` one partition at a time (each read from
-    ``journal``, reversed where the chain says) and returned memory-mapped."""
+    """``stages.partition.assemble``'s order (``length``: the partitions' kept documents), written to ``path``
+    one partition at a time (each read from ``journal``, reversed where the chain says) and returned memory-mapped."""
     from packprep.stages.partition import chain_partitions
 
     if len(parts) == 1:  # assemble takes a single partition as it is
@@ -193,3 +240,33 @@ def write_joined_order(path: Path, journal: OrderJournal, parts: list[PartOrder]
             order = journal.load_order(p)
             write(order[::-1] if reverse[p] else order)
     return np.load(path, mmap_mode="r")
+
+
+REASON_FILE, DUP_OF_FILE = "dedup.reason.npy", "dedup.dup_of.npy"
+_COPY_SLICE = 1 << 20  # documents of the dedup arrays copied at a time (9 MB)
+
+
+def write_drops(folder: Path, reason: np.ndarray, dup_of: np.ndarray, drops: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The dedup arrays ``reason`` (uint8 [N]) and ``dup_of`` (int64 [N]) (the stored memmaps, or broadcast
+    constants) with the partitions' semantic ``drops`` (each int64 [d, 2]: document, kept duplicate) marked
+    ``REASON_SEMANTIC``, in ``folder/REASON_FILE`` and ``folder/DUP_OF_FILE``; returned memory-mapped, read-only.
+
+    Copied a slice at a time, then marked one partition at a time, each slice's and partition's pages
+    let go: no array of all N documents is made here. A rerun writes both files afresh.
+    """
+    from packprep.stages.dedup import REASON_SEMANTIC
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in ((REASON_FILE, reason), (DUP_OF_FILE, dup_of)):
+        with npy_writer(folder / name, dtype=source.dtype, length=len(source)) as write:
+            for start in range(0, len(source), _COPY_SLICE):
+                write(source[start : start + _COPY_SLICE])
+                release_pages(source)
+    marked_reason, marked_dup_of = np.load(folder / REASON_FILE, mmap_mode="r+"), np.load(folder / DUP_OF_FILE, mmap_mode="r+")
+    for drop in drops:
+        marked_reason[drop[:, 0]] = REASON_SEMANTIC
+        marked_dup_of[drop[:, 0]] = drop[:, 1]
+        release_pages(marked_reason)  # written back, and its pages let go
+        release_pages(marked_dup_of)
+    del marked_reason, marked_dup_of
+    return np.load(folder / REASON_FILE, mmap_mode="r"), np.load(folder / DUP_OF_FILE, mmap_mode="r")

@@ -51,11 +51,14 @@ def select_documents(
 ) -> Selection:
     """Dedup, then order the kept documents by ``config.strategy``.
 
-    icp/cluster over more than ``config.partition_docs`` documents are ordered partition by
-    partition (``pipeline.ordering.order_by_partition``; on Ray, one task each), every finished
-    partition journaled in ``order_journal`` under ``key`` so a rerun resumes, and the joined
-    order written to ``order_file`` partition by partition (``pipeline.ordering.write_joined_order``).
-    The dedup arrays stay the stored memmaps unless semantic dedup changes them.
+    icp/cluster over more than ``config.partition_docs`` documents (after exact and near dedup)
+    are ordered partition by partition (``pipeline.ordering.order_by_partition``; on Ray, one task
+    each), semantic dedup running inside each partition, every finished partition journaled in
+    ``order_journal`` under ``key`` so a rerun resumes, and the joined order written to
+    ``order_file`` partition by partition (``pipeline.ordering.write_joined_order``). Otherwise
+    semantic dedup runs over all kept documents here, then the global order. The dedup arrays
+    stay memory-mapped (the stored ones, or a partitioned run's marked copies) except after a
+    global semantic dedup or a partitioned one without a journal.
     """
     from packprep.pipeline import semantic
 
@@ -74,24 +77,18 @@ def select_documents(
     embeddings = semantic.embed_in(store, config=embed_config, run=run)
     calibration = (embed_manifest(store.path, embed_config.model) or {}).get("calibration")
     chosen = semantic_threshold(config, embed_config.model, calibration)
-    if chosen and chosen["value"]:
+    threshold = chosen["value"] if chosen else 0.0
+    if 0 < config.partition_docs < kept_count(reason):
+        return _partitioned(reason, dup_of, embeddings, config=config, chosen=chosen, run=run, order_journal=order_journal,
+                            key=key, order_file=order_file)
+    if threshold:
         from packprep.stages.dedup import semantic_duplicates
 
-        close = semantic_duplicates(embeddings, threshold=chosen["value"], keep=reason == 0, k=config.knn)
+        close = semantic_duplicates(embeddings, threshold=threshold, keep=reason == 0, k=config.knn)
         reason, dup_of = np.array(reason), np.array(dup_of)  # changed here: no longer the stored dedup's
         newly = (reason == 0) & ~close.keep
         reason[newly], dup_of[newly] = close.reason[newly], close.dup_of[newly]
-        reporter.info(
-            f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {chosen['value']:.4g} ({chosen['source']})"
-        )
-    if 0 < config.partition_docs < kept_count(reason):
-        from packprep.pipeline.ordering import order_by_partition
-
-        order = order_by_partition(  # finds the kept documents in ranges: no array of them here
-            reason, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
-            n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run, order_path=order_file,
-        )
-        return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
+        reporter.info(f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {threshold:.4g} ({chosen['source']})")
     kept = kept_indices(reason)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         order = strategy.order(kept, embeddings, config, advance)
@@ -101,6 +98,39 @@ def select_documents(
 
         order = spread_copies(order, original)
     return Selection(order=order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
+
+
+def _partitioned(
+    reason: np.ndarray, dup_of: np.ndarray, embeddings: np.ndarray, *, config: PackConfig, chosen: dict[str, Any] | None,
+    run: Run, order_journal: Path | None, key: str, order_file: Path | None,
+) -> Selection:
+    """icp/cluster over more than ``config.partition_docs`` kept documents: ordered partition by partition,
+    semantic dedup (``chosen``) inside each partition, not over all documents here
+    (``stages.partition.partition_duplicates``). With a journal the drops are marked in files beside it
+    (``pipeline.ordering.write_drops``), so ``reason``/``dup_of`` stay memory-mapped; without one (a
+    notebook call), in copies in memory."""
+    from packprep.pipeline.ordering import order_by_partition, write_drops
+    from packprep.stages.dedup import REASON_SEMANTIC
+
+    threshold = chosen["value"] if chosen else 0.0
+    ordered = order_by_partition(  # finds the kept documents in ranges: no array of them here
+        reason, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
+        n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run, order_path=order_file,
+        semantic_threshold=threshold,
+    )
+    if threshold:
+        if order_journal is not None:
+            reason, dup_of = write_drops(order_journal, reason, dup_of, ordered.drops())
+        else:
+            reason, dup_of = np.array(reason), np.array(dup_of)
+            for drop in ordered.drops():
+                reason[drop[:, 0]], dup_of[drop[:, 0]] = REASON_SEMANTIC, drop[:, 1]
+        run.reporter.info(
+            f"semantic dedup: dropped {ordered.num_dropped} documents with cosine > {threshold:.4g} ({chosen['source']}) "
+            f"within partitions of at most {config.partition_docs:,}"
+        )
+        chosen = {**chosen, "scope": "partitions"}
+    return Selection(order=ordered.order, reason=reason, dup_of=dup_of, semantic_threshold=chosen)
 
 
 # Reason codes compared at a time by kept_indices: 16 MB of a memmap, then its pages are let go.

@@ -459,7 +459,10 @@ def semantic_duplicates(
     dup_of = np.full(n, -1, dtype=np.int64)
     if len(ids) < 2:
         return _result(n, dup_of, REASON_SEMANTIC)
-    neighbours, sims = knn_graph(np.asarray(embeddings[ids], dtype=np.float32), k=min(k, len(ids) - 1))
+    # Without ``keep`` the rows are taken as given: a partition's float32 rows (stages.partition) are not copied again.
+    vectors = embeddings if keep is None else embeddings[ids]
+    neighbours, sims = knn_graph(np.asarray(vectors, dtype=np.float32), k=min(k, len(ids) - 1))
+    del vectors
     rows = np.arange(len(ids))[:, None]
     close = (sims > threshold) & (neighbours >= 0) & (neighbours < rows)
     dropped = np.zeros(len(ids), dtype=bool)

@@ -7,6 +7,10 @@ steps (:func:`packprep.stages.order.icp_order` or ``cluster_order``); then the p
 are chained by an icp walk over their centroids, and each is turned round where that
 joins its first or last document more closely to its predecessor's last. Every step is
 seeded, so engines that run the partitions anywhere, in any order, get the same order.
+With semantic dedup on, each partition first drops the members whose cosine to an earlier
+kept member of the same partition is above the threshold (:func:`partition_duplicates`,
+SemDeDup's scheme: the coarse clusters bound the comparisons, as NeMo Curator's k-means
+clusters do); a duplicate pair split across two partitions is not found.
 
 Memory: ordering one partition needs its rows of the embeddings only (as float32, plus
 the kNN graph and, above ``exact_max`` documents, the IVF index), so the peak per
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -171,14 +175,21 @@ class _PartitionParams:
     knn: int
 
 
+def _no_drops() -> np.ndarray:
+    return np.zeros((0, 2), dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class PartOrder:
     """One ordered partition: ``order`` int64 [m] (document indices), ``centroid`` float32 [D]
-    (the normalised mean of its rows), ``ends`` float32 [2, D] (the rows of its first and last documents)."""
+    (the normalised mean of its rows), ``ends`` float32 [2, D] (the rows of its first and last documents),
+    ``dropped`` int64 [d, 2]: (document, the kept document it duplicates) for each member semantic
+    dedup dropped, ascending by document (empty without semantic dedup); ``order`` holds the others."""
 
     order: np.ndarray
     centroid: np.ndarray
     ends: np.ndarray
+    dropped: np.ndarray = field(default_factory=_no_drops)
 
 
 def order_partition(
@@ -189,18 +200,24 @@ def order_partition(
     seed: int,
     k: int = 10,
     n_clusters: int | None = None,
+    semantic_threshold: float = 0.0,
     progress: Progress = None,
 ) -> PartOrder:
     """Order one partition's ``members`` (int [m]) as the global ``strategy`` (``icp`` or ``cluster``:
-    its ``stages.strategies`` entry) would.
+    its ``stages.strategies`` entry) would, after semantic dedup inside the partition.
 
     Reads only the ``members`` rows of ``embeddings``. ``seed``: :func:`partition_seed`;
     ``n_clusters``: this partition's share of ``--clusters`` (None: about ``sqrt(m)``).
+    ``semantic_threshold`` above 0: first :func:`partition_duplicates`, and only the members it
+    keeps are ordered (the global rule, restricted to the partition).
     """
     from packprep.stages.strategies import STRATEGIES
 
     if strategy not in STRATEGIES or not STRATEGIES[strategy].needs_embeddings:
         raise ValueError(f"partitioned ordering is for the embedding strategies (icp, cluster), not {strategy!r}")
+    dropped = _no_drops()
+    if semantic_threshold > 0:
+        members, dropped = partition_duplicates(members, embeddings, threshold=semantic_threshold, k=k)
     params = _PartitionParams(seed=seed, clusters=n_clusters, knn=k)
     order = STRATEGIES[strategy].order(members, embeddings, params, progress)
     total = np.zeros(embeddings.shape[1], dtype=np.float64)
@@ -208,7 +225,26 @@ def order_partition(
         total += float32_rows(embeddings, np.sort(order[start : start + ASSIGN_BATCH])).sum(axis=0, dtype=np.float64)
     centroid = (total / max(np.linalg.norm(total), 1e-12)).astype(np.float32)
     ends = float32_rows(embeddings, order[[0, -1]]) if len(order) else np.zeros((2, embeddings.shape[1]), np.float32)
-    return PartOrder(order=order, centroid=centroid, ends=ends)
+    return PartOrder(order=order, centroid=centroid, ends=ends, dropped=dropped)
+
+
+def partition_duplicates(members: np.ndarray, embeddings: np.ndarray, *, threshold: float, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Semantic dedup of one partition: ``stages.dedup.semantic_duplicates`` over the rows of
+    ``members`` (int [m]) in ascending document order, so a member is dropped when its cosine to an
+    earlier kept member is above ``threshold`` (the global rule, with the partition for the corpus).
+
+    Returns (int64 [m - d] the kept members, ascending; int64 [d, 2] (dropped document, the kept
+    member it duplicates), ascending). The float32 copy of the rows and the kNN graph are let go
+    before the partition is ordered (measured: the partition task's peak grows 7-12 %, not 2x:
+    ``bench_partition.py --memory --semantic-threshold``, docs/semantic.md).
+    """
+    from packprep.stages.dedup import semantic_duplicates
+
+    members = np.unique(np.asarray(members, dtype=np.int64))
+    close = semantic_duplicates(float32_rows(embeddings, members), threshold=threshold, k=k)
+    gone = ~close.keep
+    dropped = np.stack([members[gone], members[close.dup_of[gone]]], axis=1).astype(np.int64).reshape(-1, 2)
+    return members[close.keep], dropped
 
 
 def partition_clusters(n_clusters: int | None, size: int, total: int) -> int | None:
@@ -257,22 +293,50 @@ def partitioned_order(
     seed: int,
     k: int = 10,
     n_clusters: int | None = None,
+    semantic_threshold: float = 0.0,
     progress: Progress = None,
 ) -> np.ndarray:
-    """int64 [M]: ``doc_indices`` ordered by ``strategy`` partition by partition, in this process.
+    """int64 [M']: ``doc_indices`` ordered by ``strategy`` partition by partition, in this process
+    (without the documents semantic dedup drops: :func:`partitioned_selection` gives them too)."""
+    return partitioned_selection(
+        doc_indices, embeddings, strategy=strategy, max_docs=max_docs, seed=seed, k=k, n_clusters=n_clusters,
+        semantic_threshold=semantic_threshold, progress=progress,
+    )[0]
 
-    The reference the engines must reproduce: plan (:func:`partition_documents`), order
-    each partition (:func:`order_partition`), chain (:func:`chain_partitions`), join.
+
+def partitioned_selection(
+    doc_indices: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    strategy: str,
+    max_docs: int,
+    seed: int,
+    k: int = 10,
+    n_clusters: int | None = None,
+    semantic_threshold: float = 0.0,
+    progress: Progress = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [M'] the order, int64 [d, 2] the semantic drops: (document, kept duplicate), ascending by document).
+
+    The reference the engines must reproduce: plan (:func:`partition_documents`), dedup and
+    order each partition (:func:`order_partition`), chain (:func:`chain_partitions`), join.
     """
     plan = partition_documents(doc_indices, embeddings, max_docs=max_docs, seed=seed)
     parts = [
         order_partition(
             plan.part(p), embeddings, strategy=strategy, seed=partition_seed(seed, p, len(plan)), k=k,
-            n_clusters=partition_clusters(n_clusters, len(plan.part(p)), len(plan.members)), progress=progress,
+            n_clusters=partition_clusters(n_clusters, len(plan.part(p)), len(plan.members)),
+            semantic_threshold=semantic_threshold, progress=progress,
         )
         for p in range(len(plan))
     ]
-    return assemble(parts, seed=seed, k=k)
+    return assemble(parts, seed=seed, k=k), joined_drops([part.dropped for part in parts])
+
+
+def joined_drops(drops: list[np.ndarray]) -> np.ndarray:
+    """int64 [d, 2]: every partition's drops (int64 [d_p, 2] each), ascending by document."""
+    joined = np.concatenate([_no_drops(), *drops]).astype(np.int64)
+    return joined[np.argsort(joined[:, 0], kind="stable")]
 
 
 def assemble(parts: list[PartOrder], *, seed: int, k: int = 10) -> np.ndarray:

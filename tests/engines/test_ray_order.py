@@ -48,6 +48,21 @@ def test_partitions_on_ray_write_the_local_bytes(store_path, tmp_path, strategy,
     assert shard_bytes(on_ray) == shard_bytes(local)
 
 
+def test_semantic_dedup_inside_the_partitions_on_ray_writes_the_local_bytes(store_path, tmp_path):
+    """Each partition task drops its semantic duplicates as the local engine does: same shards, same doc table."""
+    import json
+
+    import numpy as np
+
+    semantic = PackConfig(strategy="icp", partition_docs=8, **{**OPTIONS, "semantic_threshold": 0.9})
+    local = pack(store_path, tmp_path / "local", config=semantic, embed_config=EMBED)
+    on_ray = pack(store_path, tmp_path / "ray", config=semantic, embed_config=EMBED, engine=RAY)
+    assert int((np.load(local / "doc_dropped.npy") == 3).sum()) == 14
+    assert shard_bytes(on_ray) == shard_bytes(local) and len(shard_bytes(local)) > 4
+    manifests = [json.loads((out / "manifest.json").read_text()) for out in (local, on_ray)]
+    assert manifests[0]["dropped"] == manifests[1]["dropped"] and manifests[1]["semantic_threshold"]["scope"] == "partitions"
+
+
 def test_a_worker_killed_mid_partition_is_retried_and_the_bytes_are_the_same(store_path, tmp_path, monkeypatch):
     marker = tmp_path / "crashed-once"
     monkeypatch.setattr(ray_order, "order_part", dies_once(ray_order.order_part, argument=0, equal_to=1, marker=marker))

@@ -170,7 +170,7 @@ def test_the_joined_order_is_written_partition_by_partition_as_assemble_joins_it
     order = order_by_partition(
         reason, embeddings, strategy="icp", max_docs=8, seed=3, k=10, n_clusters=None,
         journal_folder=tmp_path / "order.partial", key="k", run=Run(), order_path=path,
-    )
+    ).order
     assert isinstance(order, np.memmap) and order.tolist() == reference.tolist()
     np.save(tmp_path / "reference.npy", reference)
     assert path.read_bytes() == (tmp_path / "reference.npy").read_bytes()
@@ -191,8 +191,8 @@ def test_the_plan_made_in_ranges_with_its_members_in_a_file_is_partition_documen
     assert sorted(p.name for p in (tmp_path / "order.partial").iterdir()) == [MEMBERS_FILE]  # the ranges' files are gone
 
 
-@pytest.mark.parametrize("dedup", [False, True])
-def test_a_partitioned_pack_builds_no_array_of_the_kept_documents_nor_an_in_memory_plan(store_path, tmp_path, monkeypatch, dedup):
+@pytest.mark.parametrize(("dedup", "semantic"), [(False, 0.0), (True, 0.0), (True, 0.9)])
+def test_a_partitioned_pack_builds_no_array_of_the_kept_documents_nor_an_in_memory_plan(store_path, tmp_path, monkeypatch, dedup, semantic):
     """With an output folder the plan is made in ranges (``pipeline.planning``): neither ``selection.kept_indices``
     nor ``stages.partition.partition_documents`` (each an array of all kept documents) is called."""
     from packprep.pipeline import selection
@@ -201,7 +201,7 @@ def test_a_partitioned_pack_builds_no_array_of_the_kept_documents_nor_an_in_memo
     def must_not_run(*args, **kwargs):
         raise AssertionError("an array of all kept documents was built")
 
-    config = PackConfig(strategy="icp", partition_docs=8, **{**OPTIONS, "dedup": dedup})
+    config = PackConfig(strategy="icp", partition_docs=8, **{**OPTIONS, "dedup": dedup, "semantic_threshold": semantic})
     reference = pack(store_path, tmp_path / "reference", config=config, embed_config=EMBED)
     monkeypatch.setattr(selection, "kept_indices", must_not_run)
     monkeypatch.setattr(partition, "partition_documents", must_not_run)
@@ -233,3 +233,119 @@ def test_kept_documents_and_dropped_counts_are_read_a_slice_at_a_time(monkeypatc
     assert selection.kept_indices(none).tolist() == list(range(7))
     chosen = selection.Selection(order=np.zeros(0, np.int64), reason=reason, dup_of=np.full(7, -1))
     assert chosen.dropped_counts() == {"exact": 2, "near": 1, "semantic": 0}
+
+
+# ---------------------------------------------------------------------------- semantic dedup inside the partitions
+
+SEMANTIC = 0.9  # drops 14 of the store's 48 documents inside partitions of 8 (16 over all 48)
+
+
+def semantic_config(**changes) -> PackConfig:
+    return PackConfig(strategy="icp", partition_docs=8, **{**OPTIONS, "semantic_threshold": SEMANTIC, **changes})
+
+
+def test_semantic_dedup_runs_inside_the_partitions_and_the_doc_table_records_their_drops(store_path, tmp_path, monkeypatch):
+    """No semantic kNN over all documents on the driver: every ``semantic_duplicates`` call gets one partition's
+    rows (at most 8), and the output's drops are ``partitioned_selection``'s, the sum of the partitions'."""
+    from packprep.stages import dedup
+    from packprep.stages.partition import partitioned_selection
+
+    searched = []
+    real = dedup.semantic_duplicates
+
+    def counting(embeddings, **kwargs):
+        searched.append(len(embeddings))
+        return real(embeddings, **kwargs)
+
+    monkeypatch.setattr(dedup, "semantic_duplicates", counting)
+    messages: list[str] = []
+    out = pack(store_path, tmp_path / "out", config=semantic_config(), embed_config=EMBED, reporter=Collect(messages))
+    assert searched and max(searched) <= 8 and sum(searched) == 48
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    order, dropped = partitioned_selection(np.arange(48), embeddings, strategy="icp", max_docs=8, seed=3, semantic_threshold=SEMANTIC)
+    assert len(dropped) == 14 and sorted(set(packed_order(out))) == sorted(order.tolist())
+    reason, dup_of = np.load(out / "doc_dropped.npy"), np.load(out / "doc_dup_of.npy")
+    assert np.flatnonzero(reason == 3).tolist() == dropped[:, 0].tolist() and (reason[reason != 3] == 0).all()
+    assert dup_of[dropped[:, 0]].tolist() == dropped[:, 1].tolist() and (dup_of[reason == 0] == -1).all()
+    manifest = PackedDataset(out).manifest
+    assert manifest["dropped"]["semantic"] == 14 and manifest["counts"]["num_documents"] == 34
+    assert manifest["semantic_threshold"] == {"value": SEMANTIC, "source": "--semantic-threshold", "embedder": EMBED.model, "scope": "partitions"}
+    assert "semantic dedup: dropped 14 documents with cosine > 0.9 (--semantic-threshold) within partitions of at most 8" in messages
+    assert not (out / "order.partial").exists() and not (out / "pack.partial").exists()
+    from typer.testing import CliRunner
+
+    from packprep.cli import app
+
+    shown = CliRunner().invoke(app, ["inspect", str(out), "--dropped", "--limit", "1"], terminal_width=200)
+    assert shown.exit_code == 0, shown.output
+    title = " ".join(shown.output.split())  # the table's title wraps
+    assert "14 dropped documents; semantic threshold 0.9 (--semantic-threshold, all-MiniLM-L6-v2, within partitions)" in title
+
+
+def test_partitioned_semantic_dedup_after_exact_and_near_dedup_marks_only_kept_documents(store_path, tmp_path):
+    """The partitions' drops go into copies of the stored dedup arrays: their drops stay, the semantic ones join them."""
+    from packprep.store import DocStore
+
+    out = pack(store_path, tmp_path / "out", config=semantic_config(dedup=True), embed_config=EMBED)
+    stored = DocStore.open(store_path)
+    before = np.load(store_path / "dedup.reason.npy")
+    reason = np.load(out / "doc_dropped.npy")
+    assert (reason[before != 0] == before[before != 0]).all() and stored.num_documents == len(reason)
+    assert set(np.unique(reason[before == 0]).tolist()) <= {0, 3} and (reason == 3).any()
+    manifest = PackedDataset(out).manifest
+    assert manifest["counts"]["num_documents"] == int((reason == 0).sum())
+
+
+def test_one_partition_with_semantic_dedup_is_the_global_dedup_and_order(store_path, tmp_path):
+    """A bound of at least the kept documents: ``order_by_partition`` (one partition, its plan in memory) drops
+    and orders exactly as the global semantic dedup and icp do with the same seed."""
+    from packprep.pipeline.ordering import order_by_partition
+    from packprep.pipeline.run import Run
+    from packprep.stages.dedup import semantic_duplicates
+    from packprep.stages.order import icp_order
+
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    reason = (np.arange(48) % 7 == 0).astype(np.uint8)
+    close = semantic_duplicates(embeddings, threshold=SEMANTIC, keep=reason == 0)
+    gone = np.flatnonzero((reason == 0) & ~close.keep)
+    ordered = order_by_partition(
+        reason, embeddings, strategy="icp", max_docs=48, seed=3, k=10, n_clusters=None, journal_folder=tmp_path / "order.partial",
+        key="k", run=Run(), order_path=tmp_path / "order.npy", semantic_threshold=SEMANTIC,
+    )
+    assert ordered.num_partitions == 1 and ordered.num_dropped == len(gone) > 0
+    assert np.concatenate(list(ordered.drops())).tolist() == np.column_stack([gone, close.dup_of[gone]]).tolist()
+    assert ordered.order.tolist() == icp_order(np.flatnonzero((reason == 0) & close.keep), embeddings, seed=3).tolist()
+
+
+def test_the_order_journal_keeps_the_drops_and_refuses_another_threshold(store_path, tmp_path):
+    from packprep.pipeline.ordering import OrderJournal
+    from packprep.stages.partition import order_partition, partition_documents
+
+    embeddings = np.load(store_path / "embeddings.npy", mmap_mode="r")
+    plan = partition_documents(np.arange(48), embeddings, max_docs=8, seed=3)
+    part = order_partition(plan.part(0), embeddings, strategy="icp", seed=1, semantic_threshold=0.5)
+    journal = OrderJournal.resume(tmp_path, key="k", plan=plan, semantic_threshold=0.5)
+    journal.finish(0, part)
+    again = OrderJournal.resume(tmp_path, key="k", plan=plan, semantic_threshold=0.5)
+    assert list(again.finished) == [0] and len(part.dropped) > 0
+    assert again.load(0).dropped.tolist() == part.dropped.tolist() and again.lengths(0) == (len(part.order), len(part.dropped))
+    assert not OrderJournal.resume(tmp_path, key="k", plan=plan, semantic_threshold=0.6).finished
+    assert not list(tmp_path.glob("part-*"))
+
+
+@pytest.mark.slow  # a SIGKILLed CLI run and its rerun, like tests/pipeline/test_resume.py
+def test_a_driver_killed_after_two_partitions_with_semantic_dedup_resumes_their_drops(store_path, tmp_path):
+    clean = pack(store_path, tmp_path / "clean", config=semantic_config(), embed_config=EMBED)
+    out = tmp_path / "out"
+    options = cli_options("icp")
+    options[options.index("--semantic-threshold") + 1] = str(SEMANTIC)
+    command = ["pack", str(store_path), str(out), *options]
+    killed = subprocess.run([*KILLED_AFTER_TWO, *command], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list((out / "order.partial").glob("*.dropped.npy"))) == 2
+
+    rerun = subprocess.run([sys.executable, "-m", "packprep.cli", *command], cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "2 finished by an interrupted run are reused" in rerun.stderr
+    assert "semantic dedup: dropped 14 documents" in rerun.stderr
+    assert shard_bytes(out) == shard_bytes(clean) and len(shard_bytes(out)) > 4  # doc_dropped.npy and doc_dup_of.npy too

@@ -15,6 +15,7 @@ from packprep.stages.partition import (
     partition_documents,
     partition_seed,
     partitioned_order,
+    partitioned_selection,
 )
 
 
@@ -119,6 +120,48 @@ def test_order_partition_returns_centroid_and_ends(groups):
     assert float(part.centroid @ groups[0].astype(np.float32)) > 0.99
     with pytest.raises(ValueError, match="embedding strategies"):
         order_partition(members, groups, strategy="random", seed=0)
+
+
+def test_a_partition_drops_members_close_to_an_earlier_kept_member_then_orders_the_rest():
+    # Documents 0, 1 and 4 lie within 0.5 degrees of each other (cosine > 0.9999), 5 is at 90 degrees.
+    embeddings = _angles([0, 0.5, 30, 60, 0.3, 90])
+    part = order_partition(np.array([5, 1, 0, 4]), embeddings, strategy="icp", seed=0, semantic_threshold=0.999)
+    # In document order: 0 is kept; 1 and 4 are close to it (4 is closer to 1, but 1 was dropped).
+    assert part.dropped.tolist() == [[1, 0], [4, 0]]
+    assert sorted(part.order.tolist()) == [0, 5]
+    assert np.allclose(part.ends, embeddings[part.order[[0, -1]]])
+    off = order_partition(np.array([5, 1, 0, 4]), embeddings, strategy="icp", seed=0)
+    assert off.dropped.shape == (0, 2) and sorted(off.order.tolist()) == [0, 1, 4, 5]
+
+
+def test_each_partitions_drops_are_semantic_dedup_of_its_members_alone(groups):
+    from packprep.stages.dedup import semantic_duplicates
+
+    plan = partition_documents(np.arange(100), groups, max_docs=30, seed=1)
+    order, dropped = partitioned_selection(np.arange(100), groups, strategy="icp", max_docs=30, seed=1, semantic_threshold=0.995)
+    want = []
+    for p in range(len(plan)):
+        members = np.sort(plan.part(p))
+        close = semantic_duplicates(groups[members].astype(np.float32), threshold=0.995)
+        want += [[int(members[i]), int(members[close.dup_of[i]])] for i in np.flatnonzero(~close.keep)]
+    assert len(plan) > 1 and 0 < len(want) < 100 - len(plan)
+    assert dropped.tolist() == sorted(want)
+    assert sorted(order.tolist() + dropped[:, 0].tolist()) == list(range(100))
+
+
+@pytest.mark.parametrize("strategy", ["icp", "cluster"])
+def test_one_partition_with_semantic_dedup_is_the_global_dedup_and_order(groups, strategy):
+    from packprep.stages.dedup import semantic_duplicates
+
+    keep = np.zeros(100, bool)
+    keep[3::2] = True
+    close = semantic_duplicates(groups, threshold=0.995, keep=keep)
+    survivors = np.flatnonzero(keep & close.keep)
+    got, dropped = partitioned_selection(np.flatnonzero(keep), groups, strategy=strategy, max_docs=1000, seed=7, semantic_threshold=0.995)
+    want = icp_order(survivors, groups, seed=7) if strategy == "icp" else cluster_order(survivors, groups, seed=7)
+    assert len(dropped) > 0 and got.tolist() == want.tolist()
+    gone = np.flatnonzero(keep & ~close.keep)
+    assert dropped.tolist() == np.column_stack([gone, close.dup_of[gone]]).tolist()
 
 
 def test_assemble_of_one_part_is_its_order():
