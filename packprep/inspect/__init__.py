@@ -261,8 +261,9 @@ def print_stats(stats: dict[str, Any]) -> None:
     if stats["dedup"]:
         rows.append(("duplicates dropped", ", ".join(f"{n:,} {why}" for why, n in dropped.items())))
         if (threshold := stats["semantic_threshold"]) and threshold["value"]:
-            within = ", within partitions" if threshold.get("scope") == "partitions" else ""
-            rows.append(("semantic threshold", f"{threshold['value']:.4g} ({threshold['source']}, {threshold['embedder']}{within})"))
+            from packprep.inspect.dropped import threshold_label
+
+            rows.append(("semantic threshold", threshold_label(threshold)))
     else:
         rows.append(("duplicates dropped", "dedup off"))
     if "adjacent_cosine" in stats:

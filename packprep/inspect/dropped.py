@@ -129,6 +129,13 @@ def _elsewhere(ds: PackedDataset, index: int) -> dict[str, Any]:
     return {"index": -1, "id": "-", "text": "(its twin is not in this output)"}
 
 
+def threshold_label(threshold: dict[str, Any]) -> str:
+    """A manifest's ``semantic_threshold`` for people: its value to 6 digits (at 4, a calibrated
+    0.999999 read as 1, a cut nothing can pass), how it was chosen, and where it was applied."""
+    within = ", within partitions" if threshold.get("scope") == "partitions" else ""
+    return f"{threshold['value']:.6g} ({threshold['source']}, {threshold['embedder']}{within})"
+
+
 def print_dropped(listing: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -137,8 +144,7 @@ def print_dropped(listing: dict[str, Any]) -> None:
     threshold = listing["semantic_threshold"]
     title = f"{listing['total']:,} dropped documents"
     if threshold and threshold.get("value"):
-        within = ", within partitions" if threshold.get("scope") == "partitions" else ""
-        title += f"; semantic threshold {threshold['value']:.4g} ({threshold['source']}, {threshold['embedder']}{within})"
+        title += f"; semantic threshold {threshold_label(threshold)}"
     table = Table(title=title, caption="semantic first, lowest cosine first: the closest calls", show_lines=True)
     table.add_column("reason")
     table.add_column("cosine" if not listing["embedder"] else f"cosine ({listing['embedder']})", justify="right")

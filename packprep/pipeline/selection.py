@@ -88,7 +88,7 @@ def select_documents(
         reason, dup_of = np.array(reason), np.array(dup_of)  # changed here: no longer the stored dedup's
         newly = (reason == 0) & ~close.keep
         reason[newly], dup_of[newly] = close.reason[newly], close.dup_of[newly]
-        reporter.info(f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {threshold:.4g} ({chosen['source']})")
+        reporter.info(f"semantic dedup: dropped {int(newly.sum())} documents with cosine > {threshold:.6g} ({chosen['source']})")
     kept = kept_indices(reason)
     with reporter.track(f"order ({config.strategy})", total=len(kept), unit="docs") as advance:
         order = strategy.order(kept, embeddings, config, advance)
@@ -126,7 +126,7 @@ def _partitioned(
             for drop in ordered.drops():
                 reason[drop[:, 0]], dup_of[drop[:, 0]] = REASON_SEMANTIC, drop[:, 1]
         run.reporter.info(
-            f"semantic dedup: dropped {ordered.num_dropped} documents with cosine > {threshold:.4g} ({chosen['source']}) "
+            f"semantic dedup: dropped {ordered.num_dropped} documents with cosine > {threshold:.6g} ({chosen['source']}) "
             f"within partitions of at most {config.partition_docs:,}"
         )
         chosen = {**chosen, "scope": "partitions"}

@@ -155,3 +155,11 @@ def test_inspect_dropped_gives_near_pairs_their_exact_jaccard(tmp_path):
     assert pair["reason"] == "near" and (pair["dropped"]["id"], pair["kept"]["id"]) == ("copy", "orig")
     # 28 word 3-grams each; the changed word is in 3 of them: 25 shared of 31 distinct.
     assert pair["jaccard"] == round(25 / 31, 4) and pair["cosine"] is None
+
+
+def test_threshold_label_keeps_a_calibrated_cut_below_one_apart_from_one():
+    from packprep.inspect.dropped import threshold_label
+
+    label = threshold_label({"value": 0.9999989796883644, "source": "calibrated to MiniLM's 0.97", "embedder": "static"})
+    assert label == "0.999999 (calibrated to MiniLM's 0.97, static)"
+    assert threshold_label({"value": 0.97, "source": "default", "embedder": "m", "scope": "partitions"}) == "0.97 (default, m, within partitions)"
