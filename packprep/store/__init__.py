@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import StringTable, StringTableWriter, load_json, replace_durably, save_json, save_npy
+from packprep.io import StringTable, StringTableWriter, load_json, renamed_together, replace_durably, save_json, save_npy
 from packprep.errors import PackprepError
 
 STORE_FORMAT = "packprep-docstore"
@@ -215,19 +215,22 @@ class DocStoreWriter:
         self._columns[name] = np.asarray(values)
 
     def finish(self, manifest: dict[str, Any]) -> DocStore:
-        for name, values in self._columns.items():
-            if len(values) != self.num_documents:
-                raise ValueError(f"column {name!r} has {len(values)} values for {self.num_documents} documents")
-            save_npy(self.path / f"{name}.npy", values)
-        self._tokens.close()
-        replace_durably(self._tokens_tmp, self.path / "tokens.bin")
-        self._ids.close()
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
-        if int(lengths.sum()) != self.num_tokens:  # e.g. a document begun by append_tokens and never ended
-            raise ValueError(f"the documents' lengths sum to {int(lengths.sum())}, not the {self.num_tokens} tokens written")
-        save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        if not self._unhashed:
-            save_npy(self.path / TEXT_HASH_FILE, np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))
+        # The files reach the disk together (io.RenameBatch), all before the manifest.
+        with renamed_together() as batch:
+            for name, values in self._columns.items():
+                if len(values) != self.num_documents:
+                    raise ValueError(f"column {name!r} has {len(values)} values for {self.num_documents} documents")
+                save_npy(self.path / f"{name}.npy", values, batch=batch)
+            self._tokens.close()
+            batch.add(self._tokens_tmp, self.path / "tokens.bin")
+            self._ids.close(batch=batch)
+            lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+            if int(lengths.sum()) != self.num_tokens:  # e.g. a document begun by append_tokens and never ended
+                raise ValueError(f"the documents' lengths sum to {int(lengths.sum())}, not the {self.num_tokens} tokens written")
+            save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), batch=batch)
+            if not self._unhashed:
+                hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
+                save_npy(self.path / TEXT_HASH_FILE, hashes, batch=batch)
         _write_manifest(self.path, self.dtype, self.num_documents, self.num_tokens, manifest)
         return DocStore.open(self.path)
 
