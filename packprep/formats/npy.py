@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import RenameBatch, atomic_path, load_json, npy_writer, release_pages, renamed_together, save_json, save_npy, sha256_file
+from packprep.io import RenameBatch, atomic_path, load_json, npy_writer, release_pages, renamed_together, save_json, save_npy, sha256_file, start_writeback
 from packprep.stages.pack import PackPlan, fill_rows, piece_token_spans
 
 FORMAT_NAME = "packprep-npy"
@@ -166,7 +166,9 @@ def _chunk_pieces(
 
 def _write_and_hash(fh: Any, digest: Any, block: np.ndarray) -> None:
     data = memoryview(block).cast("B")
+    start = fh.tell()
     fh.write(data)
+    start_writeback(fh, start)  # the fsync before the rename then waits for the last block only
     digest.update(data)
 
 

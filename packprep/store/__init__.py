@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import StringTable, StringTableWriter, load_json, renamed_together, replace_durably, save_json, save_npy
+from packprep.io import StringTable, StringTableWriter, load_json, renamed_together, replace_durably, save_json, save_npy, start_writeback
 from packprep.errors import PackprepError
 
 STORE_FORMAT = "packprep-docstore"
@@ -46,6 +46,7 @@ MANIFEST_NAME = "store.json"
 BLOCKS_DIRNAME = ".blocks"
 _COPY_CHUNK = 8 << 20
 _COPY_TOKENS = 1 << 22  # copy_documents reads this many tokens at a time
+_WRITEBACK_BYTES = 8 << 20  # tokens.bin's writeback is started every this many bytes (io.start_writeback)
 TEXT_HASH_FILE = "text_hash.npy"
 STORE_FILES = ("tokens.bin", "offsets.npy", TEXT_HASH_FILE, "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
 COLUMNS = ("sources", "benchmark", "original")  # optional per-document columns (see the layout above)
@@ -167,6 +168,7 @@ class DocStoreWriter:
         self.dtype = np.dtype(dtype)
         self._tokens_tmp = self.path / "tokens.bin.tmp"
         self._tokens = open(self._tokens_tmp, "wb")
+        self._written_back = 0  # bytes of tokens.bin.tmp whose writeback has been started
         self._ids = StringTableWriter(self.path / "doc_ids")
         self._lengths: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
@@ -207,6 +209,8 @@ class DocStoreWriter:
             raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
         self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
         self.num_tokens += int(len(tokens))
+        if self.num_tokens * self.dtype.itemsize - self._written_back >= _WRITEBACK_BYTES:
+            self._written_back = start_writeback(self._tokens, self._written_back)  # finish's fsync then waits for little
 
     def add_column(self, name: str, values: np.ndarray) -> None:
         """A per-document column (one of :data:`COLUMNS`), written by :meth:`finish` before the manifest."""
