@@ -68,24 +68,30 @@ class RenameBatch:
         self._pairs.append((Path(tmp), Path(path)))
 
     def commit(self) -> None:
-        pairs, self._pairs = self._pairs, []
-        if len(pairs) < 2:
-            for tmp, path in pairs:
-                replace_durably(tmp, path)
+        """Each file fsynced, then all renamed, then each folder fsynced; a file leaves the batch
+        once renamed, so :meth:`discard` after a failure removes only what kept its temporary name."""
+        if len(self._pairs) == 1:
+            replace_durably(*self._pairs[0])
+            self._pairs.clear()
             return
-        from concurrent.futures import ThreadPoolExecutor
+        if self._pairs:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(len(pairs)) as pool:  # fsync releases the GIL
-            list(pool.map(fsync_path, [tmp for tmp, _ in pairs]))
-        for tmp, path in pairs:
+            with ThreadPoolExecutor(len(self._pairs)) as pool:  # fsync releases the GIL
+                list(pool.map(fsync_path, [tmp for tmp, _ in self._pairs]))
+        folders: dict[Path, None] = {}
+        while self._pairs:
+            tmp, path = self._pairs[0]
             os.replace(tmp, path)
-        for folder in dict.fromkeys(path.parent for _, path in pairs):
+            folders[path.parent] = None
+            del self._pairs[0]
+        for folder in folders:
             fsync_path(folder)
 
     def discard(self) -> None:
         for tmp, _ in self._pairs:
             tmp.unlink(missing_ok=True)
-        self._pairs = []
+        self._pairs.clear()
 
 
 @contextlib.contextmanager
@@ -94,10 +100,10 @@ def renamed_together() -> Iterator[RenameBatch]:
     batch = RenameBatch()
     try:
         yield batch
+        batch.commit()
     except BaseException:
         batch.discard()
         raise
-    batch.commit()
 
 
 def replace_durably(tmp: Path, path: Path) -> None:

@@ -54,3 +54,17 @@ def test_a_rename_batch_that_raises_leaves_nothing(tmp_path):
             save_npy(tmp_path / "a.npy", np.arange(3), batch=batch)
             raise RuntimeError("mid-batch")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rename_batch_whose_fsync_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import packprep.io as io
+
+    def failing(path):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(io, "fsync_path", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        with renamed_together() as batch:
+            save_npy(tmp_path / "a.npy", np.arange(3), batch=batch)
+            save_npy(tmp_path / "b.npy", np.arange(4), batch=batch)
+    assert list(tmp_path.iterdir()) == []
