@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, NoReturn, Optional, TypeVar
 
 import typer
 from typer import _click as click  # Typer vendors its own click: its exception classes are these
@@ -408,7 +409,34 @@ def inspect(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        _exit(done.code)
+    _exit(0)
+
+
+def _exit(code: Any) -> NoReturn:
+    """Exit with ``code`` once the command is done, skipping the interpreter's teardown where that is safe.
+
+    Freeing every module's objects (numpy, pydantic, Typer's) took ~40 ms of one core after
+    ``pack`` had written its manifest (strace: from the last write to exit_group). The exit
+    handlers still run (Ray's shutdown, weakref finalizers) and the standard streams are
+    flushed; a thread still working or a non-numeric code take the ordinary exit.
+    """
+    import atexit
+    import threading
+
+    working = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if working or not (code is None or isinstance(code, int)):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # what the ordinary exit would run; no public name for it
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: the ordinary exit would not report it either
+            pass
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,15 @@ it is written under a temporary name and renamed into place, so a reader (or a r
 run) never sees a half-written file. The file is fsynced before the rename and its folder
 after it: a manifest or journal entry that declares a file finished is itself written
 after that file is on disk, so a power cut cannot leave a finished-looking stage or
-shard whose bytes were still in the page cache.
+shard whose bytes were still in the page cache. Files written together (a shard's arrays,
+the store's files) go through a :class:`RenameBatch`, which keeps that rule for each file
+but waits for the disk once for all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import mmap
@@ -30,15 +33,76 @@ _HASH_CHUNK = 1 << 22
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; on success rename it onto ``path``."""
+def atomic_path(path: Path, *, batch: RenameBatch | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success rename it onto ``path`` (``batch``: when
+    the batch commits, with the other files of that batch)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
-        replace_durably(tmp, path)
+        if batch is None:
+            replace_durably(tmp, path)
+        else:
+            batch.add(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+class RenameBatch:
+    """Files written under temporary names that :meth:`commit` makes durable and renames together.
+
+    The rule of :func:`replace_durably` holds for each file (its bytes on disk before its
+    rename, its folder flushed after), but the waits are shared: every file is fsynced at
+    once, from threads, so the file system commits them in one or a few journal transactions,
+    and each folder is fsynced once. One at a time, each small file cost two journal commits
+    (~2-4 ms each on our virtual disk; ~25 of them in the pack stage of `pack --strategy eos`).
+    A file of the batch is under its name only after :meth:`commit`.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[Path, Path]] = []
+
+    def add(self, tmp: Path, path: Path) -> None:
+        """``tmp`` (written and closed) becomes ``path`` at :meth:`commit`."""
+        self._pairs.append((Path(tmp), Path(path)))
+
+    def commit(self) -> None:
+        """Each file fsynced, then all renamed, then each folder fsynced; a file leaves the batch
+        once renamed, so :meth:`discard` after a failure removes only what kept its temporary name."""
+        if len(self._pairs) == 1:
+            replace_durably(*self._pairs[0])
+            self._pairs.clear()
+            return
+        if self._pairs:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(self._pairs)) as pool:  # fsync releases the GIL
+                list(pool.map(fsync_path, [tmp for tmp, _ in self._pairs]))
+        folders: dict[Path, None] = {}
+        while self._pairs:
+            tmp, path = self._pairs[0]
+            os.replace(tmp, path)
+            folders[path.parent] = None
+            del self._pairs[0]
+        for folder in folders:
+            fsync_path(folder)
+
+    def discard(self) -> None:
+        for tmp, _ in self._pairs:
+            tmp.unlink(missing_ok=True)
+        self._pairs.clear()
+
+
+@contextlib.contextmanager
+def renamed_together() -> Iterator[RenameBatch]:
+    """A :class:`RenameBatch` committed when the block ends, its temporary files removed if it raises."""
+    batch = RenameBatch()
+    try:
+        yield batch
+        batch.commit()
+    except BaseException:
+        batch.discard()
         raise
 
 
@@ -51,6 +115,40 @@ def replace_durably(tmp: Path, path: Path) -> None:
     fsync_path(tmp)
     os.replace(tmp, path)
     fsync_path(Path(path).parent)
+
+
+def start_writeback(fh: Any, start: int) -> int:
+    """Flush ``fh`` and ask the kernel to start writing its bytes from ``start`` to its position to
+    disk, without waiting (Linux ``sync_file_range``; elsewhere nothing); returns that position,
+    the next call's ``start``.
+
+    Called as a large file grows, so the fsync before its rename finds little left to write:
+    the store's tokens are written while the workers encode, a shard's rows while the next
+    rows are filled, and their fsyncs had ~30-80 ms of writing to wait for at the end.
+    """
+    fh.flush()
+    end = fh.tell()
+    if end > start and (call := _sync_file_range()) is not None:
+        call(fh.fileno(), start, end - start, _SYNC_FILE_RANGE_WRITE)  # a failure only leaves it to the fsync
+    return end
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return call
 
 
 def fsync_path(path: Path) -> None:
@@ -83,9 +181,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "packprep"
 
 
-def save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` atomically (the ``.npy`` suffix is kept as given)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+def save_npy(path: Path, array: np.ndarray, *, batch: RenameBatch | None = None) -> None:
+    """``np.save`` atomically (the ``.npy`` suffix is kept as given); ``batch``: see :func:`atomic_path`."""
+    with atomic_path(path, batch=batch) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
 
 
@@ -168,10 +266,14 @@ class StringTableWriter:
             self._offsets.append(self._size)
         self._fh.write(b"".join(encoded))
 
-    def close(self) -> None:
+    def close(self, *, batch: RenameBatch | None = None) -> None:
+        """Finish both files (``batch``: renamed when it commits)."""
         self._fh.close()
-        replace_durably(self._blob_tmp, self._blob_final)
-        save_npy(self._stem.with_name(self._stem.name + ".idx.npy"), np.asarray(self._offsets, dtype=np.int64))
+        with contextlib.ExitStack() as stack:
+            if batch is None:
+                batch = stack.enter_context(renamed_together())
+            batch.add(self._blob_tmp, self._blob_final)
+            save_npy(self._stem.with_name(self._stem.name + ".idx.npy"), np.asarray(self._offsets, dtype=np.int64), batch=batch)
 
     def abort(self) -> None:
         self._fh.close()
@@ -297,13 +399,13 @@ def write_npy_rows(path: Path, first: int, values: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def npy_writer(path: Path, *, dtype: Any, length: int) -> Iterator[Callable[[np.ndarray], None]]:
+def npy_writer(path: Path, *, dtype: Any, length: int, batch: RenameBatch | None = None) -> Iterator[Callable[[np.ndarray], None]]:
     """Write the 1-D ``.npy`` of ``length`` elements at ``path`` front to back, piece by piece: the
     context gives ``write(values)``; the file is ``np.save``'s bytes for the joined pieces, written
     to a temporary sibling and renamed when all ``length`` elements are in (removed on error).
-    Only one piece is in memory at a time, and no page of the file is mapped here."""
+    Only one piece is in memory at a time, and no page of the file is mapped here. ``batch``: see :func:`atomic_path`."""
     dtype = np.dtype(dtype)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, batch=batch) as tmp:
         offset = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(length,)).offset  # the header, sized
         written = 0
         with open(tmp, "r+b") as fh:

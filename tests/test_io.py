@@ -1,11 +1,11 @@
-"""io's piecewise .npy writers: the bytes np.save writes, without the whole array in memory."""
+"""io's piecewise .npy writers (the bytes np.save writes, without the whole array in memory) and rename batches."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from packprep.io import npy_writer, write_npy_rows
+from packprep.io import atomic_path, npy_writer, renamed_together, save_npy, write_npy_rows
 
 
 def test_an_npy_written_in_pieces_is_the_bytes_of_np_save(tmp_path):
@@ -36,3 +36,35 @@ def test_rows_of_a_matrix_are_written_whole(tmp_path):
     np.save(tmp_path / "m.npy", np.zeros((4, 3), dtype=np.uint32))
     write_npy_rows(tmp_path / "m.npy", 1, np.array([[1, 2, 3], [4, 5, 6]], dtype=np.uint32))
     assert np.load(tmp_path / "m.npy").tolist() == [[0, 0, 0], [1, 2, 3], [4, 5, 6], [0, 0, 0]]
+
+
+def test_a_rename_batch_names_its_files_only_when_it_commits(tmp_path):
+    with renamed_together() as batch:
+        save_npy(tmp_path / "a.npy", np.arange(3), batch=batch)
+        with atomic_path(tmp_path / "b.txt", batch=batch) as tmp:
+            tmp.write_text("b")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy.tmp", "b.txt.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.txt"]
+    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2] and (tmp_path / "b.txt").read_text() == "b"
+
+
+def test_a_rename_batch_that_raises_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="mid-batch"):
+        with renamed_together() as batch:
+            save_npy(tmp_path / "a.npy", np.arange(3), batch=batch)
+            raise RuntimeError("mid-batch")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rename_batch_whose_fsync_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import packprep.io as io
+
+    def failing(path):
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(io, "fsync_path", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        with renamed_together() as batch:
+            save_npy(tmp_path / "a.npy", np.arange(3), batch=batch)
+            save_npy(tmp_path / "b.npy", np.arange(4), batch=batch)
+    assert list(tmp_path.iterdir()) == []

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import atomic_path, load_json, npy_writer, release_pages, save_json, save_npy, sha256_file
+from packprep.io import RenameBatch, atomic_path, load_json, npy_writer, release_pages, renamed_together, save_json, save_npy, sha256_file, start_writeback
 from packprep.stages.pack import PackPlan, fill_rows, piece_token_spans
 
 FORMAT_NAME = "packprep-npy"
@@ -87,6 +87,21 @@ def write_shard(
     under a temporary name first.
     """
     name = shard_name(index)
+    # The shard's files reach the disk together (io.RenameBatch): one wait for all six.
+    with renamed_together() as batch:
+        checksums = _write_shard_files(out, name, plan, rows, read_spans, offsets, dtype, sep_id, pad_id, on_rows, batch)
+    for key in SEGMENT_ARRAYS:
+        checksums[key] = sha256_file(shard_file(out, name, key))
+    files = {key: {"path": shard_file(out, name, key).name, "sha256": checksums[key]} for key in SHARD_ARRAYS}
+    segments = int(plan.row_ptr[rows.stop]) - int(plan.row_ptr[rows.start])
+    return {"name": name, "rows": rows.stop - rows.start, "segments": segments, "files": files}
+
+
+def _write_shard_files(
+    out: Path, name: str, plan: PackPlan, rows: slice, read_spans: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    offsets: np.ndarray, dtype: Any, sep_id: int | None, pad_id: int, on_rows: Callable[[int], None] | None, batch: RenameBatch,
+) -> dict[str, str]:
+    """:func:`write_shard`'s files under temporary names in ``batch``; returns the token matrix's sha256."""
     num_rows = rows.stop - rows.start
     path = shard_file(out, name, "input_ids")
     chunk = max(1, _FILL_CHUNK_TOKENS // plan.seq_len)
@@ -96,7 +111,7 @@ def write_shard(
     buffers = [np.empty((min(chunk, num_rows), plan.seq_len), dtype=dtype) for _ in range(2)]
     header = _npy_header(dtype, (num_rows, plan.seq_len))
     digest = hashlib.sha256(header)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(1) as thread:
+    with atomic_path(path, batch=batch) as tmp, open(tmp, "wb") as fh, ThreadPoolExecutor(1) as thread:
         fh.write(header)
         _reserve(fh, len(header) + num_rows * plan.seq_len * np.dtype(dtype).itemsize, tmp)
         written: list[Future | None] = [None, None]
@@ -114,18 +129,13 @@ def write_shard(
             if future is not None:
                 future.result()
         fh.flush()
-    checksums = {"input_ids": digest.hexdigest()}
-
     s0, s1 = int(plan.row_ptr[rows.start]), int(plan.row_ptr[rows.stop])
     arrays = {"row_ptr": plan.row_ptr[rows.start : rows.stop + 1] - s0}
     for key, dt in _SEGMENT_DTYPES.items():
         arrays[key] = getattr(plan, key)[s0:s1].astype(dt)
     for key, array in arrays.items():
-        save_npy(shard_file(out, name, key), array)
-    for key in SEGMENT_ARRAYS:
-        checksums[key] = sha256_file(shard_file(out, name, key))
-    files = {key: {"path": shard_file(out, name, key).name, "sha256": checksums[key]} for key in SHARD_ARRAYS}
-    return {"name": name, "rows": num_rows, "segments": s1 - s0, "files": files}
+        save_npy(shard_file(out, name, key), array, batch=batch)
+    return {"input_ids": digest.hexdigest()}
 
 
 def _chunk_pieces(
@@ -156,7 +166,9 @@ def _chunk_pieces(
 
 def _write_and_hash(fh: Any, digest: Any, block: np.ndarray) -> None:
     data = memoryview(block).cast("B")
+    start = fh.tell()
     fh.write(data)
+    start_writeback(fh, start)  # the fsync before the rename then waits for the last block only
     digest.update(data)
 
 
@@ -248,20 +260,21 @@ def write_doc_table(
     whose pages are let go after each slice: no array of all N documents is made here.
     """
     out = Path(out)
-    for suffix in (".bin", ".idx.npy"):
-        with atomic_path(out / f"doc_ids{suffix}") as tmp:
-            shutil.copyfile(f"{ids_from}{suffix}", tmp)
-    n = len(offsets) - 1
-    columns: dict[str, tuple[np.ndarray, Any, Callable[[int, int], np.ndarray]]] = {
-        "doc_lengths.npy": (offsets, np.int64, lambda a, b: np.diff(offsets[a : b + 1]) + sep_len),
-        "doc_dropped.npy": (reason, reason.dtype, lambda a, b: reason[a:b]),
-        "doc_dup_of.npy": (dup_of, dup_of.dtype, lambda a, b: dup_of[a:b]),
-    }
-    for name, (source, dtype, piece) in columns.items():
-        with npy_writer(out / name, dtype=dtype, length=n) as write:
-            for start in range(0, n, _DOC_CHUNK):
-                write(piece(start, min(start + _DOC_CHUNK, n)))
-                release_pages(source)
+    with renamed_together() as batch:  # the five files reach the disk together (io.RenameBatch)
+        for suffix in (".bin", ".idx.npy"):
+            with atomic_path(out / f"doc_ids{suffix}", batch=batch) as tmp:
+                shutil.copyfile(f"{ids_from}{suffix}", tmp)
+        n = len(offsets) - 1
+        columns: dict[str, tuple[np.ndarray, Any, Callable[[int, int], np.ndarray]]] = {
+            "doc_lengths.npy": (offsets, np.int64, lambda a, b: np.diff(offsets[a : b + 1]) + sep_len),
+            "doc_dropped.npy": (reason, reason.dtype, lambda a, b: reason[a:b]),
+            "doc_dup_of.npy": (dup_of, dup_of.dtype, lambda a, b: dup_of[a:b]),
+        }
+        for name, (source, dtype, piece) in columns.items():
+            with npy_writer(out / name, dtype=dtype, length=n, batch=batch) as write:
+                for start in range(0, n, _DOC_CHUNK):
+                    write(piece(start, min(start + _DOC_CHUNK, n)))
+                    release_pages(source)
     return {name: {"sha256": sha256_file(out / name)} for name in DOC_FILES}
 
 

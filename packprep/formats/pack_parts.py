@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import save_npy, sha256_file
+from packprep.io import renamed_together, save_npy, sha256_file
 from packprep.stages.pack import PackPlan, pack_part, row_shuffle_seed
 
 ORDER_FILE = "order.npy"
@@ -54,10 +54,10 @@ def pack_part_files(folder: str, part: int, first: int, end: int, store_path: st
     plan = pack_part(lengths, seq_len=params["seq_len"], packing=params["packing"], keep_order=params["keep_order"], shuffle_seed=seed)
     arrays = {name: getattr(plan, name) for name in PLAN_ARRAYS}
     arrays["seg_doc"] = docs[plan.seg_doc]  # positions in the part -> documents
-    files = {}
-    for name, array in arrays.items():
-        save_npy(plan_file(folder, part, name), np.asarray(array, dtype=np.int64))
-        files[plan_file(folder, part, name).name] = sha256_file(plan_file(folder, part, name))
+    with renamed_together() as batch:  # the part's files reach the disk together (io.RenameBatch)
+        for name, array in arrays.items():
+            save_npy(plan_file(folder, part, name), np.asarray(array, dtype=np.int64), batch=batch)
+    files = {plan_file(folder, part, name).name: sha256_file(plan_file(folder, part, name)) for name in arrays}
     pieces = np.bincount(plan.seg_doc, minlength=len(docs)) if plan.num_segments else np.zeros(0, np.int64)
     return {
         "part": part, "rows": plan.num_rows, "segments": plan.num_segments, "tokens": int(plan.seg_length.sum()),

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import StringTable, StringTableWriter, load_json, replace_durably, save_json, save_npy
+from packprep.io import StringTable, StringTableWriter, load_json, renamed_together, replace_durably, save_json, save_npy, start_writeback
 from packprep.errors import PackprepError
 
 STORE_FORMAT = "packprep-docstore"
@@ -46,6 +46,7 @@ MANIFEST_NAME = "store.json"
 BLOCKS_DIRNAME = ".blocks"
 _COPY_CHUNK = 8 << 20
 _COPY_TOKENS = 1 << 22  # copy_documents reads this many tokens at a time
+_WRITEBACK_BYTES = 8 << 20  # tokens.bin's writeback is started every this many bytes (io.start_writeback)
 TEXT_HASH_FILE = "text_hash.npy"
 STORE_FILES = ("tokens.bin", "offsets.npy", TEXT_HASH_FILE, "doc_ids.bin", "doc_ids.idx.npy", MANIFEST_NAME)
 COLUMNS = ("sources", "benchmark", "original")  # optional per-document columns (see the layout above)
@@ -167,6 +168,7 @@ class DocStoreWriter:
         self.dtype = np.dtype(dtype)
         self._tokens_tmp = self.path / "tokens.bin.tmp"
         self._tokens = open(self._tokens_tmp, "wb")
+        self._written_back = 0  # bytes of tokens.bin.tmp whose writeback has been started
         self._ids = StringTableWriter(self.path / "doc_ids")
         self._lengths: list[np.ndarray] = []
         self._hashes: list[np.ndarray] = []
@@ -207,6 +209,8 @@ class DocStoreWriter:
             raise ValueError(f"token id {int(tokens.max())} does not fit {self.dtype}")
         self._tokens.write(memoryview(np.ascontiguousarray(tokens, dtype=self.dtype)).cast("B"))  # no bytes copy
         self.num_tokens += int(len(tokens))
+        if self.num_tokens * self.dtype.itemsize - self._written_back >= _WRITEBACK_BYTES:
+            self._written_back = start_writeback(self._tokens, self._written_back)  # finish's fsync then waits for little
 
     def add_column(self, name: str, values: np.ndarray) -> None:
         """A per-document column (one of :data:`COLUMNS`), written by :meth:`finish` before the manifest."""
@@ -215,19 +219,22 @@ class DocStoreWriter:
         self._columns[name] = np.asarray(values)
 
     def finish(self, manifest: dict[str, Any]) -> DocStore:
-        for name, values in self._columns.items():
-            if len(values) != self.num_documents:
-                raise ValueError(f"column {name!r} has {len(values)} values for {self.num_documents} documents")
-            save_npy(self.path / f"{name}.npy", values)
-        self._tokens.close()
-        replace_durably(self._tokens_tmp, self.path / "tokens.bin")
-        self._ids.close()
-        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
-        if int(lengths.sum()) != self.num_tokens:  # e.g. a document begun by append_tokens and never ended
-            raise ValueError(f"the documents' lengths sum to {int(lengths.sum())}, not the {self.num_tokens} tokens written")
-        save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        if not self._unhashed:
-            save_npy(self.path / TEXT_HASH_FILE, np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64))
+        # The files reach the disk together (io.RenameBatch), all before the manifest.
+        with renamed_together() as batch:
+            for name, values in self._columns.items():
+                if len(values) != self.num_documents:
+                    raise ValueError(f"column {name!r} has {len(values)} values for {self.num_documents} documents")
+                save_npy(self.path / f"{name}.npy", values, batch=batch)
+            self._tokens.close()
+            batch.add(self._tokens_tmp, self.path / "tokens.bin")
+            self._ids.close(batch=batch)
+            lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+            if int(lengths.sum()) != self.num_tokens:  # e.g. a document begun by append_tokens and never ended
+                raise ValueError(f"the documents' lengths sum to {int(lengths.sum())}, not the {self.num_tokens} tokens written")
+            save_npy(self.path / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), batch=batch)
+            if not self._unhashed:
+                hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, np.uint64)
+                save_npy(self.path / TEXT_HASH_FILE, hashes, batch=batch)
         _write_manifest(self.path, self.dtype, self.num_documents, self.num_tokens, manifest)
         return DocStore.open(self.path)
 

@@ -14,6 +14,7 @@ stdin closes.
 
 from __future__ import annotations
 
+import array
 import functools
 import pickle
 import subprocess
@@ -26,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from packprep.children import start_child
-from packprep.tokenizers.base import flatten
 from packprep.tokenizers.text_cuts import PIECE_CHARS, encode_in_pieces
 from packprep.tokenizers.tiktoken_backend import TiktokenTokenizer
 
@@ -179,14 +179,22 @@ def encode_in_process(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _encode_whole(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    # Each text's list of Python ints goes into the uint32 buffer, and is freed, before the next
+    # text is encoded: the next list's ints reuse that warm memory. Holding a batch's lists (up
+    # to ~2M ints) and flattening them after took ~18 % more CPU per MB of text (0.68-0.73 against
+    # 0.58 s on 16 MB in one process; encode alone, lists dropped at once, 0.54), and
+    # ``array.fromlist`` (sized once) beats ``extend`` (~0.60), which iterates.
     tokenizer = bpe_openai_cl100k()
-    lists = []
+    flat = array.array("I")
+    lengths = []
     for text in texts:
         try:
-            lists.append(tokenizer.encode(text))
+            ids = tokenizer.encode(text)
         except UnicodeEncodeError:  # a lone surrogate: U+FFFD, exactly as tiktoken.encode_ordinary does
-            lists.append(tokenizer.encode(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")))
-    return flatten(lists)
+            ids = tokenizer.encode(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+        flat.fromlist(ids)
+        lengths.append(len(ids))
+    return np.frombuffer(flat, dtype=np.uint32), np.array(lengths, dtype=np.int64)
 
 
 def _split_by_chars(texts: list[str], parts: int) -> list[list[str]]:
