@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -284,24 +285,9 @@ def join_partitions(orders: list[np.ndarray], sequence: np.ndarray, reverse: np.
     return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
 
 
-def partitioned_order(
-    doc_indices: np.ndarray,
-    embeddings: np.ndarray,
-    *,
-    strategy: str,
-    max_docs: int,
-    seed: int,
-    k: int = 10,
-    n_clusters: int | None = None,
-    semantic_threshold: float = 0.0,
-    progress: Progress = None,
-) -> np.ndarray:
-    """int64 [M']: ``doc_indices`` ordered by ``strategy`` partition by partition, in this process
-    (without the documents semantic dedup drops: :func:`partitioned_selection` gives them too)."""
-    return partitioned_selection(
-        doc_indices, embeddings, strategy=strategy, max_docs=max_docs, seed=seed, k=k, n_clusters=n_clusters,
-        semantic_threshold=semantic_threshold, progress=progress,
-    )[0]
+def partitioned_order(doc_indices: np.ndarray, embeddings: np.ndarray, **options: Any) -> np.ndarray:
+    """int64 [M']: :func:`partitioned_selection`'s order alone (``options``: its keyword arguments)."""
+    return partitioned_selection(doc_indices, embeddings, **options)[0]
 
 
 def partitioned_selection(
