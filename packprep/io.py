@@ -77,7 +77,7 @@ class RenameBatch:
         if self._pairs:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(len(self._pairs)) as pool:  # fsync releases the GIL
+            with ThreadPoolExecutor(min(len(self._pairs), _FSYNC_THREADS)) as pool:  # fsync releases the GIL
                 list(pool.map(fsync_path, [tmp for tmp, _ in self._pairs]))
         folders: dict[Path, None] = {}
         while self._pairs:
@@ -92,6 +92,9 @@ class RenameBatch:
         for tmp, _ in self._pairs:
             tmp.unlink(missing_ok=True)
         self._pairs.clear()
+
+
+_FSYNC_THREADS = 16  # a batch is a shard's or a store's few files; a larger one waits in turns
 
 
 @contextlib.contextmanager
