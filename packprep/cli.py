@@ -409,11 +409,17 @@ def inspect(
 
 
 def main() -> None:
+    """The ``packprep`` command. It ends the process (:func:`_exit`): a program that runs the CLI
+    inside its own process and carries on after it calls ``app()`` instead."""
     try:
         app()
     except SystemExit as done:
         _exit(done.code)
     _exit(0)
+
+
+# Python's own exit code when the standard output cannot be flushed at exit.
+EXIT_OUTPUT_LOST = 120
 
 
 def _exit(code: Any) -> NoReturn:
@@ -422,7 +428,9 @@ def _exit(code: Any) -> NoReturn:
     Freeing every module's objects (numpy, pydantic, Typer's) took ~40 ms of one core after
     ``pack`` had written its manifest (strace: from the last write to exit_group). The exit
     handlers still run (Ray's shutdown, weakref finalizers) and the standard streams are
-    flushed; a thread still working or a non-numeric code take the ordinary exit.
+    flushed; a thread still working or a non-numeric code take the ordinary exit. Output that
+    cannot be written (a full disk) is an error, as in the ordinary exit: a one-line message and
+    EXIT_OUTPUT_LOST; a reader that stopped early (``| head``) is not.
     """
     import atexit
     import threading
@@ -431,11 +439,19 @@ def _exit(code: Any) -> NoReturn:
     if working or not (code is None or isinstance(code, int)):
         sys.exit(code)
     atexit._run_exitfuncs()  # what the ordinary exit would run; no public name for it
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: the ordinary exit would not report it either
-            pass
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader has what it wanted
+        pass
+    except ValueError:  # stdout closed by the command itself
+        pass
+    except OSError as exc:
+        print(f"error: the output could not be written: {exc.strerror or exc}", file=sys.stderr)
+        code = code or EXIT_OUTPUT_LOST
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):  # nowhere left to say anything
+        pass
     os._exit(code or 0)
 
 

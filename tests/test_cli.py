@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -216,3 +217,21 @@ def test_help_at_80_columns_shows_every_option_whole(path, command):
                 assert name in words, f"`packprep {' '.join(path)} --help` cuts or hides {name}:\n{result.output}"
     if any(param.name == "engine" for param in command.params):
         assert "packprep[ray]" in result.output  # not eaten as rich markup
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_that_cannot_be_written_is_an_error_not_exit_0(small_corpus, tmp_path):
+    """The command's own exit (``cli._exit``, no interpreter teardown) still reports output lost at the
+    final flush, as Python's ordinary exit does: ``inspect --json > file`` on a full disk is not a success."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    assert run("pack", small_corpus, out, "--strategy", "eos", "--seq-len", "128", "--quiet").exit_code == 0
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the output must wait in the buffer
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", "from packprep.cli import main; main()", "inspect", str(out), "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=env)
+    assert done.returncode == 120
+    assert done.stderr.strip().splitlines() == ["error: the output could not be written: No space left on device"]
