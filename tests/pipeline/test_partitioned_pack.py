@@ -292,6 +292,11 @@ def test_partitioned_semantic_dedup_after_exact_and_near_dedup_marks_only_kept_d
     reason = np.load(out / "doc_dropped.npy")
     assert (reason[before != 0] == before[before != 0]).all() and stored.num_documents == len(reason)
     assert set(np.unique(reason[before == 0]).tolist()) <= {0, 3} and (reason == 3).any()
+    # doc_dup_of's rule (docs/format.md): a dropped document's twin is kept, or was dropped by semantic dedup
+    # (which runs last, its own drops pointing to kept documents): at most one more step reaches a kept one.
+    dup_of = np.load(out / "doc_dup_of.npy")
+    twin = dup_of[reason != 0]
+    assert (twin >= 0).all() and ((reason[twin] == 0) | ((reason[twin] == 3) & (reason[dup_of[twin]] == 0))).all()
     manifest = PackedDataset(out).manifest
     assert manifest["counts"]["num_documents"] == int((reason == 0).sum())
 
