@@ -244,6 +244,9 @@ def write_joined_order(path: Path, journal: OrderJournal, parts: list[PartOrder]
 
 REASON_FILE, DUP_OF_FILE = "dedup.reason.npy", "dedup.dup_of.npy"
 _COPY_SLICE = 1 << 20  # documents of the dedup arrays copied at a time (9 MB)
+# Drops marked before the maps' pages are let go: each may dirty a page of both maps (at most
+# 2 x 256 MB), and letting go walks the whole N-document maps, so not once per small partition.
+_MARK_SLICE = 1 << 16
 
 
 def write_drops(folder: Path, reason: np.ndarray, dup_of: np.ndarray, drops: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -251,8 +254,8 @@ def write_drops(folder: Path, reason: np.ndarray, dup_of: np.ndarray, drops: Ite
     constants) with the partitions' semantic ``drops`` (each int64 [d, 2]: document, kept duplicate) marked
     ``REASON_SEMANTIC``, in ``folder/REASON_FILE`` and ``folder/DUP_OF_FILE``; returned memory-mapped, read-only.
 
-    Copied a slice at a time, then marked one partition at a time, each slice's and partition's pages
-    let go: no array of all N documents is made here. A rerun writes both files afresh.
+    Copied a slice at a time, then marked ``_MARK_SLICE`` drops at a time, the pages let go after each
+    slice: no array of all N documents is made here. A rerun writes both files afresh.
     """
     from packprep.stages.dedup import REASON_SEMANTIC
 
@@ -263,10 +266,18 @@ def write_drops(folder: Path, reason: np.ndarray, dup_of: np.ndarray, drops: Ite
                 write(source[start : start + _COPY_SLICE])
                 release_pages(source)
     marked_reason, marked_dup_of = np.load(folder / REASON_FILE, mmap_mode="r+"), np.load(folder / DUP_OF_FILE, mmap_mode="r+")
+    unreleased = 0
     for drop in drops:
-        marked_reason[drop[:, 0]] = REASON_SEMANTIC
-        marked_dup_of[drop[:, 0]] = drop[:, 1]
-        release_pages(marked_reason)  # written back, and its pages let go
-        release_pages(marked_dup_of)
+        for start in range(0, len(drop), _MARK_SLICE):
+            rows = drop[start : start + _MARK_SLICE]
+            marked_reason[rows[:, 0]] = REASON_SEMANTIC
+            marked_dup_of[rows[:, 0]] = rows[:, 1]
+            unreleased += len(rows)
+            if unreleased >= _MARK_SLICE:  # written back, and the pages let go: not after every small partition
+                release_pages(marked_reason)
+                release_pages(marked_dup_of)
+                unreleased = 0
+    release_pages(marked_reason)
+    release_pages(marked_dup_of)
     del marked_reason, marked_dup_of
     return np.load(folder / REASON_FILE, mmap_mode="r"), np.load(folder / DUP_OF_FILE, mmap_mode="r")

@@ -354,3 +354,20 @@ def test_a_driver_killed_after_two_partitions_with_semantic_dedup_resumes_their_
     assert "2 finished by an interrupted run are reused" in rerun.stderr
     assert "semantic dedup: dropped 14 documents" in rerun.stderr
     assert shard_bytes(out) == shard_bytes(clean) and len(shard_bytes(out)) > 4  # doc_dropped.npy and doc_dup_of.npy too
+
+
+def test_write_drops_marks_in_slices_what_marking_in_memory_gives(tmp_path, monkeypatch):
+    """Drops marked a few at a time (pages let go between slices, across partitions) = the same drops set in memory."""
+    from packprep.pipeline import ordering
+
+    monkeypatch.setattr(ordering, "_MARK_SLICE", 2)
+    reason = np.zeros(20, np.uint8)
+    reason[[1, 7]] = 1
+    dup_of = np.full(20, -1, np.int64)
+    dup_of[[1, 7]] = [0, 6]
+    drops = [np.array([[3, 2], [4, 2], [9, 5]]), np.zeros((0, 2), np.int64), np.array([[12, 10]]), np.array([[15, 11], [19, 18]])]
+    got_reason, got_dup_of = ordering.write_drops(tmp_path, reason, dup_of, iter(drops))
+    expected_reason, expected_dup_of = reason.copy(), dup_of.copy()
+    for drop in drops:
+        expected_reason[drop[:, 0]], expected_dup_of[drop[:, 0]] = 3, drop[:, 1]
+    assert got_reason.tolist() == expected_reason.tolist() and got_dup_of.tolist() == expected_dup_of.tolist()
