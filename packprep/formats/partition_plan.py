@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import save_npy
+from packprep.io import save_npy, write_npy_rows
 
 MEMBERS_FILE = "plan.members.npy"
 
@@ -75,20 +75,12 @@ def place_range(folder: str, r: int, starts: np.ndarray, counts: np.ndarray) -> 
     grouped = np.load(assign_file(folder, r))
     ends = np.cumsum(counts)
     for c in np.flatnonzero(counts).tolist():
-        write_members(Path(folder) / MEMBERS_FILE, int(starts[c]), grouped[ends[c] - counts[c] : ends[c]])
+        write_npy_rows(Path(folder) / MEMBERS_FILE, int(starts[c]), grouped[ends[c] - counts[c] : ends[c]])
 
 
 def create_members(path: Path, length: int) -> None:
     """The members file, ``length`` int64 elements, sparse: every range task fills its own spans."""
     np.lib.format.open_memmap(path, mode="w+", dtype=np.int64, shape=(length,)).flush()
-
-
-def write_members(path: Path, start: int, values: np.ndarray) -> None:
-    """Write ``values`` at element ``start`` of the members file (no page of it mapped here)."""
-    header = np.load(path, mmap_mode="r").offset
-    with open(path, "r+b") as fh:
-        fh.seek(header + 8 * start)
-        fh.write(np.ascontiguousarray(values, dtype=np.int64).tobytes())
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from packprep.formats.partition_plan import MEMBERS_FILE, assign_file, create_members, write_members
-from packprep.io import release_pages
+from packprep.formats.partition_plan import MEMBERS_FILE, assign_file, create_members
+from packprep.io import release_pages, write_npy_rows
 from packprep.pipeline.run import Run
 from packprep.stages.partition import Partitions
 
@@ -74,7 +74,7 @@ def _split_oversized(path: Path, sizes: np.ndarray, embeddings: np.ndarray, *, m
                 members, embeddings, max_docs=max_docs, path=(int(seed), i), after_batch=lambda: release_pages(embeddings),
             )
             release_pages(embeddings)
-            write_members(path, start, np.concatenate(parts))
+            write_npy_rows(path, start, np.concatenate(parts))
             leaves.extend(len(part) for part in parts)
         else:
             leaves.append(size)
