@@ -97,9 +97,9 @@ class OrderJournal:
         """int64 [d, 2]: partition ``p``'s semantic drops (document, kept duplicate)."""
         return np.load(self.folder / f"part-{p:06d}.dropped.npy")
 
-    def lengths(self, p: int) -> tuple[int, int]:
-        """(documents in partition ``p``'s order, its semantic drops), from the files' headers."""
-        return tuple(len(np.load(self.folder / f"part-{p:06d}.{name}.npy", mmap_mode="r")) for name in ("order", "dropped"))
+    def num_dropped(self, p: int) -> int:
+        """How many documents partition ``p``'s semantic dedup dropped, from its file's header."""
+        return len(np.load(self.folder / f"part-{p:06d}.dropped.npy", mmap_mode="r"))
 
     def load_rows(self, p: int) -> np.ndarray:
         """float32 [3, D]: partition ``p``'s centroid, first and last document's rows."""
@@ -184,9 +184,9 @@ def order_by_partition(
     if journal_folder is not None:
         journal = OrderJournal.resume(journal_folder, key=key, plan=plan, semantic_threshold=semantic_threshold)
     # Journaled partitions keep only their centroid and end rows here (their orders and drops are on disk),
-    # and how many documents each kept and dropped.
+    # and how many documents each dropped.
     done: dict[int, PartOrder] = {p: _rows_only(journal.load_rows(p)) for p in journal.finished} if journal else {}
-    lengths: dict[int, tuple[int, int]] = {p: journal.lengths(p) for p in done} if journal else {}
+    dropped: dict[int, int] = {p: journal.num_dropped(p) for p in done} if journal else {}
     sizes = plan.sizes()
     reporter.info(f"order: {len(plan):,} partitions of {int(sizes.min()):,} to {int(sizes.max()):,} documents"
                   + (f"; {len(done)} finished by an interrupted run are reused" if done else ""))
@@ -199,7 +199,7 @@ def order_by_partition(
     ]
 
     def finished(p: int, part: PartOrder) -> None:
-        lengths[p] = (len(part.order), len(part.dropped))
+        dropped[p] = len(part.dropped)
         if journal is not None:
             journal.finish(p, part)
             part = _rows_only(np.vstack([part.centroid, part.ends]))
@@ -209,7 +209,7 @@ def order_by_partition(
         advance(int(sum(sizes[p] for p in done)), resumed=True)
         run.backend.order_partitions(embeddings, tasks, on_part=finished, progress=advance)
     parts = [done[p] for p in range(len(plan))]
-    num_dropped = sum(d for _, d in lengths.values())
+    num_dropped = sum(dropped.values())
     if journal is None:
         return PartitionedOrder(assemble(parts, seed=seed, k=k), num_dropped, len(parts), lambda p: parts[p].dropped)
     if order_path is None:
@@ -227,13 +227,9 @@ def _rows_only(rows: np.ndarray) -> PartOrder:
 def write_joined_order(path: Path, journal: OrderJournal, parts: list[PartOrder], *, length: int, seed: int, k: int) -> np.ndarray:
     """``stages.partition.assemble``'s order (``length``: the partitions' kept documents), written to ``path``
     one partition at a time (each read from ``journal``, reversed where the chain says) and returned memory-mapped."""
-    from packprep.stages.partition import chain_partitions
+    from packprep.stages.partition import chain_sequence
 
-    if len(parts) == 1:  # assemble takes a single partition as it is
-        sequence, reverse = np.zeros(1, np.int64), np.zeros(1, bool)
-    else:
-        centroids = np.stack([part.centroid for part in parts])
-        sequence, reverse = chain_partitions(centroids, np.stack([part.ends for part in parts]), seed=seed, k=k)
+    sequence, reverse = chain_sequence(parts, seed=seed, k=k)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with npy_writer(path, dtype=np.int64, length=length) as write:
         for p in sequence.tolist():

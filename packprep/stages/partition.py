@@ -329,7 +329,14 @@ def assemble(parts: list[PartOrder], *, seed: int, k: int = 10) -> np.ndarray:
     """int64 [M]: the ordered partitions chained and joined (what every engine ends with)."""
     if len(parts) == 1:
         return parts[0].order
+    return join_partitions([part.order for part in parts], *chain_sequence(parts, seed=seed, k=k))
+
+
+def chain_sequence(parts: list[PartOrder], *, seed: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 [P] the partitions in joined order, bool [P] which are turned round): :func:`chain_partitions`
+    of their centroids and end rows; a single partition as it is."""
+    if len(parts) == 1:
+        return np.zeros(1, np.int64), np.zeros(1, bool)
     centroids = np.stack([part.centroid for part in parts]) if parts else np.zeros((0, 1), np.float32)
     ends = np.stack([part.ends for part in parts]) if parts else np.zeros((0, 2, 1), np.float32)
-    sequence, reverse = chain_partitions(centroids, ends, seed=seed, k=k)
-    return join_partitions([part.order for part in parts], sequence, reverse)
+    return chain_partitions(centroids, ends, seed=seed, k=k)
