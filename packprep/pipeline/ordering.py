@@ -141,6 +141,7 @@ def order_by_partition(
     run: Run,
     order_path: Path | None = None,
     semantic_threshold: float = 0.0,
+    counts: np.ndarray | None = None,
 ) -> PartitionedOrder:
     """``stages.partition.partitioned_selection`` of the documents whose ``reason`` (uint8 [N],
     maybe a memmap) is 0, each partition journaled, on ``run.backend``.
@@ -152,6 +153,7 @@ def order_by_partition(
     partition's semantic dedup, ``stages.partition.partition_duplicates``), so the order and the
     drops (and every byte packed from them) do not depend on the engine.
     ``journal_folder`` None: nothing is journaled (a notebook call without an output folder).
+    ``counts``: ``stages.partition.kept_counts(reason)`` when the caller has it (None: counted here).
     ``order_path`` (with a journal): the joined order is written there partition by partition,
     each read back from the journal, and returned memory-mapped: no partition's order stays in
     memory once journaled, and the whole order never is.
@@ -163,8 +165,9 @@ def order_by_partition(
 
     reporter = run.reporter
     reporter.info(f"order: planning partitions of at most {max_docs:,} documents")
-    counts = kept_counts(reason)
-    release_pages(reason)
+    if counts is None:
+        counts = kept_counts(reason)
+        release_pages(reason)
     if journal_folder is not None and int(counts.sum()) > max_docs:
         from packprep.pipeline.planning import plan_in_files
 

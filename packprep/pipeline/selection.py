@@ -78,9 +78,13 @@ def select_documents(
     calibration = (embed_manifest(store.path, embed_config.model) or {}).get("calibration")
     chosen = semantic_threshold(config, embed_config.model, calibration)
     threshold = chosen["value"] if chosen else 0.0
-    if 0 < config.partition_docs < kept_count(reason):
-        return _partitioned(reason, dup_of, embeddings, config=config, chosen=chosen, run=run, order_journal=order_journal,
-                            key=key, order_file=order_file)
+    from packprep.stages.partition import kept_counts
+
+    counts = kept_counts(reason)  # per slice of reason: the partitioned order finds kept documents by them
+    release_pages(reason)
+    if 0 < config.partition_docs < int(counts.sum()):
+        return _partitioned(reason, dup_of, embeddings, counts, config=config, chosen=chosen, run=run,
+                            order_journal=order_journal, key=key, order_file=order_file)
     if threshold:
         from packprep.stages.dedup import semantic_duplicates
 
@@ -101,8 +105,8 @@ def select_documents(
 
 
 def _partitioned(
-    reason: np.ndarray, dup_of: np.ndarray, embeddings: np.ndarray, *, config: PackConfig, chosen: dict[str, Any] | None,
-    run: Run, order_journal: Path | None, key: str, order_file: Path | None,
+    reason: np.ndarray, dup_of: np.ndarray, embeddings: np.ndarray, counts: np.ndarray, *, config: PackConfig,
+    chosen: dict[str, Any] | None, run: Run, order_journal: Path | None, key: str, order_file: Path | None,
 ) -> Selection:
     """icp/cluster over more than ``config.partition_docs`` kept documents: ordered partition by partition,
     semantic dedup (``chosen``) inside each partition, not over all documents here
@@ -116,7 +120,7 @@ def _partitioned(
     ordered = order_by_partition(  # finds the kept documents in ranges: no array of them here
         reason, embeddings, strategy=config.strategy, max_docs=config.partition_docs, seed=config.seed, k=config.knn,
         n_clusters=config.clusters, journal_folder=order_journal, key=key, run=run, order_path=order_file,
-        semantic_threshold=threshold,
+        semantic_threshold=threshold, counts=counts,
     )
     if threshold:
         if order_journal is not None:
@@ -146,13 +150,6 @@ def kept_indices(reason: np.ndarray) -> np.ndarray:
     ]
     release_pages(reason)
     return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
-
-
-def kept_count(reason: np.ndarray) -> int:
-    """How many documents ``reason`` (uint8 [N], maybe a memmap) keeps (0), read a slice at a time like :func:`kept_indices`."""
-    count = sum(int(np.count_nonzero(reason[start : start + _REASON_CHUNK] == 0)) for start in range(0, len(reason), _REASON_CHUNK))
-    release_pages(reason)
-    return count
 
 
 def semantic_threshold(config: PackConfig, model: str, calibration: dict[str, Any] | None) -> dict[str, Any] | None:
