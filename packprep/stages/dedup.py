@@ -81,11 +81,18 @@ def normalized_text_hash(text: str, *, chunk_chars: int = _HASH_CHUNK_CHARS) -> 
     digest = hashlib.blake2b(digest_size=8)
     wrote = False
     for chunk in _chunks_at_whitespace(text, chunk_chars):
-        normal = exact_normal_form(chunk)
-        if normal:
-            digest.update(b" " + normal.encode("utf-8") if wrote else normal.encode("utf-8"))
-            wrote = True
+        wrote = _hash_chunk(digest, chunk, wrote)
     return int.from_bytes(digest.digest(), "little")
+
+
+def _hash_chunk(digest: hashlib.blake2b, chunk: str, wrote: bool) -> bool:
+    """Add the normal form of ``chunk`` (cut just before an ASCII whitespace) to ``digest``, after one
+    space when an earlier chunk wrote something; returns whether anything has been written."""
+    normal = exact_normal_form(chunk)
+    if not normal:
+        return wrote
+    digest.update(b" " + normal.encode("utf-8") if wrote else normal.encode("utf-8"))
+    return True
 
 
 def _chunks_at_whitespace(text: str, chunk_chars: int) -> Iterator[str]:
@@ -128,10 +135,7 @@ class NormalizedTextHasher:
         return int.from_bytes(self._digest.copy().digest(), "little")
 
     def _write(self, chunk: str) -> None:
-        normal = exact_normal_form(chunk)
-        if normal:
-            self._digest.update(b" " + normal.encode("utf-8") if self._wrote else normal.encode("utf-8"))
-            self._wrote = True
+        self._wrote = _hash_chunk(self._digest, chunk, self._wrote)
 
 
 def text_jaccard(a: str, b: str, *, shingle: int = DEFAULT_SHINGLE) -> float:
