@@ -6,7 +6,7 @@ engine modules import this and the package imports them, without a cycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,6 +20,14 @@ if TYPE_CHECKING:  # types only: engines import the store and stages when they c
 
 RAY_INSTALL_HINT = "--engine ray needs ray: pip install 'packprep[ray]'"
 RAY_MAX_RETRIES = 3  # Ray reruns a task (or restarts an actor) whose worker died this many times
+
+
+def as_finished(ray: Any, refs: list[Any]) -> Iterator[Any]:
+    """The results of Ray tasks ``refs``, each as soon as its task finishes (in finishing order)."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(ready[0])
 
 
 @dataclass(frozen=True)

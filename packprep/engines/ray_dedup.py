@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from packprep.config import DedupConfig
-from packprep.engines.base import RAY_MAX_RETRIES
+from packprep.engines.base import RAY_MAX_RETRIES, as_finished
 from packprep.io import write_npy_rows
 from packprep.store import DocStore
 
@@ -145,11 +145,8 @@ def sign_and_shuffle(
     pair_refs = [
         reduce.remote(str(signatures_path), config.minhash_threshold, *[out[1 + p] for out in outputs]) for p in range(partitions)
     ]
-    sig_refs = [out[0] for out in outputs]
-    pending = list(sig_refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        progress(ray.get(done[0]))
+    for signed in as_finished(ray, [out[0] for out in outputs]):
+        progress(signed)
     pairs = [p for p in ray.get(pair_refs) if len(p)]
     return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from packprep.config import DedupConfig, EmbedConfig, TokenizeConfig
-from packprep.engines.base import RAY_INSTALL_HINT, RAY_MAX_RETRIES, ReadSummary
+from packprep.engines.base import RAY_INSTALL_HINT, RAY_MAX_RETRIES, ReadSummary, as_finished
 from packprep.engines.ray_dedup import document_ranges, hash_range, sign_and_shuffle, sign_range
 from packprep.engines.ray_embed import EmbedWorker
 from packprep.engines.ray_tokenize import RANGE_BYTES, run_blocks
@@ -116,9 +116,8 @@ class RayEngine:
         try:
             with reporter.track("text hashes", total=store.num_documents, unit="docs") as advance:
                 pending = [task.remote(str(store.path), str(tmp), first, end) for first, end in ranges]
-                while pending:
-                    done, pending = ray.wait(pending, num_returns=1)
-                    advance(ray.get(done[0]))
+                for hashed in as_finished(ray, pending):
+                    advance(hashed)
             replace_durably(tmp, store.path / TEXT_HASH_FILE)
         finally:
             tmp.unlink(missing_ok=True)
@@ -378,9 +377,8 @@ def group_by_partition_on_ray(
     pending = [assign.remote(str(folder), r, first, stop, dropped, rows, *shared) for r, first, stop in jobs]
     kept = {r: stop - first for r, first, stop in jobs}
     counts = np.zeros((len(jobs), len(centroids)), dtype=np.int64)
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        r, counts[r] = ray.get(ready[0])
+    for r, range_counts in as_finished(ray, pending):
+        counts[r] = range_counts
         if progress is not None:
             progress(kept[r])
     starts = partition_plan.placement_starts(counts)
@@ -426,9 +424,7 @@ def order_partitions_on_ray(
         for p, members, params in tasks
     ]
     sizes = {p: len(members) for p, members, _ in tasks}
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        p, part = ray.get(ready[0])
+    for p, part in as_finished(ray, pending):
         on_part(p, part)
         if progress is not None:
             progress(sizes[p])
@@ -451,9 +447,8 @@ def pack_parts_on_ray(
     ray = connect(address)
     task = ray.remote(max_retries=RAY_MAX_RETRIES)(ray_pack.pack_part_task)
     pending = [task.remote(str(folder), part, first, end, str(store.path), params) for part, first, end in parts]
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        on_part(ray.get(ready[0]))
+    for summary in as_finished(ray, pending):
+        on_part(summary)
 
 
 def write_shards_on_ray(
