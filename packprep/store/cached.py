@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from packprep.io import replace_durably, save_json, save_npy
+from packprep.io import renamed_together, save_json, save_npy
 
 DEDUP_MANIFEST = "dedup.json"
-_DEDUP_ARRAYS = ("keep", "reason", "dup_of")
 _DEDUP_DTYPES = {"keep": np.bool_, "reason": np.uint8, "dup_of": np.int64}
+_DEDUP_ARRAYS = tuple(_DEDUP_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class Dedup:
 
 def save_dedup(folder: Path, result: Any, manifest: dict[str, Any]) -> None:
     """The arrays of ``result`` (a ``stages.dedup.DedupResult``), then ``manifest``: finished once it exists."""
-    for name in _DEDUP_ARRAYS:
-        save_npy(folder / f"dedup.{name}.npy", getattr(result, name))
+    with renamed_together() as batch:  # the three reach the disk together (io.RenameBatch), before the manifest
+        for name in _DEDUP_ARRAYS:
+            save_npy(folder / f"dedup.{name}.npy", getattr(result, name), batch=batch)
     save_json(folder / DEDUP_MANIFEST, manifest)
 
 
@@ -54,9 +55,10 @@ def open_dedup(folder: Path, n: int) -> dict[str, np.memmap]:
 
 def publish_dedup(folder: Path, out: dict[str, np.memmap], manifest: dict[str, Any]) -> Dedup:
     """The arrays of :func:`open_dedup`, filled, renamed into place, then ``manifest``: finished once it exists."""
-    for name in _DEDUP_ARRAYS:
-        out[name].flush()
-        replace_durably(_partial(folder, name), folder / f"dedup.{name}.npy")
+    with renamed_together() as batch:  # the three reach the disk together (io.RenameBatch), before the manifest
+        for name in _DEDUP_ARRAYS:
+            out[name].flush()
+            batch.add(_partial(folder, name), folder / f"dedup.{name}.npy")
     save_json(folder / DEDUP_MANIFEST, manifest)
     return load_dedup(folder, manifest)
 
